@@ -1,0 +1,357 @@
+"""Image layouts, percentile normalisation, patch sampling and augmentation.
+
+Inside the core a 2D training sample is channels-first ``(C, Y, X)`` float32,
+normalised so that the ``low`` and ``high`` percentiles of each channel map to
+0 and 1 (CSBDeep/StarDist-style). The percentiles are stored with the model
+and applied the same way at prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.targets import Targets, check_labels, make_targets
+
+__all__ = [
+    "Normalisation",
+    "Sample",
+    "PatchSampler",
+    "channels_first",
+    "prepare_samples",
+    "find_channel_axis",
+]
+
+_MAX_PERCENTILE_PIXELS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Per-image, per-channel percentile normalisation.
+
+    Parameters
+    ----------
+    low, high : float
+        Percentiles mapped to 0 and 1.
+    """
+
+    low: float = 1.0
+    high: float = 99.8
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return {"mode": "percentile", "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalisation:
+        """Inverse of :meth:`to_dict`."""
+        return cls(low=float(d.get("low", 1.0)), high=float(d.get("high", 99.8)))
+
+    def ranges(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return per-channel (low, high) values of ``image`` laid out ``(C, ..., Y, X)``.
+
+        Large arrays (dask or zarr too) are subsampled on a regular grid, so the
+        cost is bounded whatever the image size.
+        """
+        c = image.shape[0]
+        n = int(np.prod(image.shape[1:]))
+        step = max(1, int(np.ceil(np.sqrt(n / _MAX_PERCENTILE_PIXELS))))
+        index = (slice(None),) + (slice(None),) * (image.ndim - 3) + (slice(None, None, step),) * 2
+        sub = np.asarray(image[index], dtype=np.float32).reshape(c, -1)
+        if not np.all(np.isfinite(sub)):
+            raise NapariUnetError(
+                "The image contains NaN or infinite values; replace them (e.g. with 0) before "
+                "training or predicting."
+            )
+        lo, hi = np.percentile(sub, [self.low, self.high], axis=1)
+        return lo.astype(np.float32), hi.astype(np.float32)
+
+    def apply(self, image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Normalise ``image`` (C, ...) with ranges from :meth:`ranges`; returns float32."""
+        shape = (-1,) + (1,) * (image.ndim - 1)
+        scale = 1.0 / np.maximum(hi - lo, 1e-6)
+        out = (np.asarray(image, dtype=np.float32) - lo.reshape(shape)) * scale.reshape(shape)
+        return out
+
+
+def find_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> int | None:
+    """Find the channel axis of an image given the shape of its labels.
+
+    The labels define the spatial (and stack) shape; an image with one more axis
+    has a channel axis, looked for at the end first (napari RGB), then at the front.
+
+    Returns
+    -------
+    int or None
+        Axis index in ``image_shape``, or None when the image has no channel axis.
+
+    Raises
+    ------
+    NapariUnetError
+        When the shapes cannot be matched.
+    """
+    image_shape, labels_shape = tuple(image_shape), tuple(labels_shape)
+    if image_shape == labels_shape:
+        return None
+    if len(image_shape) == len(labels_shape) + 1:
+        candidates = [len(image_shape) - 1] + list(range(len(image_shape) - 1))
+        for ax in candidates:
+            if image_shape[:ax] + image_shape[ax + 1 :] == labels_shape:
+                return ax
+    raise NapariUnetError(
+        f"Image shape {image_shape} does not match labels shape {labels_shape}: the labels must "
+        "cover the image pixel for pixel (an RGB or multi-channel image may have one extra axis). "
+        "Check you picked the labels painted on this image, and that 2D labels are not paired "
+        "with a 3D stack or the reverse."
+    )
+
+
+def channels_first(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """Return ``image`` laid out ``(C, ..., Y, X)`` (C = 1 when there is no channel axis).
+
+    Works on numpy and dask arrays without loading the data.
+    """
+    if channel_axis is None:
+        return image[None]
+    ax = channel_axis % image.ndim
+    if image.ndim < 3 or ax == image.ndim - 2:
+        raise NapariUnetError(
+            f"channel_axis={channel_axis} points at a spatial axis of an image of shape "
+            f"{image.shape}; the channel axis must be the last axis or one before Y and X."
+        )
+    axes = [ax] + [i for i in range(image.ndim) if i != ax]
+    return image.transpose(axes)
+
+
+@dataclass
+class Sample:
+    """One 2D training image with its targets.
+
+    Attributes
+    ----------
+    image : (C, M, N) ndarray of float32
+        Normalised image.
+    targets : Targets
+    name : str
+    """
+
+    image: np.ndarray
+    targets: Targets
+    name: str = ""
+    fg_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Spatial shape ``(M, N)``."""
+        return self.image.shape[-2:]
+
+
+def prepare_samples(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    normalisation: Normalisation,
+    names: Sequence[str] | None = None,
+    sparse: bool = False,
+    border_weight: float = 0.0,
+    border_sigma: float = 5.0,
+    boundary_width: int = 1,
+    max_fg_index: int = 20_000,
+    seed: int = 0,
+    in_channels: int | None = None,
+) -> list[Sample]:
+    """Validate image/label pairs and turn them into normalised 2D samples.
+
+    Stacks (``(Z, Y, X)`` or ``(T, Y, X)`` labels) contribute one sample per
+    slice that holds annotation.
+
+    Parameters
+    ----------
+    images, labels : sequences of ndarray
+        Pairs; each image has the labels' shape, or one extra channel axis.
+    normalisation : Normalisation
+    names : sequence of str, optional
+        Names used in messages (layer or file names).
+    sparse, border_weight, border_sigma, boundary_width
+        See :func:`napari_unet.core.targets.make_targets`.
+    max_fg_index : int
+        At most this many foreground pixel positions are kept per sample for
+        foreground-centred patch sampling.
+    seed : int
+    in_channels : int, optional
+        Channels required (a model being fine-tuned); grey images are repeated.
+
+    Returns
+    -------
+    list of Sample
+
+    Raises
+    ------
+    NapariUnetError
+        Mismatched shapes or channel counts, no annotation, NaN in an image.
+    """
+    if len(images) != len(labels):
+        raise NapariUnetError(f"Got {len(images)} images but {len(labels)} label images.")
+    if len(images) == 0:
+        raise NapariUnetError("No training images were given.")
+    names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+    rng = np.random.default_rng(seed)
+    samples: list[Sample] = []
+    checked = []
+    for img, lab, name in zip(images, labels, names, strict=True):
+        lab = check_labels(lab, name=f"Labels of {name!r}")
+        if lab.ndim < 2:
+            raise NapariUnetError(f"Labels of {name!r} must be at least 2D, got {lab.shape}.")
+        ax = find_channel_axis(np.shape(img), lab.shape)
+        checked.append((channels_first(np.asarray(img), ax), lab, name))
+    counts = sorted({img.shape[0] for img, _, _ in checked})
+    if len(counts) > 2 or (len(counts) == 2 and counts[0] != 1):
+        detail = ", ".join(f"{n!r}: {img.shape[0]}" for img, _, n in checked[:6])
+        raise NapariUnetError(
+            f"The training images have different channel counts ({detail}); all must have the "
+            "same channels (grey images may be mixed with RGB ones: they are repeated on 3 channels)."
+        )
+    n_channels = counts[-1]
+    if in_channels is not None:
+        if n_channels not in (1, in_channels):
+            raise NapariUnetError(
+                f"The model takes {in_channels} channel(s) but the images have {n_channels}; pick "
+                "images like the model's training images or train a new model."
+            )
+        n_channels = in_channels
+    for img, lab, name in checked:
+        if img.shape[0] != n_channels:  # grey mixed with colour: repeat the grey channel
+            img = np.repeat(img, n_channels, axis=0)
+        lo, hi = normalisation.ranges(img)
+        norm = normalisation.apply(img, lo, hi)
+        lead = lab.shape[:-2]
+        for idx in np.ndindex(*lead):
+            lab2 = lab[idx]
+            if sparse and not lab2.any():
+                continue
+            t = make_targets(
+                lab2,
+                sparse=sparse,
+                boundary_width=boundary_width,
+                border_weight=border_weight,
+                border_sigma=border_sigma,
+            )
+            fg = np.flatnonzero(t.foreground)
+            if fg.size > max_fg_index:
+                fg = np.sort(rng.choice(fg, max_fg_index, replace=False))
+            label = name if not lead else f"{name} {idx}"
+            image2 = norm[(slice(None),) + idx]
+            samples.append(Sample(np.ascontiguousarray(image2), t, label, fg))
+    if not any(s.targets.foreground.any() for s in samples):
+        what = (
+            "no object is annotated (sparse mode: 0 = not annotated, 1 = background, "
+            "2, 3, ... = objects)"
+            if sparse
+            else "the labels are all zero"
+        )
+        raise NapariUnetError(
+            f"Nothing to learn from: {what}. Paint at least one object in the labels."
+        )
+    return samples
+
+
+class PatchSampler:
+    """Draw random augmented patches from samples.
+
+    Parameters
+    ----------
+    samples : list of Sample
+    patch_size : int
+    batch_size : int
+    n_outputs : int
+        1 (foreground) or 2 (foreground + boundary).
+    fg_fraction : float
+        Share of patches centred on a random foreground pixel.
+    augment : bool
+        Random flips, 90-degree rotations and intensity jitter.
+    seed : int
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        patch_size: int,
+        batch_size: int,
+        n_outputs: int,
+        *,
+        fg_fraction: float = 0.5,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.samples = list(samples)
+        self.patch = int(patch_size)
+        self.batch_size = int(batch_size)
+        self.n_outputs = n_outputs
+        self.fg_fraction = fg_fraction
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+        areas = np.array([s.shape[0] * s.shape[1] for s in self.samples], dtype=np.float64)
+        p = np.sqrt(areas)
+        self.p = p / p.sum()
+        self.has_weight = any(s.targets.weight is not None for s in self.samples)
+
+    def _crop_origin(self, s: Sample) -> tuple[int, int]:
+        h, w = s.shape
+        P = self.patch
+        if s.fg_index.size and self.rng.random() < self.fg_fraction:
+            c = int(s.fg_index[self.rng.integers(s.fg_index.size)])
+            cy, cx = divmod(c, w)
+            y = cy - P // 2 + int(self.rng.integers(-P // 4, P // 4 + 1))
+            x = cx - P // 2 + int(self.rng.integers(-P // 4, P // 4 + 1))
+        else:
+            y = int(self.rng.integers(0, max(h - P, 0) + 1))
+            x = int(self.rng.integers(0, max(w - P, 0) + 1))
+        y = min(max(y, 0), max(h - P, 0))
+        x = min(max(x, 0), max(w - P, 0))
+        return y, x
+
+    def _one(self, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        P = self.patch
+        y, x = self._crop_origin(s)
+        sl = (slice(y, y + P), slice(x, x + P))
+        img = s.image[(slice(None),) + sl]
+        t = s.targets
+        tgt = [t.foreground[sl], t.boundary[sl]][: self.n_outputs]
+        valid = t.valid[sl].astype(np.float32)
+        if t.weight is not None:
+            valid = valid * t.weight[sl]
+        wts = [valid, valid * float(t.boundary_valid)][: self.n_outputs]
+        ph, pw = P - img.shape[-2], P - img.shape[-1]
+        if ph or pw:  # image smaller than the patch: mirror the image, ignore the padding
+            mode = "reflect" if ph < img.shape[-2] and pw < img.shape[-1] else "symmetric"
+            img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
+            tgt = [np.pad(a, ((0, ph), (0, pw))) for a in tgt]
+            wts = [np.pad(a, ((0, ph), (0, pw))) for a in wts]
+        img = img.astype(np.float32, copy=True)
+        tgt_a = np.stack(tgt).astype(np.float32)
+        w_a = np.stack(wts).astype(np.float32)
+        if self.augment:
+            k = int(self.rng.integers(4))
+            flip = bool(self.rng.integers(2))
+            img, tgt_a, w_a = (_geom(a, k, flip) for a in (img, tgt_a, w_a))
+            c = img.shape[0]
+            scale = self.rng.uniform(0.75, 1.25, size=(c, 1, 1)).astype(np.float32)
+            shift = self.rng.uniform(-0.15, 0.15, size=(c, 1, 1)).astype(np.float32)
+            img = img * scale + shift
+        return img, tgt_a, w_a
+
+    def batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return (images ``(B, C, P, P)``, targets ``(B, K, P, P)``, loss weights ``(B, K, P, P)``)."""
+        idx = self.rng.choice(len(self.samples), size=self.batch_size, p=self.p)
+        parts = [self._one(self.samples[i]) for i in idx]
+        return tuple(np.ascontiguousarray(np.stack(a)) for a in zip(*parts, strict=True))
+
+
+def _geom(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    a = np.rot90(a, k, axes=(-2, -1))
+    if flip:
+        a = a[..., ::-1]
+    return a

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from napari_unet.core.data import (
+    Normalisation,
+    PatchSampler,
+    channels_first,
+    find_channel_axis,
+    prepare_samples,
+)
+from napari_unet.core.errors import NapariUnetError
+
+
+def blobs(shape=(64, 80), n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(10, 2, shape).astype(np.float32)
+    lab = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for i in range(1, n + 1):
+        cy, cx = rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
+        lab[disc & (lab == 0)] = i
+        img[disc] += 50
+    return img, lab
+
+
+def test_find_channel_axis():
+    assert find_channel_axis((10, 12), (10, 12)) is None
+    assert find_channel_axis((10, 12, 3), (10, 12)) == 2
+    assert find_channel_axis((2, 10, 12), (10, 12)) == 0
+    assert find_channel_axis((5, 10, 12, 3), (5, 10, 12)) == 3
+    with pytest.raises(NapariUnetError, match="does not match"):
+        find_channel_axis((10, 13), (10, 12))
+    with pytest.raises(NapariUnetError, match="2D labels"):
+        find_channel_axis((5, 10, 12), (10, 12, 7))
+
+
+def test_channels_first_layouts():
+    a = np.zeros((4, 5, 3))
+    assert channels_first(a, -1).shape == (3, 4, 5)
+    assert channels_first(np.zeros((4, 5)), None).shape == (1, 4, 5)
+    with pytest.raises(NapariUnetError, match="spatial axis"):
+        channels_first(a, 1)
+
+
+def test_normalisation_percentiles_and_nan():
+    img = np.arange(1000, dtype=np.float32).reshape(1, 10, 100)
+    n = Normalisation(1, 99)
+    lo, hi = n.ranges(img)
+    out = n.apply(img, lo, hi)
+    assert np.percentile(out, 1) == pytest.approx(0, abs=1e-4)
+    assert np.percentile(out, 99) == pytest.approx(1, abs=1e-4)
+    img[0, 0, 0] = np.nan
+    with pytest.raises(NapariUnetError, match="NaN"):
+        n.ranges(img)
+
+
+def test_constant_image_does_not_blow_up():
+    n = Normalisation()
+    img = np.full((1, 8, 8), 7.0, np.float32)
+    out = n.apply(img, *n.ranges(img))
+    assert np.isfinite(out).all()
+
+
+def test_prepare_samples_checks_and_stacks():
+    img, lab = blobs()
+    s = prepare_samples([img], [lab], normalisation=Normalisation())
+    assert len(s) == 1 and s[0].image.shape == (1, 64, 80) and s[0].image.dtype == np.float32
+    stack = prepare_samples([np.stack([img, img])], [np.stack([lab, lab])],
+                            normalisation=Normalisation())
+    assert len(stack) == 2
+    with pytest.raises(NapariUnetError, match="all zero"):
+        prepare_samples([img], [np.zeros_like(lab)], normalisation=Normalisation())
+    with pytest.raises(NapariUnetError, match="does not match"):
+        prepare_samples([img], [lab[:-1]], normalisation=Normalisation())
+    with pytest.raises(NapariUnetError, match="channel"):
+        prepare_samples([np.zeros((64, 80, 2)), np.zeros((64, 80, 3))], [lab, lab],
+                        normalisation=Normalisation())
+
+
+def test_grey_and_rgb_mix_to_rgb():
+    img, lab = blobs()
+    rgb = np.stack([img] * 3, axis=-1)
+    s = prepare_samples([img, rgb], [lab, lab], normalisation=Normalisation())
+    assert [x.image.shape[0] for x in s] == [3, 3]
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (20, 30), (300, 16)])
+def test_patch_sampler_shapes_and_padding(shape):
+    img, lab = blobs(shape if min(shape) > 16 else (64, 80))
+    if shape != img.shape:
+        img, lab = np.resize(img, shape), np.resize(lab, shape)
+    s = prepare_samples([img], [lab], normalisation=Normalisation())
+    ps = PatchSampler(s, 48, 5, 2, seed=1, augment=False)
+    x, y, w = ps.batch()
+    assert x.shape == (5, 1, 48, 48) and y.shape == (5, 2, 48, 48) and w.shape == y.shape
+    assert x.dtype == y.dtype == w.dtype == np.float32
+    # padding beyond a small image is ignored by the loss, the image itself counts
+    if shape[0] < 48:
+        assert (w[:, :, shape[0]:, :] == 0).all()
+        assert (w[:, 0, : shape[0], : min(48, shape[1])] > 0).all()
+    if shape[1] < 48:
+        assert (w[:, :, :, shape[1]:] == 0).all()
+
+
+def test_augmentation_keeps_image_and_targets_aligned():
+    img, lab = blobs()
+    s = prepare_samples([img], [lab], normalisation=Normalisation())
+    ps = PatchSampler(s, 32, 16, 1, augment=True, seed=3)
+    x, y, _ = ps.batch()
+    # nuclei are bright: image is higher inside the foreground target in every patch
+    for xi, yi in zip(x, y):
+        if 0 < yi[0].sum() < yi[0].size:
+            assert xi[0][yi[0] > 0].mean() > xi[0][yi[0] == 0].mean()

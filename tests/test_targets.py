@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.targets import border_weights, check_labels, is_binary_mask, make_targets
+
+
+def two_touching():
+    lab = np.zeros((20, 30), np.int32)
+    lab[5:15, 3:15] = 1
+    lab[5:15, 15:27] = 2
+    return lab
+
+
+def test_instance_targets_mark_the_interface():
+    t = make_targets(two_touching())
+    assert t.boundary_valid
+    assert t.foreground.sum() == 10 * 24
+    # both sides of the interface between the two objects are boundary
+    assert t.boundary[10, 14] and t.boundary[10, 15]
+    # deep inside an object is not
+    assert not t.boundary[10, 8]
+    # boundary only inside objects
+    assert not (t.boundary & (t.foreground == 0)).any()
+    assert t.valid.all()
+    assert set(np.unique(t.instances)) == {0, 1, 2}
+
+
+def test_binary_mask_does_not_supervise_boundaries_between_merged_objects():
+    mask = (two_touching() > 0).astype(np.uint8) * 255
+    t = make_targets(mask)
+    assert is_binary_mask(mask)
+    # one connected component: its outline is still a valid boundary
+    assert t.boundary_valid
+    mask2 = mask.copy()
+    mask2[0:3, 0:3] = 255  # a second, separate component: touching objects may hide inside
+    assert not make_targets(mask2).boundary_valid
+
+
+def test_sparse_convention():
+    lab = np.zeros((20, 30), np.int32)  # 0 = not annotated
+    lab[0:4, :] = 1  # painted background
+    lab[5:15, 3:15] = 2
+    lab[5:15, 15:27] = 3
+    t = make_targets(lab, sparse=True)
+    assert t.valid[0:4].all() and t.valid[5:15, 3:27].all()
+    assert not t.valid[17:, :].any()
+    assert t.foreground[0:4].sum() == 0
+    assert t.foreground.sum() == 240
+    assert t.boundary[10, 14] and t.boundary[10, 15]
+
+
+def test_border_weights_peak_between_close_objects():
+    lab = np.zeros((40, 60), np.int32)
+    lab[10:30, 5:28] = 1
+    lab[10:30, 30:55] = 2  # 2-pixel gap at columns 28-29
+    w = border_weights(lab, w0=10, sigma=5)
+    assert w[20, 28] > 9.0  # d1 + d2 = 1 + 2: close to 1 + w0
+    assert w[0, 0] < 2.0
+    assert (w[lab > 0] == 1).all()
+    t = make_targets(lab, border_weight=10)
+    assert t.weight is not None and t.weight.max() == pytest.approx(w.max())
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.array([[0.5, 1.0]]), "whole numbers"),
+        (np.array([[-1, 2]]), "negative"),
+        (np.array([[np.nan, 1.0]]), "whole numbers"),
+    ],
+)
+def test_bad_labels(bad, match):
+    with pytest.raises(NapariUnetError, match=match):
+        check_labels(bad)
+
+
+def test_float_labels_with_whole_values_are_accepted():
+    out = check_labels(np.array([[0.0, 2.0], [3.0, 0.0]]))
+    assert out.dtype.kind in "iu" and out.max() == 3
+
+
+def test_large_label_values_are_kept():
+    lab = np.zeros((10, 10), np.uint32)
+    lab[2:5, 2:5] = 70000
+    lab[6:9, 6:9] = 70001
+    t = make_targets(lab)
+    assert set(np.unique(t.instances)) == {0, 70000, 70001}
