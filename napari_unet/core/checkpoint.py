@@ -1,0 +1,176 @@
+"""Saving and loading models with everything needed to predict, safely.
+
+A checkpoint is a ``torch.save`` file holding only tensors and plain strings:
+``{"format": "napari-unet", "format_version": 1, "meta": <JSON text>,
+"state_dict": {name: tensor}}``. It is loaded with ``torch.load(...,
+weights_only=True)``, PyTorch's restricted unpickler, which refuses any object
+that is not a tensor or a primitive container: a file carrying a pickle payload
+that would run code is rejected, never executed. Writes are atomic (temporary
+file in the same folder, flushed, then renamed over the target).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from napari_unet.core.errors import CheckpointError, NapariUnetError
+from napari_unet.core.io import atomic_write
+from napari_unet.core.model import UNet, UNetSpec
+
+FORMAT = "napari-unet"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelBundle:
+    """A model with the metadata needed to use it.
+
+    Attributes
+    ----------
+    model : UNet
+    meta : dict
+        JSON-able: ``spec`` (architecture), ``outputs`` (names of the output maps),
+        ``normalisation``, ``train_config``, ``history``, ``version``.
+    """
+
+    model: UNet
+    meta: dict
+
+    @property
+    def spec(self) -> UNetSpec:
+        """The architecture."""
+        return self.model.spec
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the model expects (1 grey, 3 RGB, ...)."""
+        return self.spec.in_channels
+
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the output maps, e.g. ``["foreground", "boundary"]``."""
+        return list(self.meta["outputs"])
+
+    @property
+    def device(self) -> torch.device:
+        """Device the weights are on."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> ModelBundle:
+        """Move the model to ``device`` (in place) and return self."""
+        self.model.to(device)
+        return self
+
+
+def new_bundle(spec: UNetSpec, meta: dict) -> ModelBundle:
+    """Create a freshly initialised model with ``meta`` (``spec`` is filled in)."""
+    meta = dict(meta)
+    meta["spec"] = spec.to_dict()
+    return ModelBundle(UNet(spec), meta)
+
+
+def _payload(bundle: ModelBundle) -> dict:
+    from napari_unet import __version__
+
+    meta = dict(bundle.meta)
+    meta["spec"] = bundle.spec.to_dict()
+    meta["version"] = __version__
+    state = {k: v.detach().to("cpu").clone() for k, v in bundle.model.state_dict().items()}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": json.dumps(meta),
+        "state_dict": state,
+    }
+
+
+def save_checkpoint(bundle: ModelBundle, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write ``bundle`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+    path : str or Path
+    overwrite : bool
+        When False, an existing file is never replaced.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise NapariUnetError(f"{path} exists; choose another name or allow overwriting.")
+    buf = io.BytesIO()
+    torch.save(_payload(bundle), buf)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a model saved by :func:`save_checkpoint` without executing code from the file.
+
+    Parameters
+    ----------
+    path : str or Path
+    device : str or torch.device
+        Where to put the weights ("auto" picks CUDA, MPS or CPU).
+
+    Returns
+    -------
+    ModelBundle
+        In eval mode.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, truncated, foreign, unsafe or incompatible file.
+    """
+    from napari_unet.core.device import select_device
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Model file {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than weights (possibly code); it was not loaded. "
+            "Only load model files written by napari-unet."
+        ) from e
+    except Exception as e:  # noqa: BLE001 - garbage bytes make the unpickler raise anything
+        raise CheckpointError(
+            f"{path} is not a readable napari-unet model (truncated or not a PyTorch file): "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a napari-unet model (no napari-unet header); "
+            "train a model with napari-unet or pick another file."
+        )
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer napari-unet (file format {version}, this version "
+            f"reads up to {FORMAT_VERSION}); upgrade napari-unet to load it."
+        )
+    try:
+        meta = json.loads(obj["meta"])
+        spec = UNetSpec.from_dict(meta["spec"])
+        model = UNet(spec)
+        model.load_state_dict(obj["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path} is a napari-unet model whose contents are damaged or incompatible: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from e
+    model.eval()
+    bundle = ModelBundle(model, meta)
+    return bundle.to(select_device(device) if isinstance(device, str) else device)

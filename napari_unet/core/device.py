@@ -1,0 +1,65 @@
+"""Choosing and describing the compute device (CUDA, then Apple MPS, then CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from napari_unet.core.errors import NapariUnetError
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """Return the device to compute on.
+
+    Parameters
+    ----------
+    preference : {"auto", "cuda", "mps", "cpu"} or a torch device string
+        "auto" picks CUDA when available, then Apple MPS, then the CPU.
+
+    Raises
+    ------
+    NapariUnetError
+        When an explicitly requested device is not available.
+    """
+    pref = (preference or "auto").lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_ok:
+            return torch.device("mps")
+        return torch.device("cpu")
+    if pref.startswith("cuda") and not torch.cuda.is_available():
+        raise NapariUnetError(
+            "CUDA was requested but this PyTorch has no usable CUDA GPU "
+            f"(torch {torch.__version__}). Use device 'auto' or 'cpu', or install a CUDA "
+            "build of PyTorch (see the README)."
+        )
+    if pref == "mps" and not mps_ok:
+        raise NapariUnetError("Apple MPS was requested but is not available on this machine.")
+    try:
+        return torch.device(pref)
+    except RuntimeError as e:
+        raise NapariUnetError(
+            f"Unknown device {preference!r}; use one of {DEVICE_CHOICES}."
+        ) from e
+
+
+def describe_device(device: torch.device) -> str:
+    """Human description of ``device``, e.g. ``"CUDA: NVIDIA H100"`` or ``"CPU (2 threads)"``."""
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        return f"CUDA: {torch.cuda.get_device_name(idx)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def release_memory(device: torch.device) -> None:
+    """Give cached accelerator memory back after work ends."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
