@@ -1,0 +1,375 @@
+"""Tiled prediction: overlap-tile with mirror padding and smooth blending.
+
+The image is read tile by tile (numpy, dask or zarr arrays alike), mirror-padded
+at its borders as in the UNet paper, and the tiles' probabilities are blended
+with weights that fall off towards the tile edges, so there are no seams.
+Accumulation happens in a strip one tile high; finished rows are written to the
+output, so working memory is bounded by ``tile_size x image width``, not by
+the image area. 3D stacks and time series are predicted slice by slice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from napari_unet.core.checkpoint import ModelBundle
+from napari_unet.core.data import Normalisation, channels_first
+from napari_unet.core.errors import NapariUnetError
+
+__all__ = [
+    "PredictConfig",
+    "PredictProgress",
+    "PredictResult",
+    "iter_predict",
+    "predict",
+    "predict_probabilities",
+    "prepare_image",
+]
+
+
+@dataclass
+class PredictConfig:
+    """Settings for prediction and for turning probabilities into labels.
+
+    Parameters
+    ----------
+    tile_size : int
+        Tile edge in pixels (rounded up to the network's multiple).
+    overlap : int
+        Pixels shared by neighbouring tiles (also the mirror padding at borders is
+        half of it).
+    batch_size : int
+        Tiles per forward pass.
+    device : str
+        "auto", "cuda", "mps" or "cpu".
+    threshold, boundary_threshold : float
+        Foreground and boundary probability thresholds.
+    split : bool
+        Separate touching objects (boundary channel and/or distance watershed).
+    min_size : int
+        Objects smaller than this (pixels) are removed.
+    fill_holes : bool
+        Fill holes inside objects.
+    """
+
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 4
+    device: str = "auto"
+    threshold: float = 0.5
+    boundary_threshold: float = 0.5
+    split: bool = True
+    min_size: int = 10
+    fill_holes: bool = True
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+
+@dataclass
+class PredictProgress:
+    """Progress of a prediction: ``done`` of ``total`` tiles."""
+
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class PredictResult:
+    """What a prediction returns.
+
+    Attributes
+    ----------
+    labels : (..., M, N) ndarray of uint32
+        One value per object, 0 background.
+    probabilities : dict of str to (..., M, N) ndarray of float32
+        One map per model output, e.g. "foreground" and "boundary".
+    """
+
+    labels: np.ndarray
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def prepare_image(image, in_channels: int, channel_axis: int | None):
+    """Return ``image`` laid out ``(C, ..., Y, X)`` with the model's channel count.
+
+    A single-channel image given to a multi-channel model is repeated on every
+    channel (grey -> RGB); an RGBA image with a constant alpha given to an RGB
+    model loses the alpha. Anything else whose channel count differs raises.
+    """
+    if channel_axis is None and image.ndim >= 3 and in_channels > 1 and image.shape[-1] == in_channels:
+        raise NapariUnetError(
+            f"This model expects {in_channels} channels; the image of shape {tuple(image.shape)} "
+            "looks channels-last: say which axis holds the channels (channel_axis=-1, or "
+            "--channel-axis -1 on the command line)."
+        )
+    img = channels_first(image, channel_axis)
+    c = img.shape[0]
+    if img.ndim < 3:
+        raise NapariUnetError(f"The image must be at least 2D, got shape {tuple(image.shape)}.")
+    if c == in_channels:
+        return img
+    if c == 1:
+        return _Repeat(img, in_channels)
+    if c == 4 and in_channels == 3:
+        alpha = np.asarray(img[3][(slice(None, None, 16),) * (img.ndim - 1)])
+        if alpha.size and np.all(alpha == alpha.flat[0]):
+            return img[:3]
+    raise NapariUnetError(
+        f"The image has {c} channels but the model was trained on {in_channels}. "
+        "Pick an image like the training images, or train a model on this kind of image."
+    )
+
+
+class _Repeat:
+    """Lazy view repeating a single channel ``n`` times (channel axis 0)."""
+
+    def __init__(self, img, n: int) -> None:
+        self.img, self.n = img, n
+        self.shape = (n,) + tuple(img.shape[1:])
+        self.ndim = img.ndim
+        self.dtype = img.dtype
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        sub = np.asarray(self.img[(slice(0, 1),) + key[1:]])
+        return np.repeat(sub, self.n, axis=0)[key[0]]
+
+
+def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
+    """Mirror indices into ``[0, n)`` (no edge repeat, like ``np.pad(mode='reflect')``)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * n - 2
+    idx = np.abs(idx) % period
+    return np.where(idx >= n, period - idx, idx)
+
+
+def _origins(n: int, tile: int, pad: int, multiple: int) -> tuple[list[int], int]:
+    """Tile origins (in image coordinates, may be negative) and tile length along one axis."""
+    total = n + 2 * pad
+    if total <= tile:
+        length = -(-total // multiple) * multiple
+        return [-pad], length
+    stride = tile - 2 * pad
+    origins = list(range(-pad, n + pad - tile, stride))
+    origins.append(n + pad - tile)
+    return sorted(set(origins)), tile
+
+
+def _ramp(length: int, pad: int) -> np.ndarray:
+    """1D blending weight: cosine ramp over ``2 * pad`` pixels at both ends."""
+    w = np.ones(length, np.float32)
+    r = min(2 * pad, length // 2)
+    if r > 0:
+        t = (np.arange(r, dtype=np.float32) + 0.5) / r
+        ramp = 0.5 - 0.5 * np.cos(np.pi * t)
+        w[:r] = ramp
+        w[length - r :] = ramp[::-1]
+    return np.maximum(w, 1e-3)
+
+
+def _predict_2d(
+    bundle: ModelBundle,
+    image,  # (C, Y, X) array-like, raw values
+    lo: np.ndarray,
+    hi: np.ndarray,
+    norm: Normalisation,
+    config: PredictConfig,
+    device,
+    stop: threading.Event | None,
+    progress: list[int],
+    total: int,
+) -> Generator[PredictProgress, None, np.ndarray | None]:
+    import torch
+
+    model = bundle.model
+    m = bundle.spec.multiple
+    _, H, W = image.shape
+    tile = max(m, -(-int(config.tile_size) // m) * m)
+    pad = max(0, int(config.overlap) // 2)
+    pad = min(pad, (tile - m) // 2)
+    ys, th = _origins(H, tile, pad, m)
+    xs, tw = _origins(W, tile, pad, m)
+    K = model.spec.out_channels
+    out = np.zeros((K, H, W), np.float32)
+    wy, wx = _ramp(th, pad), _ramp(tw, pad)
+    weight = np.outer(wy, wx)
+    # strip accumulator covering image rows [y0, y0 + th) and columns [-pad, W + pad)
+    x_lo = min(xs)
+    x_hi = max(xs) + tw
+    acc = np.zeros((K, th, x_hi - x_lo), np.float32)
+    wsum = np.zeros((th, x_hi - x_lo), np.float32)
+    use_amp = device.type == "cuda"
+    for r, y0 in enumerate(ys):
+        rows = _reflect(np.arange(y0, y0 + th), H)
+        r0, r1 = int(rows.min()), int(rows.max()) + 1
+        tiles = []
+        for x0 in xs:
+            cols = _reflect(np.arange(x0, x0 + tw), W)
+            c0, c1 = int(cols.min()), int(cols.max()) + 1
+            win = np.asarray(image[:, r0:r1, c0:c1], dtype=np.float32)
+            tiles.append((x0, win[:, (rows - r0)[:, None], (cols - c0)[None, :]]))
+        for b in range(0, len(tiles), max(1, config.batch_size)):
+            if stop is not None and stop.is_set():
+                return None
+            chunk = tiles[b : b + config.batch_size]
+            x = np.stack([t for _, t in chunk])
+            x = norm.apply(x.transpose(1, 0, 2, 3), lo, hi).transpose(1, 0, 2, 3)
+            xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+            with torch.inference_mode(), torch.autocast(device.type, enabled=use_amp):
+                prob = torch.sigmoid(model(xt).float()).cpu().numpy()
+            for (x0, _), p in zip(chunk, prob, strict=True):
+                a = x0 - x_lo
+                acc[:, :, a : a + tw] += p * weight
+                wsum[:, a : a + tw] += weight
+            progress[0] += len(chunk)
+            yield PredictProgress(progress[0], total, f"tile {progress[0]}/{total}")
+        # rows [y0, next_y0) are final: write the part inside the image
+        next_y0 = ys[r + 1] if r + 1 < len(ys) else y0 + th
+        n_final = next_y0 - y0
+        lo_row, hi_row = max(y0, 0), min(next_y0, H)
+        if hi_row > lo_row:
+            s0, s1 = lo_row - y0, hi_row - y0
+            a0, a1 = 0 - x_lo, W - x_lo
+            out[:, lo_row:hi_row] = acc[:, s0:s1, a0:a1] / wsum[s0:s1, a0:a1]
+        acc = np.roll(acc, -n_final, axis=1)
+        wsum = np.roll(wsum, -n_final, axis=0)
+        acc[:, th - n_final :] = 0
+        wsum[th - n_final :] = 0
+    return out
+
+
+def iter_predict(
+    bundle: ModelBundle,
+    image,
+    *,
+    channel_axis: int | None = None,
+    config: PredictConfig | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[PredictProgress, None, PredictResult | None]:
+    """Predict probabilities and labels for an image, yielding progress.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        A trained model (see :mod:`napari_unet.core.checkpoint`).
+    image : (..., M, N) array-like
+        numpy, dask or zarr; leading axes (Z, T, ...) are predicted slice by slice.
+        May hold a channel axis (see ``channel_axis``).
+    channel_axis : int or None
+        Axis of the channels (-1 for RGB), or None for a single-channel image.
+    config : PredictConfig, optional
+    stop : threading.Event, optional
+        When set, the prediction ends after the current batch of tiles and the
+        generator returns None.
+
+    Yields
+    ------
+    PredictProgress
+
+    Returns
+    -------
+    PredictResult or None
+        None when stopped.
+    """
+    import torch
+
+    from napari_unet.core.device import select_device
+    from napari_unet.core.split import labels_from_probabilities
+
+    config = config or PredictConfig()
+    if not hasattr(image, "shape") or not hasattr(image, "ndim"):
+        image = np.asarray(image)
+    img = prepare_image(image, bundle.in_channels, channel_axis)
+    norm = Normalisation.from_dict(bundle.meta.get("normalisation", {}))
+    device = select_device(config.device)
+    bundle.to(device)
+    bundle.model.eval()
+    if device.type == "cpu":
+        bundle.model.to(memory_format=torch.contiguous_format)
+    lead = tuple(img.shape[1:-2])
+    H, W = img.shape[-2:]
+    lo, hi = norm.ranges(img)
+    m = bundle.spec.multiple
+    tile = max(m, -(-int(config.tile_size) // m) * m)
+    pad = min(max(0, int(config.overlap) // 2), (tile - m) // 2)
+    n_tiles = len(_origins(H, tile, pad, m)[0]) * len(_origins(W, tile, pad, m)[0])
+    total = n_tiles * int(np.prod(lead, dtype=np.int64))
+    outputs = bundle.outputs
+    probs = {name: np.zeros(lead + (H, W), np.float32) for name in outputs}
+    labels = np.zeros(lead + (H, W), np.uint32)
+    progress = [0]
+    next_id = 0
+    yield PredictProgress(0, total, "starting")
+    for idx in np.ndindex(*lead):
+        p = yield from _predict_2d(
+            bundle, _Slice(img, idx), lo, hi, norm, config, device, stop, progress, total
+        )
+        if p is None:
+            return None
+        for k, name in enumerate(outputs):
+            probs[name][idx] = p[k]
+        lab = labels_from_probabilities(
+            p[0],
+            p[1] if len(outputs) > 1 else None,
+            threshold=config.threshold,
+            boundary_threshold=config.boundary_threshold,
+            min_size=config.min_size,
+            fill_holes=config.fill_holes,
+            split=config.split,
+        ).astype(np.uint32)
+        if lab.size and lab.max() > 0:
+            lab[lab > 0] += next_id
+            next_id = int(lab.max())
+        labels[idx] = lab
+    return PredictResult(labels=labels, probabilities=probs)
+
+
+class _Slice:
+    """Lazy 2D slice ``(C, Y, X)`` of a ``(C, ..., Y, X)`` array at leading index ``idx``."""
+
+    def __init__(self, img, idx: tuple[int, ...]) -> None:
+        self.img, self.idx = img, idx
+        self.shape = (img.shape[0],) + tuple(img.shape[-2:])
+
+    def __getitem__(self, key):
+        return self.img[(key[0],) + self.idx + tuple(key[1:])]
+
+
+def predict(bundle: ModelBundle, image, **kwargs) -> PredictResult:
+    """Run :func:`iter_predict` to the end and return its result."""
+    gen = iter_predict(bundle, image, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as e:
+            return e.value
+
+
+def predict_probabilities(
+    bundle: ModelBundle, image, *, channel_axis: int | None = None, config: PredictConfig | None = None
+) -> np.ndarray:
+    """Return the blended probabilities ``(K, M, N)`` of a 2D image (no labels)."""
+    from napari_unet.core.device import select_device
+
+    config = config or PredictConfig()
+    img = prepare_image(image, bundle.in_channels, channel_axis)
+    if img.ndim != 3:
+        raise NapariUnetError(f"predict_probabilities takes a 2D image, got {tuple(image.shape)}.")
+    norm = Normalisation.from_dict(bundle.meta.get("normalisation", {}))
+    device = select_device(config.device)
+    bundle.to(device).model.eval()
+    lo, hi = norm.ranges(img)
+    gen = _predict_2d(bundle, img, lo, hi, norm, config, device, None, [0], 0)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as e:
+            return e.value

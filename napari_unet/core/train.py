@@ -1,0 +1,604 @@
+"""Training: a generator that yields typed progress and returns the best model.
+
+:func:`iter_train` is the one training loop of napari-unet: the command line,
+the Train widget (in a napari ``thread_worker``) and the tests all run it.
+It validates its inputs before the first yield, samples augmented patches,
+keeps the best model by validation score (written atomically to
+``checkpoint_path`` whenever it improves), stops on a time budget, an epoch
+count, early stopping, divergence (NaN loss) or when ``stop`` is set, and
+returns a :class:`TrainResult` holding the best model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.core.checkpoint import ModelBundle, new_bundle, save_checkpoint
+from napari_unet.core.data import Normalisation, PatchSampler, Sample, prepare_samples
+from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.model import UNetSpec
+
+__all__ = ["TrainConfig", "TrainProgress", "TrainResult", "iter_train", "train", "LOSSES"]
+
+LOSSES = ("bce_dice", "bce", "dice", "weighted_bce")
+TARGETS = ("auto", "instance", "semantic")
+
+#: Progress kinds yielded by :func:`iter_train`.
+START, STEP, VALIDATION, DONE = "start", "step", "validation", "done"
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Every field has a default that works on nuclei.
+
+    Parameters
+    ----------
+    depth, base_channels, upsampling, batch_norm
+        UNet architecture (see :class:`napari_unet.core.model.UNetSpec`).
+    targets : {"auto", "instance", "semantic"}
+        "instance" learns foreground + boundary maps (splits touching objects);
+        "semantic" learns the foreground only; "auto" picks "instance" unless every
+        label image is a binary mask.
+    sparse : bool
+        Sparse annotation: 0 = not annotated (ignored), 1 = background, >= 2 objects.
+    boundary_width : int
+        Width of the boundary band (pixels).
+    loss : {"bce_dice", "bce", "dice", "weighted_bce"}
+        "weighted_bce" is BCE with the UNet paper's border weights.
+    border_weight, border_sigma : float
+        ``w0`` and ``sigma`` of the border weights (0 disables them; "weighted_bce"
+        uses 10 when 0).
+    patch_size, batch_size : int
+        Training patches.
+    augment : bool
+        Flips, 90-degree rotations, intensity jitter.
+    fg_fraction : float
+        Share of patches centred on an object.
+    norm_low, norm_high : float
+        Percentiles mapped to 0 and 1 (stored with the model).
+    val_fraction : float
+        Share of images held back for validation (split by image).
+    val_max_images : int
+        At most this many validation images are scored (speed).
+    epochs : int or None
+        Number of epochs (used when ``minutes`` is None; default 50).
+    minutes : float or None
+        Time budget; training stops when it is spent (validation included).
+    steps_per_epoch : int or None
+        None: about one pass over the training pixels, between 20 and 200 steps.
+    lr, weight_decay : float
+        AdamW; the learning rate follows a cosine decay over the budget.
+    patience : int or None
+        Early stopping after this many validations without improvement.
+    device : str
+        "auto" (CUDA, then MPS, then CPU), "cuda", "mps" or "cpu".
+    amp : bool or None
+        Mixed precision; None = on for CUDA only.
+    channels_last : bool or None
+        Channels-last memory format; None = on for CUDA only.
+    checkpoint_path : str or None
+        Where the best model is written (atomically) whenever it improves.
+    seed : int
+    """
+
+    depth: int = 4
+    base_channels: int = 16
+    upsampling: str = "bilinear"
+    batch_norm: bool = True
+    targets: str = "auto"
+    sparse: bool = False
+    boundary_width: int = 1
+    loss: str = "bce_dice"
+    border_weight: float = 0.0
+    border_sigma: float = 5.0
+    patch_size: int = 256
+    batch_size: int = 4
+    augment: bool = True
+    fg_fraction: float = 0.5
+    norm_low: float = 1.0
+    norm_high: float = 99.8
+    val_fraction: float = 0.1
+    val_max_images: int = 32
+    epochs: int | None = None
+    minutes: float | None = None
+    steps_per_epoch: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int | None = 10
+    device: str = "auto"
+    amp: bool | None = None
+    channels_last: bool | None = None
+    checkpoint_path: str | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build a config from a dict, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def validate(self) -> None:
+        """Raise :class:`NapariUnetError` for settings that cannot work."""
+        if self.loss not in LOSSES:
+            raise NapariUnetError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+        if self.targets not in TARGETS:
+            raise NapariUnetError(f"targets must be one of {TARGETS}, got {self.targets!r}.")
+        if self.patch_size < 16:
+            raise NapariUnetError(f"patch_size must be at least 16 pixels, got {self.patch_size}.")
+        if self.batch_size < 1:
+            raise NapariUnetError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.epochs is not None and self.epochs < 1:
+            raise NapariUnetError(f"epochs must be at least 1, got {self.epochs}.")
+        if self.minutes is not None and not self.minutes > 0:
+            raise NapariUnetError(f"minutes must be positive, got {self.minutes}.")
+        if not 0 <= self.val_fraction < 1:
+            raise NapariUnetError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if not 0 <= self.norm_low < self.norm_high <= 100:
+            raise NapariUnetError(
+                f"Need 0 <= norm_low < norm_high <= 100, got {self.norm_low}, {self.norm_high}."
+            )
+        if not self.lr > 0:
+            raise NapariUnetError(f"lr must be positive, got {self.lr}.")
+
+
+@dataclass
+class TrainProgress:
+    """One report from :func:`iter_train`.
+
+    Attributes
+    ----------
+    kind : {"start", "step", "validation", "done"}
+    step, epoch : int
+    loss : float or None
+        Training loss of this step.
+    validation : dict or None
+        On "validation": ``val_loss``, ``dice``, ``f1`` (instance models), ``score``.
+    elapsed : float
+        Seconds since training started.
+    fraction : float
+        Share of the budget (time or epochs) used, 0..1.
+    device : str
+        The device in words, e.g. "CPU (2 threads)", "CUDA: NVIDIA H100".
+    message : str
+    """
+
+    kind: str
+    step: int = 0
+    epoch: int = 0
+    loss: float | None = None
+    validation: dict | None = None
+    elapsed: float = 0.0
+    fraction: float = 0.0
+    device: str = ""
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`iter_train` returns.
+
+    Attributes
+    ----------
+    bundle : ModelBundle
+        The best model (by validation score; the last one without validation).
+    history : list of dict
+        One entry per validation.
+    best_score : float or None
+    stopped : {"budget", "epochs", "early_stopping", "user", "diverged"}
+    checkpoint : Path or None
+        Where the best model was saved.
+    device : str
+    steps : int
+    """
+
+    bundle: ModelBundle
+    history: list[dict] = field(default_factory=list)
+    best_score: float | None = None
+    stopped: str = "epochs"
+    checkpoint: Path | None = None
+    device: str = ""
+    steps: int = 0
+
+
+def _loss_fn(kind: str):
+    import torch
+    import torch.nn.functional as F
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        total = logits.new_zeros(())
+        denom_w = weight.sum(dim=(0, 2, 3))
+        used = denom_w > 0
+        if kind in ("bce", "bce_dice", "weighted_bce"):
+            bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+            per_ch = bce.sum(dim=(0, 2, 3)) / denom_w.clamp(min=1)
+            total = total + per_ch[used].sum() / used.sum().clamp(min=1)
+        if kind in ("dice", "bce_dice"):
+            valid = (weight > 0).to(logits.dtype)
+            p = torch.sigmoid(logits) * valid
+            t = target * valid
+            inter = (p * t).sum(dim=(0, 2, 3))
+            card = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+            dice = 1 - (2 * inter + 1.0) / (card + 1.0)
+            total = total + dice[used].sum() / used.sum().clamp(min=1)
+        return total
+
+    return loss
+
+
+def _split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple[list, list]:
+    """Hold back whole images (by sample name) for validation."""
+    if fraction <= 0 or len(samples) < 2:
+        return samples, []
+    names = sorted({s.name.split(" (")[0] for s in samples})
+    rng = np.random.default_rng(seed)
+    if len(names) >= 2:
+        n_val = max(1, int(round(fraction * len(names))))
+        n_val = min(n_val, len(names) - 1)
+        val_names = set(rng.choice(names, n_val, replace=False).tolist())
+        train = [s for s in samples if s.name.split(" (")[0] not in val_names]
+        val = [s for s in samples if s.name.split(" (")[0] in val_names]
+        return train, val
+    n_val = min(max(1, int(round(fraction * len(samples)))), len(samples) - 1)
+    order = rng.permutation(len(samples))
+    val_idx = set(order[:n_val].tolist())
+    return (
+        [s for i, s in enumerate(samples) if i not in val_idx],
+        [s for i, s in enumerate(samples) if i in val_idx],
+    )
+
+
+def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_outputs: int) -> dict:
+    """Score the model on whole validation images (tiled, like prediction)."""
+    import torch
+
+    from napari_unet.core.metrics import match_objects
+    from napari_unet.core.predict import PredictConfig, _predict_2d
+    from napari_unet.core.split import labels_from_probabilities
+
+    cfg = PredictConfig(tile_size=512, overlap=32, batch_size=2)
+    ident = Normalisation(0.0, 100.0)
+    c = bundle.in_channels
+    lo, hi = np.zeros(c, np.float32), np.ones(c, np.float32)
+    losses, inter, card, tp, fp, fn = [], 0.0, 0.0, 0, 0, 0
+    instance_ok = True
+    bundle.model.eval()
+    for s in val:
+        gen = _predict_2d(bundle, s.image, lo, hi, ident, cfg, device, None, [0], 0)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as e:
+            prob = e.value
+        t = s.targets
+        tgt = np.stack([t.foreground, t.boundary][:n_outputs]).astype(np.float32)
+        w = t.valid.astype(np.float32)
+        wts = np.stack([w, w * float(t.boundary_valid)][:n_outputs])
+        p = np.clip(prob, 1e-6, 1 - 1e-6)
+        logits = torch.from_numpy(np.log(p / (1 - p)))[None]
+        losses.append(
+            float(loss_fn(logits, torch.from_numpy(tgt)[None], torch.from_numpy(wts)[None]))
+        )
+        valid = t.valid.astype(bool)
+        pf = (prob[0] > 0.5) & valid
+        gf = t.foreground.astype(bool) & valid
+        inter += float(np.logical_and(pf, gf).sum())
+        card += float(pf.sum() + gf.sum())
+        if n_outputs > 1 and t.instances is not None and valid.all():
+            pred = labels_from_probabilities(prob[0], prob[1])
+            mt = match_objects(t.instances, pred, thresholds=(0.5,))
+            tp, fp, fn = tp + int(mt.tp[0]), fp + int(mt.fp[0]), fn + int(mt.fn[0])
+        else:
+            instance_ok = False
+    out = {"val_loss": float(np.mean(losses)), "dice": (2 * inter + 1e-9) / (card + 1e-9)}
+    if n_outputs > 1 and instance_ok:
+        out["f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
+        out["score"] = out["f1"]
+    else:
+        out["score"] = out["dice"]
+    return out
+
+
+def iter_train(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    init: ModelBundle | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[TrainProgress, None, TrainResult]:
+    """Train a UNet, yielding progress; return the best model.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        2D grey ``(M, N)``, channels-last ``(M, N, C)``, or stacks matching their
+        labels; an image with one more axis than its labels has a channel axis.
+    labels : sequence of ndarray
+        Instance labels, binary masks or sparse annotations (see
+        :mod:`napari_unet.core.targets`), one per image.
+    config : TrainConfig, optional
+    names : sequence of str, optional
+        Names for messages and for the validation split (file stems, layer names).
+    init : ModelBundle, optional
+        Fine-tune this model (its architecture and normalisation are kept).
+    stop : threading.Event, optional
+        When set, training ends after the current step and the best model so far
+        is returned.
+
+    Yields
+    ------
+    TrainProgress
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    NapariUnetError
+        Invalid settings or data (raised before the first yield).
+    """
+    import torch
+
+    from napari_unet.core.device import describe_device, release_memory, select_device
+
+    config = config or TrainConfig()
+    config.validate()
+    if init is not None:
+        norm = Normalisation.from_dict(init.meta.get("normalisation", {}))
+    else:
+        norm = Normalisation(config.norm_low, config.norm_high)
+    border_weight = config.border_weight
+    if config.loss == "weighted_bce" and border_weight <= 0:
+        border_weight = 10.0
+    samples = prepare_samples(
+        images,
+        labels,
+        normalisation=norm,
+        names=names,
+        sparse=config.sparse,
+        border_weight=border_weight,
+        border_sigma=config.border_sigma,
+        boundary_width=config.boundary_width,
+        seed=config.seed,
+        in_channels=init.in_channels if init is not None else None,
+    )
+    in_channels = samples[0].image.shape[0]
+    if config.targets == "auto":
+        n_outputs = 2 if any(s.targets.boundary_valid for s in samples) else 1
+    else:
+        n_outputs = 2 if config.targets == "instance" else 1
+    if init is not None:
+        n_outputs = init.spec.out_channels
+    train_s, val_s = _split_validation(samples, config.val_fraction, config.seed)
+    if val_s and config.val_max_images and len(val_s) > config.val_max_images:
+        val_s = val_s[: config.val_max_images]
+
+    device = select_device(config.device)
+    dev_text = describe_device(device)
+    torch.manual_seed(config.seed)
+    if init is not None:
+        bundle = ModelBundle(copy.deepcopy(init.model), copy.deepcopy(init.meta))
+        history_prev = list(bundle.meta.get("history", []))
+    else:
+        spec = UNetSpec(
+            in_channels=in_channels,
+            out_channels=n_outputs,
+            depth=config.depth,
+            base_channels=config.base_channels,
+            batch_norm=config.batch_norm,
+            upsampling=config.upsampling,
+        )
+        bundle = new_bundle(spec, {})
+        history_prev = []
+    outputs = ["foreground", "boundary"][:n_outputs]
+    bundle.meta.update(
+        outputs=outputs,
+        normalisation=norm.to_dict(),
+        train_config=config.to_dict(),
+        n_train_images=len(train_s),
+        n_val_images=len(val_s),
+    )
+    model = bundle.model.to(device)
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    loss_fn = _loss_fn("bce" if config.loss == "weighted_bce" else config.loss)
+    sampler = PatchSampler(
+        train_s,
+        config.patch_size,
+        config.batch_size,
+        n_outputs,
+        fg_fraction=config.fg_fraction,
+        augment=config.augment,
+        seed=config.seed,
+    )
+    if config.steps_per_epoch:
+        steps_per_epoch = int(config.steps_per_epoch)
+    else:
+        px = sum(s.shape[0] * s.shape[1] for s in train_s)
+        steps_per_epoch = int(np.clip(px / (config.batch_size * config.patch_size**2), 20, 200))
+    budget_s = config.minutes * 60.0 if config.minutes else None
+    epochs = config.epochs if config.epochs else (None if budget_s else 50)
+    total_steps = epochs * steps_per_epoch if epochs else None
+    ckpt = Path(config.checkpoint_path) if config.checkpoint_path else None
+
+    history: list[dict] = []
+    best_score: float | None = None
+    best_state = None
+    safe_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    bad_epochs = 0
+    stopped = "epochs"
+    step = epoch = 0
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    last_val_s = 0.0
+
+    def fraction(elapsed: float) -> float:
+        f_time = elapsed / budget_s if budget_s else 0.0
+        f_steps = step / total_steps if total_steps else 0.0
+        return float(min(1.0, max(f_time, f_steps)))
+
+    def run_validation() -> dict:
+        nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s
+        tv = time.perf_counter()
+        entry = {"step": step, "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None}
+        if val_s:
+            entry.update(_validate(bundle, val_s, loss_fn, device, n_outputs))
+            score = entry["score"]
+        else:
+            score = -entry["train_loss"] if entry["train_loss"] is not None else None
+            entry["score"] = score
+        entry["lr"] = opt.param_groups[0]["lr"]
+        safe_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        last_val_s = time.perf_counter() - tv
+        entry["elapsed"] = time.perf_counter() - t0
+        history.append(entry)
+        losses.clear()
+        if score is not None and (best_score is None or score > best_score):
+            best_score = score
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            bad_epochs = 0
+            entry["best"] = True
+            if ckpt is not None:
+                bundle.meta["history"] = history_prev + history
+                save_checkpoint(bundle, ckpt)
+        else:
+            bad_epochs += 1
+        return entry
+
+    yield TrainProgress(
+        START,
+        device=dev_text,
+        message=(
+            f"training on {len(train_s)} image(s), validating on {len(val_s)}, "
+            f"{steps_per_epoch} steps per epoch, {dev_text}"
+        ),
+    )
+    try:
+        while True:
+            if stop is not None and stop.is_set():
+                stopped = "user"
+                break
+            model.train()
+            # cosine learning-rate decay over the budget, with a short warm-up
+            f = fraction(time.perf_counter() - t0)
+            warm = min(1.0, (step + 1) / 20)
+            for g in opt.param_groups:
+                g["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
+            x, y, w = sampler.batch()
+            xt = torch.from_numpy(x).to(device, non_blocking=True)
+            yt = torch.from_numpy(y).to(device, non_blocking=True)
+            wt = torch.from_numpy(w).to(device, non_blocking=True)
+            if channels_last:
+                xt = xt.contiguous(memory_format=torch.channels_last)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=amp):
+                logits = model(xt)
+            loss = loss_fn(logits.float(), yt, wt)
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                stopped = "diverged"
+                yield TrainProgress(
+                    STEP, step, epoch, lv, None, time.perf_counter() - t0, 1.0, dev_text,
+                    "the loss became NaN or infinite: training stopped, the last good model is kept"
+                    " (try a lower learning rate)",
+                )
+                break
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            losses.append(lv)
+            elapsed = time.perf_counter() - t0
+            yield TrainProgress(STEP, step, epoch, lv, None, elapsed, fraction(elapsed), dev_text)
+            if step % steps_per_epoch == 0:
+                epoch += 1
+                entry = run_validation()
+                elapsed = time.perf_counter() - t0
+                yield TrainProgress(
+                    VALIDATION, step, epoch, lv, entry, elapsed, fraction(elapsed), dev_text,
+                    _describe(entry),
+                )
+                if config.patience and val_s and bad_epochs >= config.patience:
+                    stopped = "early_stopping"
+                    break
+            elapsed = time.perf_counter() - t0
+            if epochs and epoch >= epochs:
+                stopped = "epochs"
+                break
+            if budget_s and elapsed + last_val_s >= budget_s:
+                stopped = "budget"
+                break
+        if stopped != "diverged" and step and (not history or history[-1]["step"] != step):
+            entry = run_validation()
+            elapsed = time.perf_counter() - t0
+            yield TrainProgress(
+                VALIDATION, step, epoch, None, entry, elapsed, fraction(elapsed), dev_text,
+                _describe(entry),
+            )
+    finally:
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        elif stopped == "diverged":
+            model.load_state_dict(safe_state)
+        model.eval()
+        model.to(memory_format=torch.contiguous_format)
+    bundle.meta["history"] = history_prev + history
+    bundle.meta["device"] = dev_text
+    bundle.meta["steps"] = int(bundle.meta.get("steps", 0)) + step
+    if ckpt is not None and best_state is not None:
+        save_checkpoint(bundle, ckpt)
+    bundle.to("cpu")
+    release_memory(device)
+    elapsed = time.perf_counter() - t0
+    yield TrainProgress(
+        DONE, step, epoch, None, None, elapsed, 1.0, dev_text,
+        f"stopped ({stopped}) after {step} steps in {elapsed:.0f} s; best score "
+        + (f"{best_score:.3f}" if best_score is not None else "n/a"),
+    )
+    return TrainResult(
+        bundle=bundle,
+        history=history,
+        best_score=best_score,
+        stopped=stopped,
+        checkpoint=ckpt if ckpt is not None and ckpt.exists() else None,
+        device=dev_text,
+        steps=step,
+    )
+
+
+def _describe(entry: dict) -> str:
+    parts = [f"epoch {entry['epoch']}", f"step {entry['step']}"]
+    for k in ("train_loss", "val_loss", "dice", "f1"):
+        if entry.get(k) is not None:
+            parts.append(f"{k} {entry[k]:.3f}")
+    if entry.get("best"):
+        parts.append("(best)")
+    return ", ".join(parts)
+
+
+def train(images, labels, config: TrainConfig | None = None, **kwargs) -> TrainResult:
+    """Run :func:`iter_train` to the end and return its :class:`TrainResult`."""
+    gen = iter_train(images, labels, config, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as e:
+            return e.value

@@ -1,0 +1,182 @@
+import threading
+
+import numpy as np
+import pytest
+
+from _synthetic import nuclei_image
+from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.metrics import evaluate
+from napari_unet.core.predict import PredictConfig, iter_predict, predict, predict_probabilities
+from napari_unet.core.train import TrainConfig, TrainResult, iter_train, train
+
+TINY = dict(depth=2, base_channels=8, patch_size=64, batch_size=4, steps_per_epoch=10,
+            device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    pairs = [nuclei_image(seed=s) for s in range(4)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("m") / "model.pt"
+    cfg = TrainConfig(epochs=8, checkpoint_path=str(ckpt), lr=3e-3, **TINY)
+    return train(*data, cfg, names=["a", "b", "c", "d"])
+
+
+def test_training_learns_and_reports(trained):
+    r = trained
+    assert isinstance(r, TrainResult)
+    assert r.stopped == "epochs" and r.steps == 80
+    assert r.checkpoint is not None and r.checkpoint.exists()
+    assert r.device.startswith("CPU")
+    assert len(r.history) == 8
+    assert r.bundle.outputs == ["foreground", "boundary"]
+    # the loss goes down
+    assert r.history[-1]["train_loss"] < 0.8 * r.history[0]["train_loss"]
+    assert r.best_score == max(h["score"] for h in r.history)
+    meta = r.bundle.meta
+    assert meta["normalisation"]["mode"] == "percentile"
+    assert meta["train_config"]["epochs"] == 8
+
+
+def test_progress_is_typed_and_ordered(data):
+    kinds = []
+    gen = iter_train(*data, TrainConfig(epochs=1, **TINY))
+    for p in gen:
+        kinds.append(p.kind)
+        assert 0.0 <= p.fraction <= 1.0
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("step") == 10 and "validation" in kinds
+
+
+def test_prediction_finds_the_nuclei(trained):
+    img, lab = nuclei_image(seed=11)
+    res = predict(trained.bundle, img, config=PredictConfig(device="cpu"))
+    assert res.labels.shape == img.shape and res.labels.dtype == np.uint32
+    assert set(res.probabilities) == {"foreground", "boundary"}
+    score = evaluate([lab], [res.labels])
+    assert score["dice"] > 0.8, score
+    assert score["f1"] > 0.5, score
+
+
+def test_stop_returns_best_so_far(data, tmp_path):
+    stop = threading.Event()
+    ckpt = tmp_path / "m.pt"
+    gen = iter_train(*data, TrainConfig(epochs=100, checkpoint_path=str(ckpt), **TINY), stop=stop)
+    steps = 0
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as e:
+            result = e.value
+            break
+        if p.kind == "step":
+            steps += 1
+            if steps == 3:
+                stop.set()
+    assert result.stopped == "user" and result.steps == 3
+    assert result.checkpoint == ckpt and ckpt.exists()
+
+
+def test_stop_before_first_step_writes_nothing(data, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    ckpt = tmp_path / "m.pt"
+    r = train(*data, TrainConfig(epochs=5, checkpoint_path=str(ckpt), **TINY), stop=stop)
+    assert r.stopped == "user" and r.steps == 0 and r.checkpoint is None and not ckpt.exists()
+
+
+def test_time_budget(data):
+    r = train(*data, TrainConfig(minutes=0.05, **TINY))
+    assert r.stopped == "budget"
+    assert r.history and r.history[-1]["elapsed"] < 30
+
+
+def test_divergence_keeps_a_finite_model(data):
+    r = train(*data, TrainConfig(epochs=50, lr=1e12, **TINY))
+    assert r.stopped == "diverged"
+    import torch
+
+    assert all(torch.isfinite(p).all() for p in r.bundle.model.parameters())
+
+
+def test_fine_tuning_extends_history(trained, data):
+    r = train(data[0][:2], data[1][:2], TrainConfig(epochs=1, **TINY), init=trained.bundle)
+    assert len(r.bundle.meta["history"]) == len(trained.history) + len(r.history)
+    # the original model is untouched
+    assert len(trained.bundle.meta["history"]) == len(trained.history)
+
+
+def test_binary_masks_train_a_semantic_model(data):
+    masks = [(lab > 0).astype(np.uint8) * 255 for lab in data[1]]
+    r = train(data[0], masks, TrainConfig(epochs=1, **TINY))
+    assert r.bundle.outputs == ["foreground"]
+    res = predict(r.bundle, data[0][0], config=PredictConfig(device="cpu"))
+    assert list(res.probabilities) == ["foreground"]
+
+
+def test_sparse_annotation_trains(data):
+    img, lab = data[0][0], data[1][0].copy()
+    sparse = np.zeros_like(lab)
+    sparse[:48] = np.where(lab[:48] > 0, lab[:48] + 1, 1)  # top half annotated
+    r = train([img], [sparse], TrainConfig(epochs=1, sparse=True, **TINY))
+    assert r.steps == 10
+
+
+def test_tiles_blend_without_seams(trained):
+    img, _ = nuclei_image(shape=(200, 260), n=40, seed=5)
+    whole = predict_probabilities(trained.bundle, img, config=PredictConfig(tile_size=512,
+                                                                            device="cpu"))
+    tiled = predict_probabilities(trained.bundle, img, config=PredictConfig(tile_size=64,
+                                                                            overlap=32,
+                                                                            device="cpu"))
+    assert whole.shape == tiled.shape == (2, 200, 260)
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    diff = np.abs(whole[inner] - tiled[inner]).max()
+    assert diff < 0.1, diff
+
+
+def test_stacks_dask_and_stop(trained):
+    da = pytest.importorskip("dask.array")
+    img, _ = nuclei_image(seed=3)
+    stack = np.stack([img, img[::-1]])
+    res = predict(trained.bundle, da.from_array(stack, chunks=(1, 48, 48)),
+                  config=PredictConfig(tile_size=64, overlap=16, device="cpu"))
+    assert res.labels.shape == stack.shape
+    n0 = len(np.unique(res.labels[0])) - 1
+    # ids stay unique across slices
+    assert n0 > 0 and res.labels[1][res.labels[1] > 0].min() > res.labels[0].max()
+    stop = threading.Event()
+    gen = iter_predict(trained.bundle, stack, config=PredictConfig(tile_size=64, overlap=16,
+                                                                    batch_size=1, device="cpu"),
+                       stop=stop)
+    next(gen)
+    stop.set()
+    with pytest.raises(StopIteration) as e:
+        while True:
+            next(gen)
+    assert e.value.value is None
+
+
+def test_channel_checks(trained):
+    img, _ = nuclei_image(seed=1)
+    rgb = np.stack([img] * 3, -1)
+    with pytest.raises(NapariUnetError, match="3 channels but the model was trained on 1"):
+        predict(trained.bundle, rgb, channel_axis=-1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (17, 300)])
+def test_tiny_and_odd_images_predict(trained, shape):
+    img = np.random.default_rng(0).random(shape).astype(np.float32)
+    res = predict(trained.bundle, img, config=PredictConfig(tile_size=64, device="cpu"))
+    assert res.labels.shape == shape
+
+
+def test_bad_config():
+    with pytest.raises(NapariUnetError, match="loss"):
+        TrainConfig(loss="focal").validate()
+    with pytest.raises(NapariUnetError, match="patch_size"):
+        TrainConfig(patch_size=4).validate()
