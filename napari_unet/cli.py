@@ -1,0 +1,468 @@
+"""The ``napari-unet`` command line: train, predict, split, evaluate, export-rle, demo.
+
+Every sub-command calls the same core functions as the napari widgets. Problems
+the user can fix are reported as one line on stderr with a non-zero exit
+(2 for bad input, 1 for an internal error, 130 when interrupted); ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_unet import __version__
+from napari_unet.core.errors import NapariUnetError
+
+
+class _Progress:
+    """A small progress line on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = 0.0
+
+    def update(self, fraction: float, text: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.2 if self.tty else 15.0):
+            return
+        self.last = now
+        n = int(round(30 * min(max(fraction, 0.0), 1.0)))
+        line = f"{self.label} [{'#' * n}{'.' * (30 - n)}] {100 * fraction:5.1f}% {text}"
+        if self.tty:
+            self.stream.write("\r" + line[:150].ljust(150))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self, text: str = "") -> None:
+        self.update(1.0, text, force=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _info(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _read_ids(path: str | None) -> set[str] | None:
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise NapariUnetError(f"ids file {p} does not exist.")
+    ids = {line.strip() for line in p.read_text(encoding="utf-8").splitlines()}
+    ids.discard("")
+    if not ids:
+        raise NapariUnetError(f"ids file {p} lists no ids.")
+    return ids
+
+
+def _select(files: list[Path], ids: set[str] | None, what: str) -> list[Path]:
+    if ids is None:
+        return files
+    chosen = [f for f in files if f.stem in ids]
+    if not chosen:
+        raise NapariUnetError(f"None of the {what} matches the ids in the ids file.")
+    return chosen
+
+
+def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) -> int | None:
+    """Channel axis of an image file for a model with ``in_channels``."""
+    if option != "auto":
+        return None if option == "none" else int(option)
+    if len(shape) == 3 and shape[-1] in (3, 4) and shape[-1] <= 4 and shape[0] > 4:
+        return -1
+    if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
+        return 0
+    return None
+
+
+class _StopOnSigint:
+    """First Ctrl-C asks the work to stop cleanly; a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old = None
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self.event
+
+    def _handle(self, signum, frame) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        _info("\nstopping after the current step (Ctrl-C again to abort)...")
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _drain(gen, on_progress):
+    while True:
+        try:
+            on_progress(next(gen))
+        except StopIteration as e:
+            return e.value
+
+
+# ---------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.io import (
+        list_image_files,
+        pair_images_and_labels,
+        read_image,
+        read_labels,
+    )
+    from napari_unet.core.train import TrainConfig, iter_train
+
+    out = Path(args.out)
+    resume = Path(args.resume) if args.resume else None
+    if out.exists() and not args.overwrite and (resume is None or resume.resolve() != out.resolve()):
+        raise NapariUnetError(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    ids = _read_ids(args.ids_file)
+    images = _select(list_image_files(args.images), ids, "images")
+    labels = list_image_files(args.labels)
+    pairs, missing = pair_images_and_labels(images, labels)
+    if missing:
+        _info(f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}")
+    init = load_checkpoint(resume) if resume else None
+    cfg = TrainConfig()
+    overrides = {
+        "epochs": args.epochs,
+        "minutes": args.minutes,
+        "patch_size": args.patch_size,
+        "batch_size": args.batch_size,
+        "depth": args.depth,
+        "base_channels": args.base_channels,
+        "loss": args.loss,
+        "targets": args.targets,
+        "border_weight": args.border_weight,
+        "lr": args.lr,
+        "val_fraction": args.val_fraction,
+        "patience": args.patience,
+        "device": args.device,
+        "seed": args.seed,
+        "steps_per_epoch": args.steps_per_epoch,
+    }
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if args.sparse:
+        cfg.sparse = True
+    cfg.checkpoint_path = str(out)
+    _info(f"reading {len(pairs)} image/label pairs ...")
+    imgs, labs, names = [], [], []
+    for ip, lp in pairs:
+        imgs.append(read_image(ip))
+        labs.append(read_labels(lp))
+        names.append(ip.stem)
+    bar = _Progress("train")
+
+    def show(p):
+        if p.kind == "start" or p.kind == "done":
+            _info(p.message)
+        elif p.kind == "validation":
+            bar.update(p.fraction, "", force=True)
+            _info("  " + p.message)
+        else:
+            bar.update(p.fraction, f"epoch {p.epoch} step {p.step} loss {p.loss:.4f}")
+
+    with _StopOnSigint() as stop:
+        result = _drain(iter_train(imgs, labs, cfg, names=names, init=init, stop=stop), show)
+    if result.checkpoint is None:
+        raise NapariUnetError("training ended before any model could be saved (stopped at once?).")
+    _info(f"best model ({result.stopped}, score {result.best_score}) saved to {result.checkpoint}")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
+    from napari_unet.core.predict import PredictConfig, iter_predict
+
+    bundle = load_checkpoint(args.model, device="cpu")
+    files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = PredictConfig(split=not args.no_split)
+    for k in ("tile_size", "overlap", "batch_size", "threshold", "boundary_threshold",
+              "min_size", "device"):
+        v = getattr(args, k)
+        if v is not None:
+            setattr(cfg, k, v)
+    targets = [out / f"{f.stem}.tif" for f in files]
+    if not args.overwrite:
+        clash = [t for t in targets if t.exists()]
+        if clash:
+            raise NapariUnetError(
+                f"{len(clash)} output file(s) exist already in {out} (e.g. {clash[0].name}); "
+                "pass --overwrite or choose another --out."
+            )
+    bar = _Progress("predict")
+    t0 = time.perf_counter()
+    with _StopOnSigint() as stop:
+        for i, (f, target) in enumerate(zip(files, targets, strict=True)):
+            img = read_image(f)
+            ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis)
+
+            def show(p, i=i):
+                frac = (i + (p.done / p.total if p.total else 0)) / len(files)
+                bar.update(frac, f"{i + 1}/{len(files)} {f.name}")
+
+            res = _drain(iter_predict(bundle, img, channel_axis=ax, config=cfg, stop=stop), show)
+            if res is None:
+                _info(f"\nstopped: {i} of {len(files)} images were written to {out}")
+                return 130
+            write_labels_tiff(target, res.labels, overwrite=True)
+            if args.save_probabilities:
+                from napari_unet.core.io import atomic_write
+                import tifffile
+
+                stack = np.stack([res.probabilities[k] for k in bundle.outputs])
+                with atomic_write(out / f"{f.stem}_probabilities.tif") as tmp:
+                    tifffile.imwrite(tmp, stack.astype(np.float32), compression="zlib",
+                                     metadata={"outputs": bundle.outputs})
+    bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
+    _info(f"wrote {len(files)} label image(s) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- split
+def cmd_split(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
+    from napari_unet.core.split import split_nuclei
+
+    files = list_image_files(args.input)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / f"{f.stem}.tif" for f in files]
+    if not args.overwrite:
+        clash = [t for t in targets if t.exists()]
+        if clash:
+            raise NapariUnetError(
+                f"{len(clash)} output file(s) exist already in {out} (e.g. {clash[0].name}); "
+                "pass --overwrite or choose another --out."
+            )
+    for f, target in zip(files, targets, strict=True):
+        arr = read_image(f)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = arr[..., 0]
+        if arr.dtype.kind == "f":
+            mask = arr > args.threshold
+        else:
+            mask = arr
+        lab = split_nuclei(
+            np.asarray(mask),
+            min_distance=args.min_distance,
+            h=args.h,
+            smooth=args.smooth,
+            min_size=args.min_size,
+            fill_holes=not args.no_fill_holes,
+        )
+        write_labels_tiff(target, lab, overwrite=True)
+    _info(f"wrote {len(files)} label image(s) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_unet.core.io import list_image_files, pair_images_and_labels, read_labels
+    from napari_unet.core.metrics import evaluate
+
+    preds = _select(list_image_files(args.pred), _read_ids(args.ids_file), "predictions")
+    gts = list_image_files(args.gt)
+    pairs, missing = pair_images_and_labels(preds, gts)
+    if missing:
+        raise NapariUnetError(
+            f"{len(missing)} prediction(s) have no ground truth in {args.gt}, "
+            f"e.g. {missing[0].name}."
+        )
+    result = evaluate(
+        [read_labels(g) for _, g in pairs],
+        [read_labels(p) for p, _ in pairs],
+        names=[p.stem for p, _ in pairs],
+    )
+    if not args.per_image:
+        result.pop("per_image", None)
+    print(json.dumps(result, indent=None if args.compact else 2))
+    return 0
+
+
+# ---------------------------------------------------------------- export-rle
+def cmd_export_rle(args: argparse.Namespace) -> int:
+    from napari_unet.core.io import list_image_files, read_labels, write_rle_csv
+
+    files = list_image_files(args.labels)
+    items = {f.stem: read_labels(f) for f in files}
+    write_rle_csv(args.out, items, overwrite=args.overwrite)
+    _info(f"wrote run-length encodings of {len(items)} image(s) to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    if not args.headless:
+        from napari_unet.demo import launch_viewer_demo
+
+        launch_viewer_demo()
+        return 0
+    from napari_unet.demo import run_headless_demo
+
+    summary = run_headless_demo(out=Path(args.out), minutes=args.minutes, log=_info)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``napari-unet``."""
+    p = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="Train a UNet on your images and segment nuclei and cells.",
+    )
+    p.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on images + label images")
+    t.add_argument("--images", required=True, help="folder or glob of images (PNG/TIFF)")
+    t.add_argument("--labels", required=True, help="folder or glob of label images, paired by stem")
+    t.add_argument("--out", required=True, help="model file to write (.pt)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--minutes", type=float, help="time budget in minutes")
+    g.add_argument("--epochs", type=int, help="number of epochs (default 50 without --minutes)")
+    t.add_argument("--resume", help="fine-tune / continue from this model file")
+    t.add_argument("--ids-file", help="text file of image stems to train on (one per line)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    t.add_argument("--patch-size", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--depth", type=int)
+    t.add_argument("--base-channels", type=int)
+    t.add_argument("--loss", choices=["bce_dice", "bce", "dice", "weighted_bce"])
+    t.add_argument("--targets", choices=["auto", "instance", "semantic"])
+    t.add_argument("--sparse", action="store_true",
+                   help="labels are partial: 0 = not annotated, 1 = background, 2.. = objects")
+    t.add_argument("--border-weight", type=float, help="UNet-paper border weight w0 (0 = off)")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--val-fraction", type=float)
+    t.add_argument("--patience", type=int)
+    t.add_argument("--steps-per-epoch", type=int)
+    t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    t.add_argument("--seed", type=int)
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("predict", help="predict label images with a trained model")
+    q.add_argument("--model", required=True)
+    q.add_argument("--images", required=True, help="folder or glob of images")
+    q.add_argument("--out", required=True, help="folder for <stem>.tif label images")
+    q.add_argument("--no-split", action="store_true", help="do not split touching objects")
+    q.add_argument("--save-probabilities", action="store_true",
+                   help="also write <stem>_probabilities.tif (float32, one plane per output)")
+    q.add_argument("--ids-file")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--tile-size", type=int)
+    q.add_argument("--overlap", type=int)
+    q.add_argument("--batch-size", type=int)
+    q.add_argument("--threshold", type=float)
+    q.add_argument("--boundary-threshold", type=float)
+    q.add_argument("--min-size", type=int)
+    q.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    q.add_argument("--channel-axis", default="auto",
+                   help="'auto' (default), 'none', or the axis index of the channels")
+    q.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("split", help="split touching nuclei in masks with a watershed")
+    s.add_argument("--input", required=True, help="folder or glob of masks / label images")
+    s.add_argument("--out", required=True)
+    s.add_argument("--min-distance", type=int, default=4)
+    s.add_argument("--h", type=float, default=None, help="use h-maxima markers of this height")
+    s.add_argument("--smooth", type=float, default=1.0)
+    s.add_argument("--min-size", type=int, default=10)
+    s.add_argument("--threshold", type=float, default=0.5, help="for probability images")
+    s.add_argument("--no-fill-holes", action="store_true")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_split)
+
+    e = sub.add_parser("evaluate", help="score predicted labels against ground truth (JSON)")
+    e.add_argument("--pred", required=True)
+    e.add_argument("--gt", required=True)
+    e.add_argument("--ids-file")
+    e.add_argument("--per-image", action="store_true")
+    e.add_argument("--compact", action="store_true", help="one-line JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("export-rle", help="DSB2018 run-length encoded CSV of label images")
+    r.add_argument("--labels", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--overwrite", action="store_true")
+    r.set_defaults(func=cmd_export_rle)
+
+    d = sub.add_parser("demo", help="try it on the built-in sample nuclei")
+    d.add_argument("--headless", action="store_true",
+                   help="no window: train, predict and evaluate on the samples, print scores")
+    d.add_argument("--minutes", type=float, default=1.0, help="training budget (headless)")
+    d.add_argument("--out", default="napari-unet-demo", help="output folder (headless)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except NapariUnetError as e:
+        if args.debug:
+            raise
+        print(f"napari-unet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"napari-unet: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("napari-unet: error: out of memory; try a smaller --tile-size or --batch-size",
+              file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - last resort: one line, traceback with --debug
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"napari-unet: internal error: {type(e).__name__}: {msg} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
