@@ -121,6 +121,7 @@ def _drain(gen, on_progress):
 
 # ---------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model: ``napari-unet train``."""
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.io import (
         list_image_files,
@@ -132,8 +133,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     resume = Path(args.resume) if args.resume else None
-    if out.exists() and not args.overwrite and (resume is None or resume.resolve() != out.resolve()):
-        raise NapariUnetError(f"{out} exists; pass --overwrite to replace it, or choose another --out.")
+    if (
+        out.exists()
+        and not args.overwrite
+        and (resume is None or resume.resolve() != out.resolve())
+    ):
+        raise NapariUnetError(
+            f"{out} exists; pass --overwrite to replace it, or choose another --out."
+        )
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
     ids = _read_ids(args.ids_file)
@@ -141,7 +148,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     labels = list_image_files(args.labels)
     pairs, missing = pair_images_and_labels(images, labels)
     if missing:
-        _info(f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}")
+        _info(
+            f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}"
+        )
     init = load_checkpoint(resume) if resume else None
     cfg = TrainConfig()
     overrides = {
@@ -194,6 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict label images: ``napari-unet predict``."""
     import numpy as np
 
     from napari_unet.core.checkpoint import load_checkpoint
@@ -205,8 +215,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = PredictConfig(split=not args.no_split)
-    for k in ("tile_size", "overlap", "batch_size", "threshold", "boundary_threshold",
-              "min_size", "device"):
+    for k in (
+        "tile_size",
+        "overlap",
+        "batch_size",
+        "threshold",
+        "boundary_threshold",
+        "min_size",
+        "device",
+    ):
         v = getattr(args, k)
         if v is not None:
             setattr(cfg, k, v)
@@ -225,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             img = read_image(f)
             ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis)
 
-            def show(p, i=i):
+            def show(p, i=i, f=f):
                 frac = (i + (p.done / p.total if p.total else 0)) / len(files)
                 bar.update(frac, f"{i + 1}/{len(files)} {f.name}")
 
@@ -235,13 +252,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 return 130
             write_labels_tiff(target, res.labels, overwrite=True)
             if args.save_probabilities:
-                from napari_unet.core.io import atomic_write
                 import tifffile
+
+                from napari_unet.core.io import atomic_write
 
                 stack = np.stack([res.probabilities[k] for k in bundle.outputs])
                 with atomic_write(out / f"{f.stem}_probabilities.tif") as tmp:
-                    tifffile.imwrite(tmp, stack.astype(np.float32), compression="zlib",
-                                     metadata={"outputs": bundle.outputs})
+                    tifffile.imwrite(
+                        tmp,
+                        stack.astype(np.float32),
+                        compression="zlib",
+                        metadata={"outputs": bundle.outputs},
+                    )
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
     _info(f"wrote {len(files)} label image(s) to {out}")
     return 0
@@ -249,6 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- split
 def cmd_split(args: argparse.Namespace) -> int:
+    """Split touching nuclei in masks: ``napari-unet split``."""
     import numpy as np
 
     from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
@@ -288,6 +311,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score predictions against ground truth: ``napari-unet evaluate``."""
     from napari_unet.core.io import list_image_files, pair_images_and_labels, read_labels
     from napari_unet.core.metrics import evaluate
 
@@ -312,6 +336,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- export-rle
 def cmd_export_rle(args: argparse.Namespace) -> int:
+    """Write a DSB2018 run-length CSV: ``napari-unet export-rle``."""
     from napari_unet.core.io import list_image_files, read_labels, write_rle_csv
 
     files = list_image_files(args.labels)
@@ -323,6 +348,7 @@ def cmd_export_rle(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo on the sample data: ``napari-unet demo``."""
     if not args.headless:
         from napari_unet.demo import launch_viewer_demo
 
@@ -361,8 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base-channels", type=int)
     t.add_argument("--loss", choices=["bce_dice", "bce", "dice", "weighted_bce"])
     t.add_argument("--targets", choices=["auto", "instance", "semantic"])
-    t.add_argument("--sparse", action="store_true",
-                   help="labels are partial: 0 = not annotated, 1 = background, 2.. = objects")
+    t.add_argument(
+        "--sparse",
+        action="store_true",
+        help="labels are partial: 0 = not annotated, 1 = background, 2.. = objects",
+    )
     t.add_argument("--border-weight", type=float, help="UNet-paper border weight w0 (0 = off)")
     t.add_argument("--lr", type=float)
     t.add_argument("--val-fraction", type=float)
@@ -377,8 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--images", required=True, help="folder or glob of images")
     q.add_argument("--out", required=True, help="folder for <stem>.tif label images")
     q.add_argument("--no-split", action="store_true", help="do not split touching objects")
-    q.add_argument("--save-probabilities", action="store_true",
-                   help="also write <stem>_probabilities.tif (float32, one plane per output)")
+    q.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <stem>_probabilities.tif (float32, one plane per output)",
+    )
     q.add_argument("--ids-file")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--tile-size", type=int)
@@ -388,8 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--boundary-threshold", type=float)
     q.add_argument("--min-size", type=int)
     q.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
-    q.add_argument("--channel-axis", default="auto",
-                   help="'auto' (default), 'none', or the axis index of the channels")
+    q.add_argument(
+        "--channel-axis",
+        default="auto",
+        help="'auto' (default), 'none', or the axis index of the channels",
+    )
     q.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("split", help="split touching nuclei in masks with a watershed")
@@ -419,8 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_export_rle)
 
     d = sub.add_parser("demo", help="try it on the built-in sample nuclei")
-    d.add_argument("--headless", action="store_true",
-                   help="no window: train, predict and evaluate on the samples, print scores")
+    d.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: train, predict and evaluate on the samples, print scores",
+    )
     d.add_argument("--minutes", type=float, default=1.0, help="training budget (headless)")
     d.add_argument("--out", default="napari-unet-demo", help="output folder (headless)")
     d.set_defaults(func=cmd_demo)
@@ -452,15 +490,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         if args.debug:
             raise
-        print("napari-unet: error: out of memory; try a smaller --tile-size or --batch-size",
-              file=sys.stderr)
+        print(
+            "napari-unet: error: out of memory; try a smaller --tile-size or --batch-size",
+            file=sys.stderr,
+        )
         return 1
     except Exception as e:  # noqa: BLE001 - last resort: one line, traceback with --debug
         if args.debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"napari-unet: internal error: {type(e).__name__}: {msg} "
-              "(run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"napari-unet: internal error: {type(e).__name__}: {msg} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

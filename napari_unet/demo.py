@@ -15,9 +15,7 @@ from pathlib import Path
 HELD_OUT = "fluo_small"
 
 
-def run_headless_demo(
-    out: Path, minutes: float = 1.0, log: Callable[[str], None] = print
-) -> dict:
+def run_headless_demo(out: Path, minutes: float = 1.0, log: Callable[[str], None] = print) -> dict:
     """Train, predict, split and evaluate on the shipped samples.
 
     Parameters
@@ -45,13 +43,22 @@ def run_headless_demo(
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples()
     train_set = [s for s in samples if s[0] != HELD_OUT]
-    log(f"demo: training for {minutes:g} min on {len(train_set)} sample images "
-        f"(held out: {HELD_OUT}) ...")
-    cfg = TrainConfig(minutes=minutes, checkpoint_path=str(out / "model.pt"), val_fraction=0.2,
-                      patch_size=128, batch_size=4, steps_per_epoch=25)
+    log(
+        f"demo: training for {minutes:g} min on {len(train_set)} sample images "
+        f"(held out: {HELD_OUT}) ..."
+    )
+    cfg = TrainConfig(
+        minutes=minutes,
+        checkpoint_path=str(out / "model.pt"),
+        val_fraction=0.2,
+        patch_size=128,
+        batch_size=4,
+        steps_per_epoch=25,
+    )
     t0 = time.perf_counter()
-    gen = iter_train([s[1] for s in train_set], [s[2] for s in train_set], cfg,
-                     names=[s[0] for s in train_set])
+    gen = iter_train(
+        [s[1] for s in train_set], [s[2] for s in train_set], cfg, names=[s[0] for s in train_set]
+    )
     while True:
         try:
             p = next(gen)

@@ -13,10 +13,14 @@ from napari_unet.core.model import UNetSpec
 @pytest.fixture
 def bundle():
     torch.manual_seed(0)
-    b = new_bundle(UNetSpec(3, 2, 2, 4), {"outputs": ["foreground", "boundary"],
-                                         "normalisation": {"mode": "percentile", "low": 1,
-                                                           "high": 99.8},
-                                         "history": [{"step": 1, "score": 0.5}]})
+    b = new_bundle(
+        UNetSpec(3, 2, 2, 4),
+        {
+            "outputs": ["foreground", "boundary"],
+            "normalisation": {"mode": "percentile", "low": 1, "high": 99.8},
+            "history": [{"step": 1, "score": 0.5}],
+        },
+    )
     b.model.eval()
     return b
 
@@ -77,8 +81,13 @@ class _Payload:
 def test_pickle_payload_is_never_executed(bundle, tmp_path):
     marker = tmp_path / "pwned.txt"
     p = tmp_path / "evil.pt"
-    obj = {"format": "napari-unet", "format_version": 1, "meta": "{}",
-           "state_dict": {}, "x": _Payload(str(marker))}
+    obj = {
+        "format": "napari-unet",
+        "format_version": 1,
+        "meta": "{}",
+        "state_dict": {},
+        "x": _Payload(str(marker)),
+    }
     torch.save(obj, p)
     # the same file would run code with an unrestricted unpickler:
     assert not marker.exists()

@@ -11,8 +11,13 @@ from napari_unet.cli import main
 
 def run_cli(*args, cwd=None):
     """Run the real program in a child process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "napari_unet", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "napari_unet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=900,
+    )
 
 
 def test_help_lists_the_commands():
@@ -25,8 +30,10 @@ def test_help_lists_the_commands():
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["train", "--images", "/nonexistent", "--labels", "/nonexistent", "--out", "m.pt"],
-         "/nonexistent"),
+        (
+            ["train", "--images", "/nonexistent", "--labels", "/nonexistent", "--out", "m.pt"],
+            "/nonexistent",
+        ),
         (["predict", "--model", "missing.pt", "--images", ".", "--out", "o"], "does not exist"),
         (["evaluate", "--pred", "/nonexistent", "--gt", "/nonexistent"], "/nonexistent"),
     ],
@@ -46,22 +53,49 @@ def test_command_line_on_real_nuclei(shared_data, tmp_path):
 
     root = shared_data / "dsb2018_stage1_train"
     stats = sorted(_json.loads((root / "per_image_stats.json").read_text()), key=lambda s: s["id"])
-    grey = [s["id"] for s in stats if s["rgb_equal"] and s["shape"][:2] == [256, 256]
-            and 10 <= s["n_objects"] <= 60]
+    grey = [
+        s["id"]
+        for s in stats
+        if s["rgb_equal"] and s["shape"][:2] == [256, 256] and 10 <= s["n_objects"] <= 60
+    ]
     train_ids, test_ids = grey[:12], grey[12:16]
     (tmp_path / "train.txt").write_text("\n".join(train_ids))
     (tmp_path / "test.txt").write_text("\n".join(test_ids))
     model = tmp_path / "my model.pt"  # a space in the path, as users have
-    r = run_cli("train", "--images", root / "images", "--labels", root / "masks",
-                "--ids-file", tmp_path / "train.txt", "--out", model, "--minutes", "1",
-                "--patch-size", "128", "--steps-per-epoch", "25")
+    r = run_cli(
+        "train",
+        "--images",
+        root / "images",
+        "--labels",
+        root / "masks",
+        "--ids-file",
+        tmp_path / "train.txt",
+        "--out",
+        model,
+        "--minutes",
+        "1",
+        "--patch-size",
+        "128",
+        "--steps-per-epoch",
+        "25",
+    )
     assert r.returncode == 0, r.stderr
     assert model.exists()
     assert "best model" in r.stderr and "CPU" in r.stderr
 
     pred = tmp_path / "pred"
-    r = run_cli("predict", "--model", model, "--images", root / "images", "--ids-file",
-                tmp_path / "test.txt", "--out", pred, "--save-probabilities")
+    r = run_cli(
+        "predict",
+        "--model",
+        model,
+        "--images",
+        root / "images",
+        "--ids-file",
+        tmp_path / "test.txt",
+        "--out",
+        pred,
+        "--save-probabilities",
+    )
     assert r.returncode == 0, r.stderr
     outs = sorted(pred.glob("*.tif"))
     labels = [p for p in outs if not p.stem.endswith("_probabilities")]
@@ -84,8 +118,17 @@ def test_command_line_on_real_nuclei(shared_data, tmp_path):
     assert 0 < scores["dsb_score"] <= 1
 
     # writing again refuses to overwrite the user's files
-    r = run_cli("predict", "--model", model, "--images", root / "images", "--ids-file",
-                tmp_path / "test.txt", "--out", pred)
+    r = run_cli(
+        "predict",
+        "--model",
+        model,
+        "--images",
+        root / "images",
+        "--ids-file",
+        tmp_path / "test.txt",
+        "--out",
+        pred,
+    )
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
     split_out = tmp_path / "split"

@@ -66,16 +66,20 @@ def test_prepare_samples_checks_and_stacks():
     img, lab = blobs()
     s = prepare_samples([img], [lab], normalisation=Normalisation())
     assert len(s) == 1 and s[0].image.shape == (1, 64, 80) and s[0].image.dtype == np.float32
-    stack = prepare_samples([np.stack([img, img])], [np.stack([lab, lab])],
-                            normalisation=Normalisation())
+    stack = prepare_samples(
+        [np.stack([img, img])], [np.stack([lab, lab])], normalisation=Normalisation()
+    )
     assert len(stack) == 2
     with pytest.raises(NapariUnetError, match="all zero"):
         prepare_samples([img], [np.zeros_like(lab)], normalisation=Normalisation())
     with pytest.raises(NapariUnetError, match="does not match"):
         prepare_samples([img], [lab[:-1]], normalisation=Normalisation())
     with pytest.raises(NapariUnetError, match="channel"):
-        prepare_samples([np.zeros((64, 80, 2)), np.zeros((64, 80, 3))], [lab, lab],
-                        normalisation=Normalisation())
+        prepare_samples(
+            [np.zeros((64, 80, 2)), np.zeros((64, 80, 3))],
+            [lab, lab],
+            normalisation=Normalisation(),
+        )
 
 
 def test_grey_and_rgb_mix_to_rgb():
@@ -97,10 +101,10 @@ def test_patch_sampler_shapes_and_padding(shape):
     assert x.dtype == y.dtype == w.dtype == np.float32
     # padding beyond a small image is ignored by the loss, the image itself counts
     if shape[0] < 48:
-        assert (w[:, :, shape[0]:, :] == 0).all()
+        assert (w[:, :, shape[0] :, :] == 0).all()
         assert (w[:, 0, : shape[0], : min(48, shape[1])] > 0).all()
     if shape[1] < 48:
-        assert (w[:, :, :, shape[1]:] == 0).all()
+        assert (w[:, :, :, shape[1] :] == 0).all()
 
 
 def test_augmentation_keeps_image_and_targets_aligned():
@@ -109,6 +113,6 @@ def test_augmentation_keeps_image_and_targets_aligned():
     ps = PatchSampler(s, 32, 16, 1, augment=True, seed=3)
     x, y, _ = ps.batch()
     # nuclei are bright: image is higher inside the foreground target in every patch
-    for xi, yi in zip(x, y):
+    for xi, yi in zip(x, y, strict=True):
         if 0 < yi[0].sum() < yi[0].size:
             assert xi[0][yi[0] > 0].mean() > xi[0][yi[0] == 0].mean()

@@ -9,8 +9,9 @@ from napari_unet.core.model import UNet, UNetSpec, count_parameters
 @pytest.mark.parametrize("depth", [1, 3, 4])
 @pytest.mark.parametrize("hw", [(16, 16), (37, 50), (64, 33), (5, 7)])
 def test_forward_backward_any_size(upsampling, depth, hw):
-    net = UNet(UNetSpec(in_channels=3, out_channels=2, depth=depth, base_channels=4,
-                        upsampling=upsampling))
+    net = UNet(
+        UNetSpec(in_channels=3, out_channels=2, depth=depth, base_channels=4, upsampling=upsampling)
+    )
     x = torch.randn(2, 3, *hw, requires_grad=True)
     y = net(x)
     assert y.shape == (2, 2, *hw)
@@ -24,7 +25,9 @@ def test_batchnorm_switch_and_parameter_count():
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in with_bn.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in without.modules())
     # widths double per level: base 16 has about 4x the parameters of base 8
-    ratio = count_parameters(UNet(UNetSpec(1, 1, 3, 16))) / count_parameters(UNet(UNetSpec(1, 1, 3, 8)))
+    ratio = count_parameters(UNet(UNetSpec(1, 1, 3, 16))) / count_parameters(
+        UNet(UNetSpec(1, 1, 3, 8))
+    )
     assert 3.5 < ratio < 4.1
 
 
@@ -35,8 +38,14 @@ def test_wrong_channels_is_a_clear_error():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(depth=0), dict(depth=9), dict(in_channels=0), dict(upsampling="nearest"),
-           dict(base_channels=0)]
+    "kw",
+    [
+        dict(depth=0),
+        dict(depth=9),
+        dict(in_channels=0),
+        dict(upsampling="nearest"),
+        dict(base_channels=0),
+    ],
 )
 def test_invalid_spec(kw):
     with pytest.raises(NapariUnetError):

@@ -2,15 +2,14 @@ import threading
 
 import numpy as np
 import pytest
-
 from _synthetic import nuclei_image
+
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.metrics import evaluate
 from napari_unet.core.predict import PredictConfig, iter_predict, predict, predict_probabilities
 from napari_unet.core.train import TrainConfig, TrainResult, iter_train, train
 
-TINY = dict(depth=2, base_channels=8, patch_size=64, batch_size=4, steps_per_epoch=10,
-            device="cpu")
+TINY = dict(depth=2, base_channels=8, patch_size=64, batch_size=4, steps_per_epoch=10, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +127,12 @@ def test_sparse_annotation_trains(data):
 
 def test_tiles_blend_without_seams(trained):
     img, _ = nuclei_image(shape=(200, 260), n=40, seed=5)
-    whole = predict_probabilities(trained.bundle, img, config=PredictConfig(tile_size=512,
-                                                                            device="cpu"))
-    tiled = predict_probabilities(trained.bundle, img, config=PredictConfig(tile_size=64,
-                                                                            overlap=32,
-                                                                            device="cpu"))
+    whole = predict_probabilities(
+        trained.bundle, img, config=PredictConfig(tile_size=512, device="cpu")
+    )
+    tiled = predict_probabilities(
+        trained.bundle, img, config=PredictConfig(tile_size=64, overlap=32, device="cpu")
+    )
     assert whole.shape == tiled.shape == (2, 200, 260)
     inner = (slice(None), slice(16, -16), slice(16, -16))
     diff = np.abs(whole[inner] - tiled[inner]).max()
@@ -143,16 +143,22 @@ def test_stacks_dask_and_stop(trained):
     da = pytest.importorskip("dask.array")
     img, _ = nuclei_image(seed=3)
     stack = np.stack([img, img[::-1]])
-    res = predict(trained.bundle, da.from_array(stack, chunks=(1, 48, 48)),
-                  config=PredictConfig(tile_size=64, overlap=16, device="cpu"))
+    res = predict(
+        trained.bundle,
+        da.from_array(stack, chunks=(1, 48, 48)),
+        config=PredictConfig(tile_size=64, overlap=16, device="cpu"),
+    )
     assert res.labels.shape == stack.shape
     n0 = len(np.unique(res.labels[0])) - 1
     # ids stay unique across slices
     assert n0 > 0 and res.labels[1][res.labels[1] > 0].min() > res.labels[0].max()
     stop = threading.Event()
-    gen = iter_predict(trained.bundle, stack, config=PredictConfig(tile_size=64, overlap=16,
-                                                                    batch_size=1, device="cpu"),
-                       stop=stop)
+    gen = iter_predict(
+        trained.bundle,
+        stack,
+        config=PredictConfig(tile_size=64, overlap=16, batch_size=1, device="cpu"),
+        stop=stop,
+    )
     next(gen)
     stop.set()
     with pytest.raises(StopIteration) as e:

@@ -212,7 +212,8 @@ def prepare_samples(
         detail = ", ".join(f"{n!r}: {img.shape[0]}" for img, _, n in checked[:6])
         raise NapariUnetError(
             f"The training images have different channel counts ({detail}); all must have the "
-            "same channels (grey images may be mixed with RGB ones: they are repeated on 3 channels)."
+            "same channels (grey images may be mixed with RGB ones: they are repeated on 3 "
+            "channels)."
         )
     n_channels = counts[-1]
     if in_channels is not None:
@@ -344,7 +345,7 @@ class PatchSampler:
         return img, tgt_a, w_a
 
     def batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (images ``(B, C, P, P)``, targets ``(B, K, P, P)``, loss weights ``(B, K, P, P)``)."""
+        """Return images ``(B, C, P, P)``, targets and loss weights ``(B, K, P, P)``."""
         idx = self.rng.choice(len(self.samples), size=self.batch_size, p=self.p)
         parts = [self._one(self.samples[i]) for i in idx]
         return tuple(np.ascontiguousarray(np.stack(a)) for a in zip(*parts, strict=True))

@@ -42,9 +42,7 @@ def select_device(preference: str = "auto") -> torch.device:
     try:
         return torch.device(pref)
     except RuntimeError as e:
-        raise NapariUnetError(
-            f"Unknown device {preference!r}; use one of {DEVICE_CHOICES}."
-        ) from e
+        raise NapariUnetError(f"Unknown device {preference!r}; use one of {DEVICE_CHOICES}.") from e
 
 
 def describe_device(device: torch.device) -> str:

@@ -84,9 +84,7 @@ class DoubleConv(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, batch_norm: bool = True) -> None:
         layers: list[nn.Module] = []
         for c_in in (in_ch, out_ch):
-            layers.append(
-                nn.Conv2d(c_in, out_ch, 3, padding=1, bias=not batch_norm)
-            )
+            layers.append(nn.Conv2d(c_in, out_ch, 3, padding=1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.ReLU(inplace=True))

@@ -103,7 +103,12 @@ def prepare_image(image, in_channels: int, channel_axis: int | None):
     channel (grey -> RGB); an RGBA image with a constant alpha given to an RGB
     model loses the alpha. Anything else whose channel count differs raises.
     """
-    if channel_axis is None and image.ndim >= 3 and in_channels > 1 and image.shape[-1] == in_channels:
+    if (
+        channel_axis is None
+        and image.ndim >= 3
+        and in_channels > 1
+        and image.shape[-1] == in_channels
+    ):
         raise NapariUnetError(
             f"This model expects {in_channels} channels; the image of shape {tuple(image.shape)} "
             "looks channels-last: say which axis holds the channels (channel_axis=-1, or "
@@ -207,6 +212,9 @@ def _predict_2d(
     acc = np.zeros((K, th, x_hi - x_lo), np.float32)
     wsum = np.zeros((th, x_hi - x_lo), np.float32)
     use_amp = device.type == "cuda"
+    channels_last = device.type != "mps"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     for r, y0 in enumerate(ys):
         rows = _reflect(np.arange(y0, y0 + th), H)
         r0, r1 = int(rows.min()), int(rows.max()) + 1
@@ -223,6 +231,8 @@ def _predict_2d(
             x = np.stack([t for _, t in chunk])
             x = norm.apply(x.transpose(1, 0, 2, 3), lo, hi).transpose(1, 0, 2, 3)
             xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+            if channels_last:
+                xt = xt.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(device.type, enabled=use_amp):
                 prob = torch.sigmoid(model(xt).float()).cpu().numpy()
             for (x0, _), p in zip(chunk, prob, strict=True):
@@ -279,8 +289,6 @@ def iter_predict(
     PredictResult or None
         None when stopped.
     """
-    import torch
-
     from napari_unet.core.device import select_device
     from napari_unet.core.split import labels_from_probabilities
 
@@ -292,8 +300,6 @@ def iter_predict(
     device = select_device(config.device)
     bundle.to(device)
     bundle.model.eval()
-    if device.type == "cpu":
-        bundle.model.to(memory_format=torch.contiguous_format)
     lead = tuple(img.shape[1:-2])
     H, W = img.shape[-2:]
     lo, hi = norm.ranges(img)
@@ -354,7 +360,11 @@ def predict(bundle: ModelBundle, image, **kwargs) -> PredictResult:
 
 
 def predict_probabilities(
-    bundle: ModelBundle, image, *, channel_axis: int | None = None, config: PredictConfig | None = None
+    bundle: ModelBundle,
+    image,
+    *,
+    channel_axis: int | None = None,
+    config: PredictConfig | None = None,
 ) -> np.ndarray:
     """Return the blended probabilities ``(K, M, N)`` of a 2D image (no labels)."""
     from napari_unet.core.device import select_device

@@ -131,8 +131,12 @@ def _boundary(inst: np.ndarray, width: int = 1) -> np.ndarray:
     b = np.zeros(inst.shape, dtype=bool)
     pad = np.pad(inst, 1, mode="edge")
     c = pad[1:-1, 1:-1]
-    for sl in ((slice(None, -2), slice(1, -1)), (slice(2, None), slice(1, -1)),
-               (slice(1, -1), slice(None, -2)), (slice(1, -1), slice(2, None))):
+    for sl in (
+        (slice(None, -2), slice(1, -1)),
+        (slice(2, None), slice(1, -1)),
+        (slice(1, -1), slice(None, -2)),
+        (slice(1, -1), slice(2, None)),
+    ):
         b |= pad[sl] != c
     b &= inst != 0
     if width > 1:
@@ -226,8 +230,10 @@ def make_targets(
     bnd = _boundary(inst, boundary_width) if fg.any() else np.zeros_like(fg)
     weight = None
     if border_weight > 0:
-        weight = border_weights(inst, border_weight, border_sigma) if fg.any() else (
-            np.ones(labels.shape, np.float32)
+        weight = (
+            border_weights(inst, border_weight, border_sigma)
+            if fg.any()
+            else (np.ones(labels.shape, np.float32))
         )
     return Targets(
         foreground=fg.astype(np.uint8),

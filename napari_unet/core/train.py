@@ -83,7 +83,8 @@ class TrainConfig:
     amp : bool or None
         Mixed precision; None = on for CUDA only.
     channels_last : bool or None
-        Channels-last memory format; None = on for CUDA only.
+        Channels-last memory format; None = on for CUDA and CPU (3-9x faster
+        convolutions on CPU, measured), off for MPS.
     checkpoint_path : str or None
         Where the best model is written (atomically) whenever it improves.
     seed : int
@@ -99,8 +100,8 @@ class TrainConfig:
     loss: str = "bce_dice"
     border_weight: float = 0.0
     border_sigma: float = 5.0
-    patch_size: int = 256
-    batch_size: int = 4
+    patch_size: int = 128
+    batch_size: int = 8
     augment: bool = True
     fg_fraction: float = 0.5
     norm_low: float = 1.0
@@ -221,7 +222,9 @@ def _loss_fn(kind: str):
         denom_w = weight.sum(dim=(0, 2, 3))
         used = denom_w > 0
         if kind in ("bce", "bce_dice", "weighted_bce"):
-            bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+            bce = F.binary_cross_entropy_with_logits(
+                logits, target, weight=weight, reduction="none"
+            )
             per_ch = bce.sum(dim=(0, 2, 3)) / denom_w.clamp(min=1)
             total = total + per_ch[used].sum() / used.sum().clamp(min=1)
         if kind in ("dice", "bce_dice"):
@@ -414,7 +417,9 @@ def iter_train(
     )
     model = bundle.model.to(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
-    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    channels_last = (
+        config.channels_last if config.channels_last is not None else device.type != "mps"
+    )
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -458,7 +463,11 @@ def iter_train(
     def run_validation() -> dict:
         nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s
         tv = time.perf_counter()
-        entry = {"step": step, "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None}
+        entry = {
+            "step": step,
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else None,
+        }
         if val_s:
             entry.update(_validate(bundle, val_s, loss_fn, device, n_outputs))
             score = entry["score"]
@@ -516,7 +525,14 @@ def iter_train(
             if not math.isfinite(lv):
                 stopped = "diverged"
                 yield TrainProgress(
-                    STEP, step, epoch, lv, None, time.perf_counter() - t0, 1.0, dev_text,
+                    STEP,
+                    step,
+                    epoch,
+                    lv,
+                    None,
+                    time.perf_counter() - t0,
+                    1.0,
+                    dev_text,
                     "the loss became NaN or infinite: training stopped, the last good model is kept"
                     " (try a lower learning rate)",
                 )
@@ -533,7 +549,14 @@ def iter_train(
                 entry = run_validation()
                 elapsed = time.perf_counter() - t0
                 yield TrainProgress(
-                    VALIDATION, step, epoch, lv, entry, elapsed, fraction(elapsed), dev_text,
+                    VALIDATION,
+                    step,
+                    epoch,
+                    lv,
+                    entry,
+                    elapsed,
+                    fraction(elapsed),
+                    dev_text,
                     _describe(entry),
                 )
                 if config.patience and val_s and bad_epochs >= config.patience:
@@ -550,7 +573,14 @@ def iter_train(
             entry = run_validation()
             elapsed = time.perf_counter() - t0
             yield TrainProgress(
-                VALIDATION, step, epoch, None, entry, elapsed, fraction(elapsed), dev_text,
+                VALIDATION,
+                step,
+                epoch,
+                None,
+                entry,
+                elapsed,
+                fraction(elapsed),
+                dev_text,
                 _describe(entry),
             )
     finally:
@@ -569,7 +599,14 @@ def iter_train(
     release_memory(device)
     elapsed = time.perf_counter() - t0
     yield TrainProgress(
-        DONE, step, epoch, None, None, elapsed, 1.0, dev_text,
+        DONE,
+        step,
+        epoch,
+        None,
+        None,
+        elapsed,
+        1.0,
+        dev_text,
         f"stopped ({stopped}) after {step} steps in {elapsed:.0f} s; best score "
         + (f"{best_score:.3f}" if best_score is not None else "n/a"),
     )
