@@ -1,0 +1,145 @@
+"""Small helpers shared by the widgets: layer -> array, names, notifications."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import FileEdit
+from napari.layers import Layer
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from napari_unet._widgets._session import METADATA_KEY
+from napari_unet.core.errors import NapariUnetError
+
+_log = logging.getLogger(__name__)
+
+__all__ = [
+    "METADATA_KEY",
+    "NapariUnetError",
+    "file_edit",
+    "help_label",
+    "layer_array",
+    "notify_error",
+    "path_value",
+    "report_worker_error",
+    "scrollable_layout",
+    "widget_body",
+    "show_info",
+]
+
+
+def layer_array(layer: Layer, *, in_memory: bool = True) -> Any:
+    """Return a layer's data (full-resolution level if multiscale).
+
+    With `in_memory` a numpy *copy* (dask data are computed), so painting on the layer
+    while a worker uses the array changes nothing; otherwise the array as stored (dask
+    and zarr stay lazy, for tiled prediction).
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.array(data, copy=True) if in_memory else data
+
+
+def notify_error(message: str | BaseException) -> None:
+    """Show a problem the user can fix as a napari notification (nothing is changed)."""
+    if isinstance(message, BaseException):
+        _log.debug("napari-unet: %s", message, exc_info=message)
+    show_error(str(message))
+
+
+def report_worker_error(error: BaseException) -> None:
+    """Show what made a worker fail.
+
+    A :class:`NapariUnetError` (a problem the user can fix) becomes a plain error
+    notification; anything else goes to napari's error handler, which shows it with
+    its traceback.
+    """
+    if isinstance(error, NapariUnetError):
+        notify_error(error)
+        return
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.receive_error(type(error), error, error.__traceback__)
+
+
+def help_label(text: str) -> QLabel:
+    """Return a wrapped, muted label explaining something in a widget."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: gray; font-size: 11px;")
+    return label
+
+
+def file_edit(mode: str, filter: str | None = None, tooltip: str = "") -> FileEdit:
+    """Return a path field with a browse button (magicgui FileEdit), empty by default."""
+    edit = FileEdit(mode=mode, filter=filter, value="")
+    edit.tooltip = tooltip
+    edit.native.setToolTip(tooltip)
+    return edit
+
+
+def path_value(edit: FileEdit) -> str | None:
+    """Return the text of a path field, or None when it is empty."""
+    text = str(edit.line_edit.value).strip()
+    return text or None
+
+
+class _BodyScrollArea(QScrollArea):
+    """Scrolls vertically only, and is always as wide as its body needs."""
+
+    def __init__(self, body: QWidget) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(body)
+        body.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
+        """Re-measure when the body's layout changes (rows added, longer names)."""
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(obj, event)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        """Return the body's minimum width (plus the scroll bar) and a small height."""
+        body = self.widget()
+        hint = super().minimumSizeHint()
+        if body is None:
+            return hint
+        width = body.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(width, hint.height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        """Return the body's preferred size (napari sizes the dock from it)."""
+        body = self.widget()
+        if body is None:
+            return super().sizeHint()
+        hint = body.sizeHint()
+        return QSize(
+            max(hint.width(), body.minimumSizeHint().width())
+            + self.verticalScrollBar().sizeHint().width(),
+            hint.height(),
+        )
+
+
+def scrollable_layout(widget: QWidget) -> QVBoxLayout:
+    """Give `widget` a vertically scrolling body and return the body's layout.
+
+    napari dock widgets do not scroll by themselves: a tall widget would stretch the
+    window beyond small screens.
+    """
+    body = QWidget()
+    layout = QVBoxLayout(body)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(_BodyScrollArea(body))
+    return layout
+
+
+def widget_body(widget: QWidget) -> QWidget:
+    """Return the scrolling body of a napari-unet widget (for screenshots of all of it)."""
+    return widget.findChild(QScrollArea).widget()

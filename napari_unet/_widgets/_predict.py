@@ -1,0 +1,712 @@
+"""The Predict widget: segment an image layer, correct the result, retrain, export.
+
+Three parts, each a thin adapter over the core:
+
+* **Predict** runs :func:`napari_unet.core.predict.iter_predict` in a worker and adds
+  ``<image>_probability`` (Image) and ``<image>_labels`` (Labels) layers. A result layer
+  that napari-unet made and nobody has painted on since is updated in place; a layer the
+  user painted is never replaced unless "Replace layers I painted" is ticked (a new
+  layer is added instead).
+* **Correct & retrain**: the corrected labels join the session's training set, the
+  current model is fine-tuned on the whole set for a short time
+  (:func:`napari_unet.core.train.iter_train` with ``init``), and the image is predicted
+  again.
+* **Export** writes every Labels layer to a folder as TIFF (:mod:`napari_unet._writer`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+from superqt.utils import create_worker
+
+from napari_unet._widgets._common import (
+    METADATA_KEY,
+    file_edit,
+    help_label,
+    layer_array,
+    notify_error,
+    path_value,
+    report_worker_error,
+    scrollable_layout,
+    show_info,
+)
+from napari_unet._widgets._jobs import Predicted, Retrained, predict_job, retrain_job
+from napari_unet._widgets._session import Session, TrainingPair, session_for
+from napari_unet._widgets._train import DEFAULT_MODEL_DIR
+from napari_unet.core.errors import NapariUnetError
+
+if TYPE_CHECKING:
+    import napari
+
+MODEL_SESSION, MODEL_FILE = "The session's model", "A model file"
+
+RETRAIN_HELP = (
+    "1. Predict an image.  2. Fix its labels layer with napari's brush, eraser and fill "
+    "(every pixel counts: 0 = background).  3. Press Retrain: the corrected labels join "
+    "the training set (earlier corrections are kept, so the model does not forget them), "
+    "the model is fine-tuned for the time below and the image is predicted again into "
+    "the same layer. Repeat on this or other images."
+)
+
+
+def _spin(lo: float, hi: float, value: float, *, step: float = 1, decimals: int = 0, tip: str = ""):
+    box: QSpinBox | QDoubleSpinBox
+    if decimals:
+        box = QDoubleSpinBox()
+        box.setDecimals(decimals)
+        box.setSingleStep(step)
+    else:
+        box = QSpinBox()
+        box.setSingleStep(int(step))
+    box.setRange(lo, hi)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+def result_metadata(source: str, kind: str) -> dict[str, Any]:
+    """``layer.metadata`` of a result layer: what made it, from which image."""
+    return {METADATA_KEY: {"source": source, "kind": kind}}
+
+
+class PredictWidget(QWidget):
+    """Predict nuclei in an image layer; correct, retrain and export.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Given by napari when the widget is opened from the Plugins menu.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: Session = session_for(napari_viewer)
+        self._worker: Any = None
+        self._stop: threading.Event | None = None
+        self._job: dict[str, Any] | None = None
+        self._retrain_count = 0
+        self._build()
+        self._connect()
+        self.reset_choices()
+        self._update_buttons()
+
+    # ---- layout ---------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = scrollable_layout(self)
+        form = QFormLayout()
+        self.image = QComboBox()
+        self.image.setToolTip(
+            "The image to segment: 2D, a 3D stack or a time series; grey, RGB or "
+            "multi-channel; also large (dask) images, predicted tile by tile."
+        )
+        form.addRow("Image", self.image)
+        self.model_choice = QComboBox()
+        self.model_choice.addItems([MODEL_SESSION, MODEL_FILE])
+        form.addRow("Model", self.model_choice)
+        self.model_path = file_edit("r", "*.pt", "A model file saved by napari-unet (.pt).")
+        form.addRow("Model file", self.model_path.native)
+        layout.addLayout(form)
+        self.model_label = help_label(self.session.describe_model())
+        layout.addWidget(self.model_label)
+
+        self.advanced = QCollapsible("Advanced settings")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        self.threshold = _spin(
+            0.01,
+            0.99,
+            0.5,
+            step=0.05,
+            decimals=2,
+            tip="Pixels with a nucleus probability above this are foreground.",
+        )
+        adv_form.addRow("Probability threshold", self.threshold)
+        self.boundary_threshold = _spin(
+            0.01,
+            0.99,
+            0.5,
+            step=0.05,
+            decimals=2,
+            tip="Boundary probability above which touching nuclei are cut apart.",
+        )
+        adv_form.addRow("Boundary threshold", self.boundary_threshold)
+        self.split = QCheckBox("Split touching nuclei")
+        self.split.setChecked(True)
+        adv_form.addRow(self.split)
+        self.min_size = _spin(0, 10**6, 10, tip="Objects smaller than this (pixels) are removed.")
+        adv_form.addRow("Minimum size (px)", self.min_size)
+        self.fill_holes = QCheckBox("Fill holes in nuclei")
+        self.fill_holes.setChecked(True)
+        adv_form.addRow(self.fill_holes)
+        self.tile_size = _spin(64, 8192, 512, step=64, tip="Tile edge; smaller uses less memory.")
+        adv_form.addRow("Tile size", self.tile_size)
+        self.overlap = _spin(0, 1024, 64, step=16, tip="Pixels shared by neighbouring tiles.")
+        adv_form.addRow("Tile overlap", self.overlap)
+        self.batch_size = _spin(1, 64, 4, tip="Tiles per forward pass.")
+        adv_form.addRow("Batch size", self.batch_size)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cuda", "mps", "cpu"])
+        self.device.setToolTip("auto: CUDA GPU if available, then Apple MPS, then the CPU.")
+        adv_form.addRow("Device", self.device)
+        self.advanced.addWidget(adv)
+        layout.addWidget(self.advanced)
+
+        self.overwrite = QCheckBox("Replace result layers I painted on")
+        self.overwrite.setToolTip(
+            "Off: if you painted on <image>_labels, a new layer is added instead of "
+            "replacing your work."
+        )
+        layout.addWidget(self.overwrite)
+        buttons = QHBoxLayout()
+        self.predict_button = QPushButton("Predict")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop after the current tiles; layers are left unchanged.")
+        buttons.addWidget(self.predict_button)
+        buttons.addWidget(self.stop_button)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setTextVisible(False)
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.status)
+
+        retrain_box = QGroupBox("Correct && retrain")
+        retrain_layout = QVBoxLayout(retrain_box)
+        retrain_layout.addWidget(help_label(RETRAIN_HELP))
+        retrain_form = QFormLayout()
+        self.corrected = QComboBox()
+        self.corrected.setToolTip("The Labels layer you corrected (painted on the image above).")
+        retrain_form.addRow("Corrected labels", self.corrected)
+        self.retrain_seconds = _spin(
+            5, 3600, 30, step=5, tip="How long to fine-tune (seconds) before predicting again."
+        )
+        retrain_form.addRow("Fine-tune time (s)", self.retrain_seconds)
+        retrain_layout.addLayout(retrain_form)
+        retrain_buttons = QHBoxLayout()
+        self.retrain_button = QPushButton("Retrain on corrections")
+        self.clear_button = QPushButton("Forget training set")
+        self.clear_button.setToolTip("Start collecting corrections from scratch.")
+        retrain_buttons.addWidget(self.retrain_button)
+        retrain_buttons.addWidget(self.clear_button)
+        retrain_layout.addLayout(retrain_buttons)
+        self.training_set_label = help_label("")
+        retrain_layout.addWidget(self.training_set_label)
+        layout.addWidget(retrain_box)
+
+        export_box = QGroupBox("Export")
+        export_layout = QVBoxLayout(export_box)
+        export_form = QFormLayout()
+        self.export_folder = file_edit("d", None, "Folder for the TIFF files (one per layer).")
+        export_form.addRow("Folder", self.export_folder.native)
+        export_layout.addLayout(export_form)
+        self.export_overwrite = QCheckBox("Overwrite existing files")
+        export_layout.addWidget(self.export_overwrite)
+        self.export_button = QPushButton("Export all Labels layers as TIFF")
+        self.export_button.setToolTip(
+            "Writes <folder>/<layer name>.tif for every Labels layer (uint16/uint32, "
+            "opens in Fiji/ImageJ)."
+        )
+        export_layout.addWidget(self.export_button)
+        layout.addWidget(export_box)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        self.predict_button.clicked.connect(self._on_predict_clicked)
+        self.stop_button.clicked.connect(self._on_stop_clicked)
+        self.retrain_button.clicked.connect(self._on_retrain_clicked)
+        self.clear_button.clicked.connect(self._on_clear_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
+        self.model_choice.currentTextChanged.connect(self._on_model_choice_changed)
+        self.image.currentTextChanged.connect(self._on_image_changed)
+        self.corrected.currentTextChanged.connect(self._update_buttons)
+        self.session.model_changed.connect(self._on_session_model_changed)
+        self.session.busy_changed.connect(self._on_session_busy_changed)
+        self.session.training_set_changed.connect(self._on_training_set_changed)
+        self._on_model_choice_changed(self.model_choice.currentText())
+        self._on_training_set_changed()
+
+    # ---- napari hooks -----------------------------------------------------------------
+    def reset_choices(self, event: Any = None) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+        _refill(self.image, images)
+        had_corrected = self.corrected.currentText()
+        _refill(self.corrected, labels)
+        if not had_corrected or had_corrected not in labels:
+            # a new prediction layer appeared: offer it as the layer to correct
+            self._on_image_changed(self.image.currentText())
+        self._update_buttons()
+
+    # ---- inputs -------------------------------------------------------------------------
+    def predict_config(self) -> dict[str, Any]:
+        """Return the widget's values as a :class:`~napari_unet.core.predict.PredictConfig` dict."""
+        return {
+            "tile_size": int(self.tile_size.value()),
+            "overlap": int(self.overlap.value()),
+            "batch_size": int(self.batch_size.value()),
+            "device": self.device.currentText(),
+            "threshold": float(self.threshold.value()),
+            "boundary_threshold": float(self.boundary_threshold.value()),
+            "split": self.split.isChecked(),
+            "min_size": int(self.min_size.value()),
+            "fill_holes": self.fill_holes.isChecked(),
+        }
+
+    def _image_layer(self) -> Image:
+        name = self.image.currentText()
+        if not name or name not in self.viewer.layers:
+            raise NapariUnetError("Pick an Image layer to predict (or open a sample image).")
+        layer = self.viewer.layers[name]
+        if not isinstance(layer, Image):
+            raise NapariUnetError(f"Layer '{name}' is not an Image layer.")
+        return layer
+
+    def _model(self) -> tuple[Any, str | None]:
+        """(bundle, None) for the session's model, or (None, path) to load a file."""
+        if self.model_choice.currentText() == MODEL_FILE:
+            path = path_value(self.model_path)
+            if path is None:
+                raise NapariUnetError("Choose the model file (.pt) to predict with.")
+            if not Path(path).expanduser().is_file():
+                raise NapariUnetError(f"Model file {path} does not exist.")
+            return None, str(Path(path).expanduser())
+        if self.session.bundle is None:
+            raise NapariUnetError(
+                "There is no model in this session yet: train one with the Train widget, "
+                "or choose 'A model file'."
+            )
+        return self.session.bundle, None
+
+    # ---- predict -----------------------------------------------------------------------
+    def _on_predict_clicked(self) -> None:
+        try:
+            self.predict()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def predict(self) -> None:
+        """Start predicting the chosen image in a worker.
+
+        Raises
+        ------
+        NapariUnetError
+            When the inputs are unusable (nothing is started, nothing changed).
+        """
+        layer = self._image_layer()
+        bundle, path = self._model()
+        image = layer_array(layer, in_memory=False)  # dask/zarr stay lazy: tiled reading
+        self._stop = threading.Event()
+        worker = create_worker(
+            predict_job,
+            bundle,
+            image,
+            rgb=bool(layer.rgb),
+            config=self.predict_config(),
+            bundle_path=path,
+            stop=self._stop,
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
+        )
+        self._start(worker, {"kind": "predict", "layer": layer}, "Predicting...")
+
+    def _on_stop_clicked(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask the running prediction or retraining to end."""
+        if self._stop is not None:
+            self._stop.set()
+            self.status.setText("Stopping...")
+            self.stop_button.setEnabled(False)
+
+    # ---- retrain -----------------------------------------------------------------------
+    def _on_retrain_clicked(self) -> None:
+        try:
+            self.retrain()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def retrain(self) -> None:
+        """Add the corrected labels to the training set, fine-tune, and predict again.
+
+        Raises
+        ------
+        NapariUnetError
+            When the inputs are unusable (nothing is started, nothing changed).
+        """
+        if self.session.busy:
+            raise NapariUnetError(f"Wait until {self.session.busy} has finished.")
+        if self.session.bundle is None:
+            raise NapariUnetError(
+                "There is no model to fine-tune yet: train one, or predict with a model file "
+                "first (it then becomes the session's model)."
+            )
+        layer = self._image_layer()
+        name = self.corrected.currentText()
+        if not name or name not in self.viewer.layers:
+            raise NapariUnetError("Pick the Labels layer you corrected.")
+        corrected = self.viewer.layers[name]
+        if not isinstance(corrected, Labels):
+            raise NapariUnetError(f"Layer '{name}' is not a Labels layer.")
+        image = layer_array(layer)
+        labels = layer_array(corrected)
+        if not np.any(labels):
+            raise NapariUnetError(
+                f"Labels layer '{name}' is empty: paint the nuclei (or fix the prediction) first."
+            )
+        names, images, all_labels, sparse = self.session.training_data(
+            TrainingPair(layer.name, image, labels)
+        )
+        config = self.finetune_config()
+        config["sparse"] = sparse
+        self._stop = threading.Event()
+        worker = create_worker(
+            retrain_job,
+            images,
+            all_labels,
+            config,
+            self.session.bundle,
+            layer_array(layer, in_memory=False),
+            names=names,
+            rgb=bool(layer.rgb),
+            predict_config=self.predict_config(),
+            stop=self._stop,
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
+        )
+        job = {
+            "kind": "retrain",
+            "layer": layer,
+            "corrected": corrected,
+            "pair": (layer.name, image, labels),
+        }
+        self.session.begin("retraining")
+        self._start(worker, job, f"Fine-tuning on {len(images)} image(s)...")
+
+    def finetune_config(self) -> dict[str, Any]:
+        """TrainConfig dict for fine-tuning: the model's own settings, a short budget.
+
+        No validation split (every corrected image is needed for training) and no early
+        stopping; the model is saved next to the session's checkpoint.
+        """
+        assert self.session.bundle is not None
+        config = dict(self.session.bundle.meta.get("train_config") or {})
+        self._retrain_count += 1
+        info = self.session.model_info
+        if info is not None and info.checkpoint is not None:
+            base = info.checkpoint
+            stem = base.stem.split("-retrained")[0]
+            path = base.with_name(f"{stem}-retrained-{time.strftime('%H%M%S')}.pt")
+        else:
+            path = DEFAULT_MODEL_DIR / f"unet-retrained-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        config.update(
+            minutes=float(self.retrain_seconds.value()) / 60.0,
+            epochs=None,
+            val_fraction=0.0,
+            patience=None,
+            device=self.device.currentText(),
+            checkpoint_path=str(path.expanduser()),
+        )
+        return config
+
+    def _on_clear_clicked(self) -> None:
+        self.session.clear_training_set()
+
+    # ---- export ------------------------------------------------------------------------
+    def _on_export_clicked(self) -> None:
+        try:
+            self.export()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def export(self) -> list[Path]:
+        """Write every Labels layer to ``<folder>/<layer name>.tif``; returns the files."""
+        from napari_unet._writer import export_labels
+
+        folder = path_value(self.export_folder)
+        if folder is None:
+            raise NapariUnetError("Choose the folder to export the labels to.")
+        layers = [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels) and _result_kind(layer) != "split_preview"
+        ]
+        written = export_labels(
+            (
+                (layer.name, layer.data, {"scale": layer.scale, "units": layer.units})
+                for layer in layers
+            ),
+            folder,
+            overwrite=self.export_overwrite.isChecked(),
+        )
+        show_info(f"Exported {len(written)} Labels layer(s) to {folder}.")
+        self.status.setText(f"Exported {len(written)} file(s) to {folder}.")
+        return written
+
+    # ---- worker plumbing -----------------------------------------------------------------
+    def _start(self, worker: Any, job: dict[str, Any], message: str) -> None:
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker, self._job = worker, job
+        self.progress.setValue(0)
+        self.status.setText(message)
+        self._update_buttons()
+        worker.start()
+
+    def _on_progress(self, progress: Any) -> None:
+        if hasattr(progress, "total"):  # PredictProgress
+            fraction = progress.done / progress.total if progress.total else 0.0
+            self.progress.setValue(int(1000 * fraction))
+            self.status.setText(f"Predicting: {progress.done}/{progress.total} tiles")
+        elif hasattr(progress, "fraction"):  # TrainProgress
+            self.progress.setValue(int(1000 * min(max(progress.fraction, 0.0), 1.0)))
+            loss = "" if progress.loss is None else f", loss {progress.loss:.4f}"
+            self.status.setText(
+                f"Fine-tuning on {progress.device or 'device'}: step {progress.step}{loss}, "
+                f"{progress.elapsed:.0f} s"
+            )
+
+    def _on_returned(self, value: Any) -> None:
+        job = self._job or {}
+        if isinstance(value, Retrained):
+            trained = value.train
+            name, image, labels = job["pair"]
+            self.session.add_training_pair(name, image, labels, sparse=False)
+            self.session.set_model(
+                trained.bundle,
+                source=(
+                    f"Fine-tuned at {time.strftime('%H:%M')} on "
+                    f"{len(self.session.training_set)} image(s)"
+                ),
+                checkpoint=trained.checkpoint,
+            )
+            predicted = value.predicted
+            target = job["corrected"]
+            if not _is_prediction_of(target, job["layer"].name):
+                target = None
+            if predicted.result is None:
+                self.status.setText("Fine-tuned (stopped); prediction skipped.")
+                return
+            self._add_results(job["layer"], predicted.result, labels_target=target)
+            self.status.setText(
+                f"Fine-tuned for {getattr(trained, 'steps', '?')} steps on "
+                f"{len(self.session.training_set)} image(s) and predicted again."
+            )
+            return
+        if isinstance(value, Predicted):
+            if value.loaded_from is not None:
+                self.session.set_model(
+                    value.bundle,
+                    source=f"Loaded from {Path(value.loaded_from).name}",
+                    checkpoint=value.loaded_from,
+                )
+            if value.result is None:
+                self.status.setText("Prediction stopped; no layer was changed.")
+                return
+            layers = self._add_results(job["layer"], value.result)
+            self.corrected.setCurrentText(layers[-1].name)  # the layer to correct next
+            n = int(value.result.labels.max()) if value.result.labels.size else 0
+            self.status.setText(f"Found {n} nuclei: {', '.join(layer.name for layer in layers)}.")
+
+    def _on_errored(self, error: BaseException) -> None:
+        # shown as a napari notification; no layer was changed
+        report_worker_error(error)
+        self.status.setText(f"Failed: {error}")
+
+    def _on_finished(self) -> None:
+        if self._job is not None and self._job.get("kind") == "retrain":
+            self.session.end()
+        self._worker = self._stop = self._job = None
+        self.progress.setValue(0)
+        self._update_buttons()
+
+    # ---- results -> layers (main thread) ------------------------------------------------
+    def _add_results(
+        self, source: Image, result: Any, labels_target: Labels | None = None
+    ) -> list[Layer]:
+        """Put a PredictResult into ``<source>_probability`` and ``<source>_labels``."""
+        spatial = _spatial_transform(source, result.labels.shape)
+        probabilities = result.probabilities or {}
+        foreground = probabilities.get("foreground")
+        if foreground is None and probabilities:
+            foreground = next(iter(probabilities.values()))
+        out: list[Layer] = []
+        if foreground is not None:
+            out.append(
+                self._put_layer(
+                    f"{source.name}_probability",
+                    foreground,
+                    "image",
+                    source.name,
+                    spatial,
+                    {
+                        "colormap": "magma",
+                        "blending": "additive",
+                        "contrast_limits": (0.0, 1.0),
+                        "visible": False,
+                    },
+                )
+            )
+        if labels_target is not None:
+            labels_target.data = result.labels
+            self.session.track_result(labels_target)
+            out.append(labels_target)
+        else:
+            out.append(
+                self._put_layer(
+                    f"{source.name}_labels", result.labels, "labels", source.name, spatial, {}
+                )
+            )
+        return out
+
+    def _put_layer(
+        self,
+        name: str,
+        data: np.ndarray,
+        kind: str,
+        source: str,
+        spatial: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> Layer:
+        """Update layer `name` if it is replaceable, else add a new layer."""
+        cls = Labels if kind == "labels" else Image
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if (
+            isinstance(existing, cls)
+            and existing.data.shape == data.shape
+            and (self.session.is_replaceable(existing) or self.overwrite.isChecked())
+        ):
+            existing.data = data
+            existing.metadata.update(result_metadata(source, "prediction"))
+            self.session.track_result(existing)
+            return existing
+        if kind == "labels":
+            layer = self.viewer.add_labels(
+                data, name=name, metadata=result_metadata(source, "prediction"), **spatial
+            )
+        else:
+            layer = self.viewer.add_image(
+                data,
+                name=name,
+                metadata=result_metadata(source, "probability"),
+                **spatial,
+                **extra,
+            )
+        self.session.track_result(layer)
+        return layer
+
+    # ---- state ---------------------------------------------------------------------------
+    def _on_image_changed(self, name: str) -> None:
+        """Default the corrected layer to this image's prediction."""
+        candidate = f"{name}_labels"
+        if self.corrected.findText(candidate) >= 0:
+            self.corrected.setCurrentText(candidate)
+        self._update_buttons()
+
+    def _on_model_choice_changed(self, text: str) -> None:
+        self.model_path.native.setEnabled(text == MODEL_FILE)
+        self._update_buttons()
+
+    def _on_session_model_changed(self) -> None:
+        self.model_label.setText(self.session.describe_model())
+        self._update_buttons()
+
+    def _on_session_busy_changed(self, busy: bool) -> None:
+        self._update_buttons()
+
+    def _on_training_set_changed(self) -> None:
+        names = list(self.session.training_set)
+        if names:
+            self.training_set_label.setText(
+                f"Training set: {len(names)} image(s): {', '.join(names)}"
+            )
+        else:
+            self.training_set_label.setText("Training set: empty")
+        self._update_buttons()
+
+    def _update_buttons(self, *args: Any) -> None:
+        running = self._worker is not None
+        has_image = bool(self.image.currentText())
+        has_model = self.session.bundle is not None or self.model_choice.currentText() == MODEL_FILE
+        self.predict_button.setEnabled(not running and has_image and has_model)
+        self.stop_button.setEnabled(running and self._stop is not None and not self._stop.is_set())
+        self.retrain_button.setEnabled(
+            not running
+            and self.session.busy is None
+            and self.session.bundle is not None
+            and has_image
+            and bool(self.corrected.currentText())
+        )
+        self.clear_button.setEnabled(not running and bool(self.session.training_set))
+        self.export_button.setEnabled(
+            any(isinstance(layer, Labels) for layer in self.viewer.layers)
+        )
+
+
+def _refill(box: QComboBox, names: list[str]) -> None:
+    """Replace a combo box's items, keeping the current one when it still exists."""
+    current = box.currentText()
+    box.blockSignals(True)
+    box.clear()
+    box.addItems(names)
+    if current in names:
+        box.setCurrentText(current)
+    box.blockSignals(False)
+
+
+def _result_info(layer: Layer) -> dict[str, Any]:
+    info = layer.metadata.get(METADATA_KEY) if isinstance(layer.metadata, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
+def _result_kind(layer: Layer) -> str | None:
+    """Return what napari-unet made `layer` as ("prediction", "split", ...), or None."""
+    return _result_info(layer).get("kind")
+
+
+def _is_prediction_of(layer: Layer, source: str) -> bool:
+    info = _result_info(layer)
+    return info.get("source") == source and info.get("kind") == "prediction"
+
+
+def _spatial_transform(source: Image, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``scale``/``translate`` for a result of `shape` covering `source` pixel for pixel.
+
+    RGB layers' transforms are already spatial; a multi-channel layer loses the channel
+    axis that the prediction dropped (its first or last axis).
+    """
+    scale, translate = tuple(source.scale), tuple(source.translate)
+    if len(scale) != len(shape):
+        data_shape = tuple(layer_array(source, in_memory=False).shape)
+        keep = slice(1, None) if data_shape[1:] == tuple(shape) else slice(None, -1)
+        scale, translate = scale[keep], translate[keep]
+    return {"scale": scale, "translate": translate}

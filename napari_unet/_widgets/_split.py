@@ -1,0 +1,375 @@
+"""The Split nuclei widget: separate touching nuclei, with a live preview.
+
+A thin adapter over :func:`napari_unet.core.split.split_nuclei` (for a Labels layer or
+a mask) and :func:`napari_unet.core.split.labels_from_probabilities` (for a probability
+Image, e.g. ``<image>_probability`` from Predict). While "Live preview" is on, the
+current plane (the part in view, with a margin) is split in a worker every time a
+parameter, the slice or the view changes, and shown in a ``<layer>_split_preview``
+layer; Apply splits everything in a worker and adds ``<layer>_split``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+from superqt.utils import create_worker
+
+from napari_unet._widgets._common import (
+    help_label,
+    layer_array,
+    notify_error,
+    report_worker_error,
+    scrollable_layout,
+)
+from napari_unet._widgets._jobs import split_job
+from napari_unet._widgets._predict import result_metadata
+from napari_unet._widgets._session import Session, session_for
+from napari_unet.core.errors import NapariUnetError
+
+if TYPE_CHECKING:
+    import napari
+
+#: Pixels added around the visible region when previewing (watershed needs context).
+PREVIEW_MARGIN = 32
+
+SPLIT_HELP = (
+    "Separates touching nuclei with a distance-transform watershed. Pick a Labels layer "
+    "(instance labels or a mask) or a probability image from Predict. Larger 'minimum "
+    "distance' or 'h' merge more, smaller split more."
+)
+
+
+class SplitWidget(QWidget):
+    """Split touching nuclei in a Labels/mask layer or a probability image.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Given by napari when the widget is opened from the Plugins menu.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: Session = session_for(napari_viewer)
+        self._worker: Any = None
+        self._preview_worker: Any = None
+        self._preview_dirty = False
+        self._preview_layer: Labels | None = None
+        self._apply_source: str | None = None
+        self._preview_timer = QTimer(self)
+        self._preview_timer.setSingleShot(True)
+        self._preview_timer.setInterval(150)
+        self._build()
+        self._connect()
+        self.reset_choices()
+
+    # ---- layout ---------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = scrollable_layout(self)
+        layout.addWidget(help_label(SPLIT_HELP))
+        form = QFormLayout()
+        self.source = QComboBox()
+        self.source.setToolTip("A Labels layer (instance labels or mask) or a probability image.")
+        form.addRow("Input layer", self.source)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setToolTip(
+            "Probability above which a pixel is a nucleus (probability input)."
+        )
+        form.addRow("Probability threshold", self.threshold)
+        self.min_distance = QSpinBox()
+        self.min_distance.setRange(1, 200)
+        self.min_distance.setValue(4)
+        self.min_distance.setToolTip("Smallest distance (px) between the centres of two nuclei.")
+        form.addRow("Minimum distance (px)", self.min_distance)
+        self.h = QDoubleSpinBox()
+        self.h.setRange(0.0, 100.0)
+        self.h.setSingleStep(0.5)
+        self.h.setValue(0.0)
+        self.h.setSpecialValueText("auto")
+        self.h.setToolTip(
+            "How deep the waist between two nuclei must be (px) to cut them; auto picks it."
+        )
+        form.addRow("Split depth h", self.h)
+        self.smooth = QDoubleSpinBox()
+        self.smooth.setRange(0.0, 20.0)
+        self.smooth.setSingleStep(0.5)
+        self.smooth.setValue(1.0)
+        self.smooth.setToolTip("Gaussian smoothing (sigma, px) of the distance map.")
+        form.addRow("Smoothing", self.smooth)
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 10**6)
+        self.min_size.setValue(10)
+        self.min_size.setToolTip("Pieces smaller than this (pixels) are removed.")
+        form.addRow("Minimum size (px)", self.min_size)
+        self.fill_holes = QCheckBox("Fill holes")
+        self.fill_holes.setChecked(True)
+        form.addRow(self.fill_holes)
+        layout.addLayout(form)
+        self.preview = QCheckBox("Live preview (current slice, in view)")
+        self.preview.setToolTip(
+            "Shows the result on the part of the current slice in view, updated as you "
+            "change the settings, pan, zoom or move through the stack."
+        )
+        layout.addWidget(self.preview)
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setToolTip("Split the whole layer and add the result as a new layer.")
+        layout.addWidget(self.apply_button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        self.apply_button.clicked.connect(self._on_apply_clicked)
+        self.preview.toggled.connect(self._on_preview_toggled)
+        self.source.currentTextChanged.connect(self._on_source_changed)
+        for box in (self.threshold, self.min_distance, self.h, self.smooth, self.min_size):
+            box.valueChanged.connect(self._schedule_preview)
+        self.fill_holes.toggled.connect(self._schedule_preview)
+        self.h.valueChanged.connect(lambda _: self._on_source_changed(self.source.currentText()))
+        self._preview_timer.timeout.connect(self._run_preview)
+        self.viewer.dims.events.current_step.connect(self._schedule_preview)
+        # napari >= 0.9 moved the camera to viewer.scene
+        scene = getattr(self.viewer, "scene", None)
+        camera = scene.camera if scene is not None else self.viewer.camera
+        camera.events.center.connect(self._schedule_preview)
+        camera.events.zoom.connect(self._schedule_preview)
+
+    # ---- napari hooks -----------------------------------------------------------------
+    def reset_choices(self, event: Any = None) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if (isinstance(layer, Labels) and layer is not self._preview_layer)
+            or (isinstance(layer, Image) and not layer.rgb)
+        ]
+        current = self.source.currentText()
+        self.source.blockSignals(True)
+        self.source.clear()
+        self.source.addItems(names)
+        if current in names:
+            self.source.setCurrentText(current)
+        else:
+            # prefer a Labels layer: the usual input
+            labels = [n for n in names if isinstance(self.viewer.layers[n], Labels)]
+            if labels:
+                self.source.setCurrentText(labels[-1])
+        self.source.blockSignals(False)
+        if self._preview_layer is not None and self._preview_layer not in self.viewer.layers:
+            self._preview_layer = None
+        self._on_source_changed(self.source.currentText())
+
+    # ---- inputs -------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Return the parameters of :func:`~napari_unet.core.split.split_nuclei` (+ threshold)."""
+        return {
+            "threshold": float(self.threshold.value()),
+            "min_distance": int(self.min_distance.value()),
+            "h": float(self.h.value()) or None,
+            "smooth": float(self.smooth.value()),
+            "min_size": int(self.min_size.value()),
+            "fill_holes": self.fill_holes.isChecked(),
+        }
+
+    def _source_layer(self) -> Layer:
+        name = self.source.currentText()
+        if not name or name not in self.viewer.layers:
+            raise NapariUnetError(
+                "Pick a Labels layer (or a probability image) to split; Predict makes both."
+            )
+        layer = self.viewer.layers[name]
+        if not isinstance(layer, Labels | Image) or getattr(layer, "rgb", False):
+            raise NapariUnetError(
+                f"Layer '{name}' cannot be split: pick a Labels layer or a single-channel "
+                "probability image."
+            )
+        return layer
+
+    # ---- apply ----------------------------------------------------------------------------
+    def _on_apply_clicked(self) -> None:
+        try:
+            self.apply()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def apply(self) -> None:
+        """Split the whole chosen layer in a worker; the result becomes a new layer."""
+        layer = self._source_layer()
+        data = layer_array(layer)
+        if (
+            isinstance(layer, Image)
+            and data.ndim >= 2
+            and not np.issubdtype(data.dtype, np.floating)
+        ):
+            raise NapariUnetError(
+                f"Image '{layer.name}' is not a probability map (its values are "
+                f"{data.dtype}); pick a Labels layer, or the <image>_probability layer "
+                "made by Predict."
+            )
+        worker = create_worker(
+            split_job,
+            data,
+            from_probability=isinstance(layer, Image),
+            params=self.params(),
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
+        )
+        worker.returned.connect(self._on_apply_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_apply_finished)
+        self._worker = worker
+        self._apply_source = layer.name
+        self.apply_button.setEnabled(False)
+        self.status.setText(f"Splitting {layer.name}...")
+        worker.start()
+
+    def _on_apply_returned(self, labels: np.ndarray) -> None:
+        name = self._apply_source or "labels"
+        source = self.viewer.layers[name] if name in self.viewer.layers else None
+        kwargs: dict[str, Any] = {}
+        if source is not None:
+            kwargs = {"scale": tuple(source.scale), "translate": tuple(source.translate)}
+        self.preview.setChecked(False)
+        layer = self.viewer.add_labels(
+            labels, name=f"{name}_split", metadata=result_metadata(name, "split"), **kwargs
+        )
+        self.session.track_result(layer)
+        n = len(np.unique(labels)) - 1 if labels.size else 0
+        self.status.setText(f"{n} nuclei in '{layer.name}'.")
+
+    def _on_errored(self, error: BaseException) -> None:
+        # shown as a napari notification; no layer was changed
+        report_worker_error(error)
+        self.status.setText(f"Failed: {error}")
+
+    def _on_apply_finished(self) -> None:
+        self._worker = None
+        self._apply_source = None
+        self._on_source_changed(self.source.currentText())
+
+    # ---- live preview -------------------------------------------------------------------
+    def _on_preview_toggled(self, on: bool) -> None:
+        if on:
+            self._schedule_preview()
+        else:
+            self._preview_timer.stop()
+            self._remove_preview_layer()
+
+    def _schedule_preview(self, *args: Any) -> None:
+        if self.preview.isChecked():
+            self._preview_timer.start()
+
+    def preview_region(self, layer: Layer) -> tuple[tuple[int, ...], tuple[slice, slice]]:
+        """Return the current plane (leading indices) and the (Y, X) region in view + margin."""
+        data = layer_array(layer, in_memory=False)
+        lead = data.ndim - 2
+        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+        index = tuple(int(np.clip(round(point[i]), 0, data.shape[i] - 1)) for i in range(lead))
+        height, width = data.shape[-2:]
+        corners = np.asarray(getattr(layer, "corner_pixels", np.zeros((2, data.ndim))))
+        y0, x0 = (int(v) for v in corners[0, -2:])
+        y1, x1 = (int(v) for v in corners[1, -2:])
+        if y1 <= y0 or x1 <= x0:  # not drawn yet: the whole plane
+            y0, x0, y1, x1 = 0, 0, height, width
+        region = (
+            slice(max(0, y0 - PREVIEW_MARGIN), min(height, y1 + PREVIEW_MARGIN + 1)),
+            slice(max(0, x0 - PREVIEW_MARGIN), min(width, x1 + PREVIEW_MARGIN + 1)),
+        )
+        return index, region
+
+    def _run_preview(self) -> None:
+        if not self.preview.isChecked():
+            return
+        if self._preview_worker is not None:  # one at a time; the newest request wins
+            self._preview_dirty = True
+            return
+        try:
+            layer = self._source_layer()
+        except NapariUnetError as error:
+            self.status.setText(str(error))
+            return
+        index, region = self.preview_region(layer)
+        data = layer_array(layer, in_memory=False)
+        crop = np.array(data[index + region], copy=True)
+        worker = create_worker(
+            split_job,
+            crop,
+            from_probability=isinstance(layer, Image),
+            params=self.params(),
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
+        )
+        offset = (region[0].start, region[1].start)
+        worker.returned.connect(lambda labels: self._show_preview(layer, labels, offset))
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_preview_finished)
+        self._preview_worker = worker
+        self._preview_dirty = False
+        worker.start()
+
+    def _show_preview(self, source: Layer, labels: np.ndarray, offset: tuple[int, int]) -> None:
+        if not self.preview.isChecked() or source not in self.viewer.layers:
+            return
+        scale = np.asarray(source.scale)[-2:]
+        translate = np.asarray(source.translate)[-2:] + np.asarray(offset) * scale
+        name = f"{source.name}_split_preview"
+        layer = self._preview_layer
+        if layer is None or layer not in self.viewer.layers:
+            layer = self.viewer.add_labels(
+                labels,
+                name=name,
+                scale=tuple(scale),
+                translate=tuple(translate),
+                opacity=0.6,
+                metadata=result_metadata(source.name, "split_preview"),
+            )
+            self._preview_layer = layer
+        else:
+            layer.data = labels
+            layer.translate = tuple(translate)
+            layer.scale = tuple(scale)
+            layer.name = name
+        n = len(np.unique(labels)) - 1 if labels.size else 0
+        self.status.setText(f"Preview: {n} nuclei in view.")
+
+    def _on_preview_finished(self) -> None:
+        self._preview_worker = None
+        if self._preview_dirty:
+            self._preview_dirty = False
+            self._schedule_preview()
+
+    def _remove_preview_layer(self) -> None:
+        layer, self._preview_layer = self._preview_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
+
+    # ---- state ------------------------------------------------------------------------------
+    def _on_source_changed(self, name: str) -> None:
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        is_probability = isinstance(layer, Image)
+        self.threshold.setEnabled(is_probability)
+        for box in (self.h, self.smooth):
+            box.setEnabled(layer is not None)
+        # with an explicit h the markers are h-maxima: min_distance is not used
+        self.min_distance.setEnabled(layer is not None and not self.h.value())
+        self.apply_button.setEnabled(layer is not None and self._worker is None)
+        self.preview.setEnabled(layer is not None)
+        self._schedule_preview()

@@ -1,0 +1,445 @@
+"""The Train widget: train a UNet on one or more Image + Labels layer pairs.
+
+Thin adapter over :func:`napari_unet.core.train.iter_train`: the arrays are read from
+the layers on the main thread, the generator runs in a napari ``thread_worker``
+(:func:`._jobs.train_job`), and what it yields becomes the progress bar, the device
+label and the live plot. The trained model goes to the viewer's
+:class:`~._session.Session` (for Predict and Correct & retrain) and is saved as a
+checkpoint file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+from superqt.utils import create_worker
+
+from napari_unet._widgets._common import (
+    file_edit,
+    help_label,
+    layer_array,
+    notify_error,
+    path_value,
+    report_worker_error,
+    scrollable_layout,
+)
+from napari_unet._widgets._jobs import train_job
+from napari_unet._widgets._pairs import LayerPairs
+from napari_unet._widgets._plot import TrainingPlot
+from napari_unet._widgets._session import Session, session_for
+from napari_unet.core.errors import NapariUnetError
+
+if TYPE_CHECKING:
+    import napari
+
+#: Where models go when the user leaves "Save model as" empty.
+DEFAULT_MODEL_DIR = Path("~/napari-unet/models")
+
+START_NEW, START_SESSION, START_FILE = "New model", "The session's model", "A model file"
+
+SPARSE_HELP = (
+    "Partial annotation: paint only some nuclei and some background. Then 0 (unpainted) "
+    "is ignored, label 1 means background, and 2, 3, ... are nuclei."
+)
+
+
+def default_model_path(now: float | None = None) -> Path:
+    """Return a new, time-stamped model file name in :data:`DEFAULT_MODEL_DIR`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return (DEFAULT_MODEL_DIR / f"unet-{stamp}.pt").expanduser()
+
+
+def _spin(lo: float, hi: float, value: float, *, step: float = 1, decimals: int = 0, tip: str = ""):
+    box: QSpinBox | QDoubleSpinBox
+    if decimals:
+        box = QDoubleSpinBox()
+        box.setDecimals(decimals)
+        box.setSingleStep(step)
+    else:
+        box = QSpinBox()
+        box.setSingleStep(int(step))
+    box.setRange(lo, hi)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+class TrainWidget(QWidget):
+    """Train a UNet on Image + Labels layers, with a live plot and a Stop button.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        Given by napari when the widget is opened from the Plugins menu.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: Session = session_for(napari_viewer)
+        self._worker: Any = None
+        self._stop: threading.Event | None = None
+        self._started_at = 0.0
+        self._pending: tuple | None = None
+        self._build()
+        self._connect()
+        self.reset_choices()
+        self._update_buttons()
+
+    # ---- layout ---------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = scrollable_layout(self)
+
+        data_box = QGroupBox("Training data")
+        data_layout = QVBoxLayout(data_box)
+        self.pairs = LayerPairs()
+        data_layout.addWidget(self.pairs)
+        self.sparse = QCheckBox("Labels are partial (0 = not annotated, 1 = background)")
+        self.sparse.setToolTip(SPARSE_HELP)
+        data_layout.addWidget(self.sparse)
+        layout.addWidget(data_box)
+
+        model_box = self.model_box = QGroupBox("Model")
+        form = QFormLayout(model_box)
+        self.start_from = QComboBox()
+        self.start_from.addItems([START_NEW, START_SESSION, START_FILE])
+        self.start_from.setToolTip(
+            "Train a new model, or fine-tune the session's model or a saved model file."
+        )
+        form.addRow("Start from", self.start_from)
+        self.init_path = file_edit("r", "*.pt", "A model file saved by napari-unet (.pt).")
+        form.addRow("Model file", self.init_path.native)
+        self.minutes = _spin(
+            0.1,
+            24 * 60,
+            2.0,
+            step=0.5,
+            decimals=1,
+            tip="Training stops after this time (or earlier when it stops improving).",
+        )
+        form.addRow("Training time (min)", self.minutes)
+        self.save_path = file_edit(
+            "w", "*.pt", "Where the best model is saved while training (empty: automatic)."
+        )
+        self.save_path.line_edit.native.setPlaceholderText(
+            str(DEFAULT_MODEL_DIR / "unet-<date-time>.pt")
+        )
+        form.addRow("Save model as", self.save_path.native)
+        layout.addWidget(model_box)
+
+        self.advanced = QCollapsible("Advanced settings")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        self.epochs = _spin(0, 100000, 0, tip="0 = no limit: the training time decides.")
+        adv_form.addRow("Epochs (0 = time only)", self.epochs)
+        self.patch_size = _spin(32, 2048, 256, step=32, tip="Side of the square training patches.")
+        adv_form.addRow("Patch size", self.patch_size)
+        self.batch_size = _spin(1, 256, 4, tip="Patches per training step.")
+        adv_form.addRow("Batch size", self.batch_size)
+        self.depth = _spin(2, 6, 4, tip="Number of down-sampling levels of the UNet.")
+        adv_form.addRow("Depth", self.depth)
+        self.base_channels = _spin(
+            4, 128, 16, step=4, tip="Features in the first level (doubled at each level)."
+        )
+        adv_form.addRow("Base channels", self.base_channels)
+        self.lr = _spin(1e-5, 1.0, 1e-3, step=1e-4, decimals=5, tip="Adam learning rate.")
+        adv_form.addRow("Learning rate", self.lr)
+        self.val_fraction = _spin(
+            0.0,
+            0.5,
+            0.1,
+            step=0.05,
+            decimals=2,
+            tip="Share of the annotated area kept aside to measure progress.",
+        )
+        adv_form.addRow("Validation fraction", self.val_fraction)
+        self.patience = _spin(
+            0, 10000, 10, tip="Stop after this many validations without improvement (0 = never)."
+        )
+        adv_form.addRow("Early-stopping patience", self.patience)
+        self.targets = QComboBox()
+        self.targets.addItems(["auto", "instance", "semantic"])
+        self.targets.setToolTip(
+            "auto: instance labels learn nucleus boundaries too (to separate touching "
+            "nuclei); binary masks learn foreground only."
+        )
+        adv_form.addRow("Labels are", self.targets)
+        self.augment = QCheckBox("Augment (flips, rotations, intensity)")
+        self.augment.setChecked(True)
+        adv_form.addRow(self.augment)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cuda", "mps", "cpu"])
+        self.device.setToolTip("auto: CUDA GPU if available, then Apple MPS, then the CPU.")
+        adv_form.addRow("Device", self.device)
+        self.seed = _spin(0, 2**31 - 1, 0, tip="Random seed, for repeatable training.")
+        adv_form.addRow("Seed", self.seed)
+        self.advanced.addWidget(adv)
+        layout.addWidget(self.advanced)
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Train")
+        self.start_button.setToolTip("Start training in the background; the viewer stays usable.")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop at the next step and keep the best model so far.")
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        layout.addLayout(buttons)
+
+        self.device_label = QLabel("Device: chosen when training starts")
+        layout.addWidget(self.device_label)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(False)
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.status)
+        self.plot = TrainingPlot()
+        layout.addWidget(self.plot)
+        self.model_label = help_label(self.session.describe_model())
+        layout.addWidget(self.model_label)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        self.start_button.clicked.connect(self._on_start_clicked)
+        self.stop_button.clicked.connect(self._on_stop_clicked)
+        self.start_from.currentTextChanged.connect(self._on_start_from_changed)
+        self.pairs.changed.connect(self._update_buttons)
+        self.session.busy_changed.connect(self._on_session_busy_changed)
+        self.session.model_changed.connect(self._on_session_model_changed)
+        self._on_start_from_changed(self.start_from.currentText())
+
+    # ---- napari hooks -----------------------------------------------------------------
+    def reset_choices(self, event: Any = None) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+        self.pairs.set_choices(images, labels)
+
+    # ---- config ---------------------------------------------------------------------
+    def config_dict(self, checkpoint_path: Path) -> dict[str, Any]:
+        """Return the widget's values as a :class:`~napari_unet.core.train.TrainConfig` dict."""
+        return {
+            "minutes": float(self.minutes.value()),
+            "epochs": int(self.epochs.value()) or None,
+            "patch_size": int(self.patch_size.value()),
+            "batch_size": int(self.batch_size.value()),
+            "depth": int(self.depth.value()),
+            "base_channels": int(self.base_channels.value()),
+            "lr": float(self.lr.value()),
+            "val_fraction": float(self.val_fraction.value()),
+            "patience": int(self.patience.value()) or None,
+            "targets": self.targets.currentText(),
+            "sparse": self.sparse.isChecked(),
+            "augment": self.augment.isChecked(),
+            "device": self.device.currentText(),
+            "seed": int(self.seed.value()),
+            "checkpoint_path": str(checkpoint_path),
+        }
+
+    def _read_pairs(self) -> tuple[list[str], list[Any], list[Any]]:
+        """Read the selected pairs' arrays from the layers (main thread)."""
+        names, images, labels = [], [], []
+        pairs = self.pairs.pairs()
+        if not pairs:
+            raise NapariUnetError(
+                "Pick at least one Image layer and the Labels layer painted on it "
+                "(File > Open Sample > napari-unet has examples)."
+            )
+        for image_name, labels_name in pairs:
+            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
+                raise NapariUnetError(
+                    f"Layer '{image_name}' or '{labels_name}' no longer exists; pick again."
+                )
+            image_layer = self.viewer.layers[image_name]
+            labels_layer = self.viewer.layers[labels_name]
+            if not isinstance(image_layer, Image) or not isinstance(labels_layer, Labels):
+                raise NapariUnetError(
+                    f"'{image_name}' must be an Image layer and '{labels_name}' a Labels layer."
+                )
+            names.append(image_name)
+            images.append(layer_array(image_layer))
+            labels.append(layer_array(labels_layer))
+        if len(set(names)) < len(names):
+            raise NapariUnetError("The same image is picked twice; each row needs its own image.")
+        return names, images, labels
+
+    # ---- actions -----------------------------------------------------------------------
+    def _on_start_clicked(self) -> None:
+        try:
+            self.start()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def start(self) -> None:
+        """Read the layers and settings, and start training in a worker.
+
+        Raises
+        ------
+        NapariUnetError
+            When the inputs are unusable (nothing is started, nothing changed).
+        """
+        if self.session.busy:
+            raise NapariUnetError(f"Wait until {self.session.busy} has finished.")
+        names, images, labels = self._read_pairs()
+        init, init_path = None, None
+        start_from = self.start_from.currentText()
+        if start_from == START_SESSION:
+            if self.session.bundle is None:
+                raise NapariUnetError(
+                    "There is no model in this session yet: start from a new model or a file."
+                )
+            init = self.session.bundle
+        elif start_from == START_FILE:
+            init_path = path_value(self.init_path)
+            if init_path is None:
+                raise NapariUnetError("Choose the model file to start from.")
+        checkpoint = Path(path_value(self.save_path) or default_model_path()).expanduser()
+        if checkpoint.suffix != ".pt":
+            checkpoint = checkpoint.with_suffix(checkpoint.suffix + ".pt")
+        config = self.config_dict(checkpoint)
+
+        self._stop = threading.Event()
+        self._pending = (names, images, labels, config["sparse"], checkpoint)
+        worker = create_worker(
+            train_job,
+            images,
+            labels,
+            config,
+            names=names,
+            init=init,
+            init_path=init_path,
+            stop=self._stop,
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.session.begin("training")
+        self.plot.clear()
+        self.progress.setValue(0)
+        self._started_at = time.monotonic()
+        self.status.setText(f"Preparing {len(images)} image(s)...")
+        self._update_buttons()
+        worker.start()
+
+    def _on_stop_clicked(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Ask the training to end after the current step (keeps the best model)."""
+        if self._stop is not None:
+            self._stop.set()
+            self.status.setText("Stopping after this step...")
+            self.stop_button.setEnabled(False)
+
+    # ---- worker callbacks (main thread) ---------------------------------------------
+    def _on_progress(self, progress: Any) -> None:
+        if getattr(progress, "device", ""):
+            self.device_label.setText(f"Device: {progress.device}")
+        self.progress.setValue(int(round(1000 * min(max(progress.fraction, 0.0), 1.0))))
+        if progress.loss is not None:
+            self.plot.add_loss(progress.step, progress.loss)
+        if progress.validation:
+            self.plot.add_validation(progress.step, progress.validation)
+        parts = [f"step {progress.step}", f"epoch {progress.epoch}"]
+        if progress.loss is not None:
+            parts.append(f"loss {progress.loss:.4f}")
+        if progress.validation:
+            parts += [
+                f"{key} {value:.3f}"
+                for key, value in progress.validation.items()
+                if isinstance(value, int | float)
+            ]
+        parts.append(f"{progress.elapsed:.0f} s")
+        text = ", ".join(parts)
+        if progress.message:
+            text = f"{progress.message}\n{text}"
+        self.status.setText(text)
+
+    def _on_returned(self, result: Any) -> None:
+        names, images, labels, sparse, checkpoint = self._pending
+        stamp = time.strftime("%H:%M")
+        self.session.set_model(
+            result.bundle,
+            source=f"Trained at {stamp} on {len(names)} image(s)",
+            checkpoint=result.checkpoint,
+        )
+        for name, image, label in zip(names, images, labels, strict=True):
+            self.session.add_training_pair(name, image, label, sparse=sparse)
+        self.progress.setValue(1000)
+        reasons = {
+            "budget": "time budget used",
+            "epochs": "all epochs done",
+            "early_stopping": "no more improvement",
+            "user": "stopped by you",
+            "diverged": "the loss diverged; try a lower learning rate",
+        }
+        score = (
+            "" if result.best_score is None else f", best validation score {result.best_score:.3f}"
+        )
+        saved = f"\nModel saved as {result.checkpoint}" if result.checkpoint else ""
+        self.status.setText(f"Done ({reasons.get(result.stopped, result.stopped)}){score}.{saved}")
+
+    def _on_errored(self, error: BaseException) -> None:
+        # shown as a napari notification; no layer was changed
+        report_worker_error(error)
+        self.status.setText(f"Training failed: {error}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._stop = None
+        self._pending = None
+        self.session.end()
+        self._update_buttons()
+
+    # ---- state ------------------------------------------------------------------------
+    def _on_start_from_changed(self, text: str) -> None:
+        self.init_path.native.setEnabled(text == START_FILE)
+        self._update_buttons()
+
+    def _on_session_busy_changed(self, busy: bool) -> None:
+        self._update_buttons()
+
+    def _on_session_model_changed(self) -> None:
+        self.model_label.setText(self.session.describe_model())
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self._worker is not None
+        busy = self.session.busy is not None
+        self.start_button.setEnabled(not busy and bool(self.pairs.pairs()))
+        self.stop_button.setEnabled(running and self._stop is not None and not self._stop.is_set())
+        for settings in (self.pairs, self.sparse, self.model_box, self.advanced):
+            settings.setEnabled(not running)
+        if busy and not running:
+            self.start_button.setToolTip(f"Wait until {self.session.busy} has finished.")
+        else:
+            self.start_button.setToolTip(
+                "Start training in the background; the viewer stays usable."
+            )
