@@ -80,8 +80,8 @@ def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) ->
     """Channel axis of an image file for a model with ``in_channels``."""
     if option != "auto":
         return None if option == "none" else int(option)
-    if len(shape) == 3 and shape[-1] in (3, 4) and shape[-1] <= 4 and shape[0] > 4:
-        return -1
+    if len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
+        return -1  # RGB(A) images and stacks of them, channels last as PNG/TIFF store them
     if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
         return 0
     return None

@@ -66,8 +66,9 @@ class TrainConfig:
         Percentiles mapped to 0 and 1 (stored with the model).
     val_fraction : float
         Share of images held back for validation (split by image).
-    val_max_images : int
-        At most this many validation images are scored (speed).
+    val_max_images, val_max_pixels : int
+        At most this many validation images, and pixels in all, are scored at each
+        validation (its cost comes out of the time budget).
     epochs : int or None
         Number of epochs (used when ``minutes`` is None; default 50).
     minutes : float or None
@@ -108,6 +109,7 @@ class TrainConfig:
     norm_high: float = 99.8
     val_fraction: float = 0.1
     val_max_images: int = 32
+    val_max_pixels: int = 1_500_000
     epochs: int | None = None
     minutes: float | None = None
     steps_per_epoch: int | None = None
@@ -387,9 +389,15 @@ def iter_train(
     if init is not None:
         n_outputs = init.spec.out_channels
     train_s, val_s = _split_validation(samples, config.val_fraction, config.seed)
-    if val_s and config.val_max_images and len(val_s) > config.val_max_images:
-        val_s = val_s[: config.val_max_images]
-
+    if val_s:
+        kept, px = [], 0
+        for smp in val_s:
+            n_px = smp.shape[0] * smp.shape[1]
+            if kept and (len(kept) >= config.val_max_images or px + n_px > config.val_max_pixels):
+                continue
+            kept.append(smp)
+            px += n_px
+        val_s = kept
     device = select_device(config.device)
     dev_text = describe_device(device)
     torch.manual_seed(config.seed)
