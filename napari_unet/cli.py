@@ -220,6 +220,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         "overlap",
         "batch_size",
         "threshold",
+        "split_method",
+        "min_distance",
         "boundary_threshold",
         "min_size",
         "device",
@@ -416,7 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tile-size", type=int)
     q.add_argument("--overlap", type=int)
     q.add_argument("--batch-size", type=int)
-    q.add_argument("--threshold", type=float)
+    q.add_argument("--threshold", type=float, help="foreground probability threshold (0.7)")
+    q.add_argument(
+        "--split-method",
+        choices=["distance", "boundary"],
+        help="distance-transform watershed (default) or the model's boundary map",
+    )
+    q.add_argument("--min-distance", type=int, help="min. pixels between nucleus centres (6)")
     q.add_argument("--boundary-threshold", type=float)
     q.add_argument("--min-size", type=int)
     q.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])

@@ -51,4 +51,5 @@ def test_wheel_contains_the_manifest_and_sample_data(tmp_path):
     from npe2 import PluginManifest
 
     pm = PluginManifest.from_file(ROOT / "napari.yaml")
-    assert {w.display_name for w in pm.contributions.widgets} == {"Train", "Predict", "Split nuclei"}
+    names = {w.display_name for w in pm.contributions.widgets}
+    assert names == {"Train", "Predict", "Split nuclei"}

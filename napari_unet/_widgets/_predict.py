@@ -56,6 +56,7 @@ from napari_unet._widgets._jobs import Predicted, Retrained, predict_job, retrai
 from napari_unet._widgets._session import Session, TrainingPair, session_for
 from napari_unet._widgets._train import DEFAULT_MODEL_DIR
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.predict import SPLIT_METHODS, PredictConfig
 
 if TYPE_CHECKING:
     import napari
@@ -135,37 +136,56 @@ class PredictWidget(QWidget):
         self.advanced = QCollapsible("Advanced settings")
         adv = QWidget()
         adv_form = QFormLayout(adv)
+        d = PredictConfig()  # one source of truth for the defaults
         self.threshold = _spin(
             0.01,
             0.99,
-            0.5,
+            d.threshold,
             step=0.05,
             decimals=2,
             tip="Pixels with a nucleus probability above this are foreground.",
         )
         adv_form.addRow("Probability threshold", self.threshold)
+        self.split = QCheckBox("Split touching nuclei")
+        self.split.setChecked(d.split)
+        adv_form.addRow(self.split)
+        self.split_method = QComboBox()
+        self.split_method.addItems(list(SPLIT_METHODS))
+        self.split_method.setCurrentText(d.split_method)
+        self.split_method.setToolTip(
+            "distance: watershed on the distance transform of the foreground (default); "
+            "boundary: cut where the model's boundary map is high."
+        )
+        adv_form.addRow("Split by", self.split_method)
+        self.min_distance = _spin(
+            1, 1000, d.min_distance, tip="Minimum distance (pixels) between two nuclei centres."
+        )
+        adv_form.addRow("Min. distance (px)", self.min_distance)
         self.boundary_threshold = _spin(
             0.01,
             0.99,
-            0.5,
+            d.boundary_threshold,
             step=0.05,
             decimals=2,
-            tip="Boundary probability above which touching nuclei are cut apart.",
+            tip="Boundary probability above which touching nuclei are cut apart ('boundary').",
         )
         adv_form.addRow("Boundary threshold", self.boundary_threshold)
-        self.split = QCheckBox("Split touching nuclei")
-        self.split.setChecked(True)
-        adv_form.addRow(self.split)
-        self.min_size = _spin(0, 10**6, 10, tip="Objects smaller than this (pixels) are removed.")
+        self.min_size = _spin(
+            0, 10**6, d.min_size, tip="Objects smaller than this (pixels) are removed."
+        )
         adv_form.addRow("Minimum size (px)", self.min_size)
         self.fill_holes = QCheckBox("Fill holes in nuclei")
-        self.fill_holes.setChecked(True)
+        self.fill_holes.setChecked(d.fill_holes)
         adv_form.addRow(self.fill_holes)
-        self.tile_size = _spin(64, 8192, 512, step=64, tip="Tile edge; smaller uses less memory.")
+        self.tile_size = _spin(
+            64, 8192, d.tile_size, step=64, tip="Tile edge; smaller uses less memory."
+        )
         adv_form.addRow("Tile size", self.tile_size)
-        self.overlap = _spin(0, 1024, 64, step=16, tip="Pixels shared by neighbouring tiles.")
+        self.overlap = _spin(
+            0, 1024, d.overlap, step=16, tip="Pixels shared by neighbouring tiles."
+        )
         adv_form.addRow("Tile overlap", self.overlap)
-        self.batch_size = _spin(1, 64, 4, tip="Tiles per forward pass.")
+        self.batch_size = _spin(1, 64, d.batch_size, tip="Tiles per forward pass.")
         adv_form.addRow("Batch size", self.batch_size)
         self.device = QComboBox()
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
@@ -275,6 +295,8 @@ class PredictWidget(QWidget):
             "threshold": float(self.threshold.value()),
             "boundary_threshold": float(self.boundary_threshold.value()),
             "split": self.split.isChecked(),
+            "split_method": self.split_method.currentText(),
+            "min_distance": int(self.min_distance.value()),
             "min_size": int(self.min_size.value()),
             "fill_holes": self.fill_holes.isChecked(),
         }

@@ -48,6 +48,7 @@ from napari_unet._widgets._pairs import LayerPairs
 from napari_unet._widgets._plot import TrainingPlot
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.train import TrainConfig
 
 if TYPE_CHECKING:
     import napari
@@ -150,31 +151,41 @@ class TrainWidget(QWidget):
         self.advanced = QCollapsible("Advanced settings")
         adv = QWidget()
         adv_form = QFormLayout(adv)
+        d = TrainConfig()  # one source of truth for the defaults
         self.epochs = _spin(0, 100000, 0, tip="0 = no limit: the training time decides.")
         adv_form.addRow("Epochs (0 = time only)", self.epochs)
-        self.patch_size = _spin(32, 2048, 256, step=32, tip="Side of the square training patches.")
+        self.patch_size = _spin(
+            32, 2048, d.patch_size, step=32, tip="Side of the square training patches."
+        )
         adv_form.addRow("Patch size", self.patch_size)
-        self.batch_size = _spin(1, 256, 4, tip="Patches per training step.")
+        self.batch_size = _spin(1, 256, d.batch_size, tip="Patches per training step.")
         adv_form.addRow("Batch size", self.batch_size)
-        self.depth = _spin(2, 6, 4, tip="Number of down-sampling levels of the UNet.")
+        self.depth = _spin(2, 6, d.depth, tip="Number of down-sampling levels of the UNet.")
         adv_form.addRow("Depth", self.depth)
         self.base_channels = _spin(
-            4, 128, 16, step=4, tip="Features in the first level (doubled at each level)."
+            4,
+            128,
+            d.base_channels,
+            step=4,
+            tip="Features in the first level (doubled at each level).",
         )
         adv_form.addRow("Base channels", self.base_channels)
-        self.lr = _spin(1e-5, 1.0, 1e-3, step=1e-4, decimals=5, tip="Adam learning rate.")
+        self.lr = _spin(1e-5, 1.0, d.lr, step=1e-4, decimals=5, tip="AdamW learning rate.")
         adv_form.addRow("Learning rate", self.lr)
         self.val_fraction = _spin(
             0.0,
             0.5,
-            0.1,
+            d.val_fraction,
             step=0.05,
             decimals=2,
             tip="Share of the annotated area kept aside to measure progress.",
         )
         adv_form.addRow("Validation fraction", self.val_fraction)
         self.patience = _spin(
-            0, 10000, 10, tip="Stop after this many validations without improvement (0 = never)."
+            0,
+            10000,
+            d.patience or 0,
+            tip="Stop after this many validations without improvement (0 = never).",
         )
         adv_form.addRow("Early-stopping patience", self.patience)
         self.targets = QComboBox()
@@ -191,7 +202,7 @@ class TrainWidget(QWidget):
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.device.setToolTip("auto: CUDA GPU if available, then Apple MPS, then the CPU.")
         adv_form.addRow("Device", self.device)
-        self.seed = _spin(0, 2**31 - 1, 0, tip="Random seed, for repeatable training.")
+        self.seed = _spin(0, 2**31 - 1, d.seed, tip="Random seed, for repeatable training.")
         adv_form.addRow("Seed", self.seed)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_unet.core.checkpoint import ModelBundle
 from napari_unet.core.data import Normalisation, channels_first
 from napari_unet.core.errors import NapariUnetError
+
+if TYPE_CHECKING:  # torch is imported when work starts, not at import
+    from napari_unet.core.checkpoint import ModelBundle
 
 __all__ = [
     "PredictConfig",
@@ -28,7 +31,11 @@ __all__ = [
     "predict",
     "predict_probabilities",
     "prepare_image",
+    "labels_from_output",
+    "SPLIT_METHODS",
 ]
+
+SPLIT_METHODS = ("distance", "boundary")
 
 
 @dataclass
@@ -46,10 +53,20 @@ class PredictConfig:
         Tiles per forward pass.
     device : str
         "auto", "cuda", "mps" or "cpu".
-    threshold, boundary_threshold : float
-        Foreground and boundary probability thresholds.
+    threshold : float
+        Foreground probability threshold.
     split : bool
-        Separate touching objects (boundary channel and/or distance watershed).
+        Separate touching objects.
+    split_method : {"distance", "boundary"}
+        "distance": watershed on the distance transform of the foreground, markers
+        ``min_distance`` apart (the default: best on DSB2018 validation images after
+        a 10-minute CPU training). "boundary": seeds where the predicted boundary map
+        is below ``boundary_threshold``, grown by watershed (needs a model with a
+        boundary output).
+    boundary_threshold : float
+        Boundary probability threshold ("boundary" method).
+    min_distance : int
+        Minimum distance in pixels between two nuclei centres ("distance" method).
     min_size : int
         Objects smaller than this (pixels) are removed.
     fill_holes : bool
@@ -60,10 +77,12 @@ class PredictConfig:
     overlap: int = 64
     batch_size: int = 4
     device: str = "auto"
-    threshold: float = 0.5
-    boundary_threshold: float = 0.5
+    threshold: float = 0.7
     split: bool = True
-    min_size: int = 10
+    split_method: str = "distance"
+    boundary_threshold: float = 0.5
+    min_distance: int = 6
+    min_size: int = 20
     fill_holes: bool = True
 
     def to_dict(self) -> dict:
@@ -290,9 +309,12 @@ def iter_predict(
         None when stopped.
     """
     from napari_unet.core.device import select_device
-    from napari_unet.core.split import labels_from_probabilities
 
     config = config or PredictConfig()
+    if config.split_method not in SPLIT_METHODS:
+        raise NapariUnetError(
+            f"split_method must be one of {SPLIT_METHODS}, got {config.split_method!r}."
+        )
     if not hasattr(image, "shape") or not hasattr(image, "ndim"):
         image = np.asarray(image)
     img = prepare_image(image, bundle.in_channels, channel_axis)
@@ -322,15 +344,7 @@ def iter_predict(
             return None
         for k, name in enumerate(outputs):
             probs[name][idx] = p[k]
-        lab = labels_from_probabilities(
-            p[0],
-            p[1] if len(outputs) > 1 else None,
-            threshold=config.threshold,
-            boundary_threshold=config.boundary_threshold,
-            min_size=config.min_size,
-            fill_holes=config.fill_holes,
-            split=config.split,
-        ).astype(np.uint32)
+        lab = labels_from_output(p, outputs, config)
         if lab.size and lab.max() > 0:
             lab[lab > 0] += next_id
             next_id = int(lab.max())
@@ -347,6 +361,28 @@ class _Slice:
 
     def __getitem__(self, key):
         return self.img[(key[0],) + self.idx + tuple(key[1:])]
+
+
+def labels_from_output(prob: np.ndarray, outputs: list[str], config: PredictConfig) -> np.ndarray:
+    """Turn a model's probabilities ``(K, M, N)`` into labels ``(M, N)`` of uint32.
+
+    Prediction and the validation during training both use this, so the best model
+    is chosen by what users get.
+    """
+    from napari_unet.core.split import labels_from_probabilities
+
+    use_boundary = config.split_method == "boundary" and "boundary" in outputs
+    lab = labels_from_probabilities(
+        prob[0],
+        prob[outputs.index("boundary")] if use_boundary else None,
+        threshold=config.threshold,
+        boundary_threshold=config.boundary_threshold,
+        min_size=config.min_size,
+        fill_holes=config.fill_holes,
+        split=config.split,
+        min_distance=config.min_distance,
+    )
+    return lab.astype(np.uint32, copy=False)
 
 
 def predict(bundle: ModelBundle, image, **kwargs) -> PredictResult:

@@ -18,13 +18,15 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_unet.core.checkpoint import ModelBundle, new_bundle, save_checkpoint
 from napari_unet.core.data import Normalisation, PatchSampler, Sample, prepare_samples
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.model import UNetSpec
+
+if TYPE_CHECKING:  # torch is imported when training starts, not at import
+    from napari_unet.core.checkpoint import ModelBundle
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "iter_train", "train", "LOSSES"]
 
@@ -269,8 +271,7 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
     import torch
 
     from napari_unet.core.metrics import match_objects
-    from napari_unet.core.predict import PredictConfig, _predict_2d
-    from napari_unet.core.split import labels_from_probabilities
+    from napari_unet.core.predict import PredictConfig, _predict_2d, labels_from_output
 
     cfg = PredictConfig(tile_size=512, overlap=32, batch_size=2)
     ident = Normalisation(0.0, 100.0)
@@ -301,7 +302,7 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
         inter += float(np.logical_and(pf, gf).sum())
         card += float(pf.sum() + gf.sum())
         if n_outputs > 1 and t.instances is not None and valid.all():
-            pred = labels_from_probabilities(prob[0], prob[1])
+            pred = labels_from_output(prob, bundle.outputs, cfg)
             mt = match_objects(t.instances, pred, thresholds=(0.5,))
             tp, fp, fn = tp + int(mt.tp[0]), fp + int(mt.fp[0]), fn + int(mt.fn[0])
         else:
@@ -358,7 +359,9 @@ def iter_train(
     """
     import torch
 
+    from napari_unet.core.checkpoint import ModelBundle, new_bundle, save_checkpoint
     from napari_unet.core.device import describe_device, release_memory, select_device
+    from napari_unet.core.model import UNetSpec
 
     config = config or TrainConfig()
     config.validate()
