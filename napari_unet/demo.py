@@ -93,18 +93,33 @@ def run_headless_demo(out: Path, minutes: float = 1.0, log: Callable[[str], None
     return summary
 
 
-def launch_viewer_demo() -> None:
-    """Open napari with the sample images and the Train, Predict and Split nuclei widgets."""
+def launch_viewer_demo(viewer=None, run: bool = True):
+    """Open napari with the sample images and the Train, Predict and Split nuclei widgets.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer, optional
+        Use this viewer instead of a new one.
+    run : bool
+        Start napari's event loop (blocks until the window is closed).
+
+    Returns
+    -------
+    napari.Viewer
+    """
     import napari
 
     from napari_unet.samples import load_samples
 
-    viewer = napari.Viewer(title="napari-unet demo")
+    viewer = viewer or napari.Viewer(title="napari-unet demo")
     for name, image, labels in load_samples():
         viewer.add_image(image, name=name, rgb=image.ndim == 3, visible=False)
-        viewer.add_labels(labels, name=f"{name}_labels", visible=False)
-    viewer.layers[-1].visible = True
-    viewer.layers[-2].visible = True
+        viewer.add_labels(labels, name=f"{name}_ground_truth", visible=False)
+    viewer.layers[0].visible = True
+    viewer.layers[1].visible = True
+    viewer.layers.selection.active = viewer.layers[1]
     for widget in ("Train", "Predict", "Split nuclei"):
         viewer.window.add_plugin_dock_widget("napari-unet", widget)
-    napari.run()
+    if run:
+        napari.run()
+    return viewer
