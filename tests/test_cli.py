@@ -112,7 +112,9 @@ def test_command_line_on_real_nuclei(shared_data, tmp_path):
     assert r.returncode == 0, r.stderr
     scores = json.loads(r.stdout)
     assert scores["n_images"] == 4
-    # one minute of CPU training on 12 images: measured F1@0.5 about 0.8; sane = clearly learned
+    # one minute of CPU training on 12 images; measured on a quiet 2-core machine: F1@0.5 0.965,
+    # Dice 0.94. The bounds leave room for a slower, busier CI machine and still catch a model
+    # that did not learn (an untrained one scores F1 0).
     assert scores["f1"] > 0.6, scores
     assert scores["dice"] > 0.7, scores
     assert 0 < scores["dsb_score"] <= 1
