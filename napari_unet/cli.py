@@ -111,6 +111,18 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._old)
 
 
+def _refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
+    """Raise before writing anything if an output file exists and overwriting is off."""
+    if overwrite:
+        return
+    clash = [t for t in targets if t.exists()]
+    if clash:
+        raise NapariUnetError(
+            f"{len(clash)} output file(s) exist already in {out} (e.g. {clash[0].name}); "
+            "pass --overwrite or choose another --out."
+        )
+
+
 def _drain(gen, on_progress):
     while True:
         try:
@@ -230,13 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if v is not None:
             setattr(cfg, k, v)
     targets = [out / f"{f.stem}.tif" for f in files]
-    if not args.overwrite:
-        clash = [t for t in targets if t.exists()]
-        if clash:
-            raise NapariUnetError(
-                f"{len(clash)} output file(s) exist already in {out} (e.g. {clash[0].name}); "
-                "pass --overwrite or choose another --out."
-            )
+    _refuse_existing(targets, out, args.overwrite)
     bar = _Progress("predict")
     t0 = time.perf_counter()
     with _StopOnSigint() as stop:
@@ -283,13 +289,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = [out / f"{f.stem}.tif" for f in files]
-    if not args.overwrite:
-        clash = [t for t in targets if t.exists()]
-        if clash:
-            raise NapariUnetError(
-                f"{len(clash)} output file(s) exist already in {out} (e.g. {clash[0].name}); "
-                "pass --overwrite or choose another --out."
-            )
+    _refuse_existing(targets, out, args.overwrite)
     for f, target in zip(files, targets, strict=True):
         arr = read_image(f)
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):

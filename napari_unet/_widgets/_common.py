@@ -10,7 +10,15 @@ from magicgui.widgets import FileEdit
 from napari.layers import Layer
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QSize, Qt
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_unet._widgets._session import METADATA_KEY
 from napari_unet.core.errors import NapariUnetError
@@ -143,3 +151,21 @@ def scrollable_layout(widget: QWidget) -> QVBoxLayout:
 def widget_body(widget: QWidget) -> QWidget:
     """Return the scrolling body of a napari-unet widget (for screenshots of all of it)."""
     return widget.findChild(QScrollArea).widget()
+
+
+def spin_box(
+    lo: float, hi: float, value: float, *, step: float = 1, decimals: int = 0, tip: str = ""
+) -> QSpinBox | QDoubleSpinBox:
+    """Return an integer (``decimals=0``) or decimal spin box with range, value and tooltip."""
+    box: QSpinBox | QDoubleSpinBox
+    if decimals:
+        box = QDoubleSpinBox()
+        box.setDecimals(decimals)
+        box.setSingleStep(step)
+    else:
+        box = QSpinBox()
+        box.setSingleStep(int(step))
+    box.setRange(lo, hi)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box

@@ -27,14 +27,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -51,6 +49,9 @@ from napari_unet._widgets._common import (
     report_worker_error,
     scrollable_layout,
     show_info,
+)
+from napari_unet._widgets._common import (
+    spin_box as _spin,
 )
 from napari_unet._widgets._jobs import Predicted, Retrained, predict_job, retrain_job
 from napari_unet._widgets._session import Session, TrainingPair, session_for
@@ -70,21 +71,6 @@ RETRAIN_HELP = (
     "the model is fine-tuned for the time below and the image is predicted again into "
     "the same layer. Repeat on this or other images."
 )
-
-
-def _spin(lo: float, hi: float, value: float, *, step: float = 1, decimals: int = 0, tip: str = ""):
-    box: QSpinBox | QDoubleSpinBox
-    if decimals:
-        box = QDoubleSpinBox()
-        box.setDecimals(decimals)
-        box.setSingleStep(step)
-    else:
-        box = QSpinBox()
-        box.setSingleStep(int(step))
-    box.setRange(lo, hi)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
 
 
 def result_metadata(source: str, kind: str) -> dict[str, Any]:

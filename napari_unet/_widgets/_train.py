@@ -20,14 +20,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -42,6 +40,9 @@ from napari_unet._widgets._common import (
     path_value,
     report_worker_error,
     scrollable_layout,
+)
+from napari_unet._widgets._common import (
+    spin_box as _spin,
 )
 from napari_unet._widgets._jobs import train_job
 from napari_unet._widgets._pairs import LayerPairs
@@ -68,21 +69,6 @@ def default_model_path(now: float | None = None) -> Path:
     """Return a new, time-stamped model file name in :data:`DEFAULT_MODEL_DIR`."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     return (DEFAULT_MODEL_DIR / f"unet-{stamp}.pt").expanduser()
-
-
-def _spin(lo: float, hi: float, value: float, *, step: float = 1, decimals: int = 0, tip: str = ""):
-    box: QSpinBox | QDoubleSpinBox
-    if decimals:
-        box = QDoubleSpinBox()
-        box.setDecimals(decimals)
-        box.setSingleStep(step)
-    else:
-        box = QSpinBox()
-        box.setSingleStep(int(step))
-    box.setRange(lo, hi)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box
 
 
 class TrainWidget(QWidget):
