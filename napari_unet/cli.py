@@ -249,6 +249,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for i, (f, target) in enumerate(zip(files, targets, strict=True)):
             img = read_image(f)
             ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis)
+            if ax == 0 and args.channel_axis == "auto":
+                _info(
+                    f"note: {f.name} {img.shape} is read as {img.shape[0]} channels first; "
+                    "pass --channel-axis none if it is a stack of grey images"
+                )
 
             def show(p, i=i, f=f):
                 frac = (i + (p.done / p.total if p.total else 0)) / len(files)
