@@ -136,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a model: ``napari-unet train``."""
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.io import (
+        check_writable_folder,
         list_image_files,
         pair_images_and_labels,
         read_image,
@@ -153,8 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise NapariUnetError(
             f"{out} exists; pass --overwrite to replace it, or choose another --out."
         )
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out.parent)  # before reading and training, not after
     ids = _read_ids(args.ids_file)
     images = _select(list_image_files(args.images), ids, "images")
     labels = list_image_files(args.labels)
@@ -188,7 +188,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.sparse:
         cfg.sparse = True
     cfg.checkpoint_path = str(out)
-    _info(f"reading {len(pairs)} image/label pairs ...")
     imgs, labs, names = [], [], []
     for ip, lp in pairs:
         imgs.append(read_image(ip))
@@ -219,13 +218,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
+    from napari_unet.core.io import (
+        check_writable_folder,
+        list_image_files,
+        read_image,
+        write_labels_tiff,
+    )
     from napari_unet.core.predict import PredictConfig, iter_predict
 
     bundle = load_checkpoint(args.model, device="cpu")
     files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_folder(args.out)  # the folder is made at the first write
     cfg = PredictConfig(split=not args.no_split)
     for k in (
         "tile_size",
@@ -287,12 +290,16 @@ def cmd_split(args: argparse.Namespace) -> int:
     """Split touching nuclei in masks: ``napari-unet split``."""
     import numpy as np
 
-    from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
+    from napari_unet.core.io import (
+        check_writable_folder,
+        list_image_files,
+        read_image,
+        write_labels_tiff,
+    )
     from napari_unet.core.split import split_nuclei
 
     files = list_image_files(args.input)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_folder(args.out)  # the folder is made at the first write
     targets = [out / f"{f.stem}.tif" for f in files]
     _refuse_existing(targets, out, args.overwrite)
     for f, target in zip(files, targets, strict=True):

@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_STEM_SUFFIXES",
     "atomic_write",
+    "check_writable_folder",
     "labels_to_rle",
     "list_image_files",
     "pair_images_and_labels",
@@ -414,6 +415,57 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Check, before long work, that files can later be written into `folder`.
+
+    Nothing is left behind: the folder is not created, and the probe file
+    (``.napari-unet-probe.<random>.tmp``, in the folder or in its nearest existing
+    parent when the folder does not exist yet) is removed at once.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Where the output files will go.
+
+    Returns
+    -------
+    Path
+        `folder`, with ``~`` expanded.
+
+    Raises
+    ------
+    NapariUnetError
+        If a parent of `folder` is a file, or the folder (or its nearest
+        existing parent) cannot be written to.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> check_writable_folder(Path(tempfile.mkdtemp()) / "new" / "sub").name
+    'sub'
+    """
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NapariUnetError(
+            f"cannot create folder {folder}: {existing} is a file, not a folder; "
+            "choose another output path."
+        )
+    probe = existing / f".napari-unet-probe.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise NapariUnetError(
+            f"cannot write to folder {existing}: {exc.strerror or exc}; "
+            "choose a folder you can write to."
+        ) from exc
+    os.close(fd)
+    probe.unlink()
+    return folder
 
 
 @contextlib.contextmanager
