@@ -496,7 +496,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     On a clean exit the temporary file is flushed to disk (``fsync``) and
     ``os.replace``-d onto `path`, which is atomic on one file system, so readers
     see either the old file or the complete new one. On an exception the
-    temporary file is removed and the exception propagates unchanged.
+    temporary file is removed and the exception propagates unchanged. A process
+    killed mid-write (SIGKILL, power loss) leaves only that temporary file,
+    ``.<name>.<8 hex digits>.tmp``, next to the intact old file; nothing reads
+    it and it may be deleted (``tests/test_atomic_kill.py`` checks this).
 
     Examples
     --------
