@@ -12,9 +12,11 @@ import csv
 import glob
 import os
 import secrets
+import socket
 import struct
+import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ __all__ = [
     "LABEL_STEM_SUFFIXES",
     "atomic_write",
     "check_writable_folder",
+    "file_lock",
     "labels_to_rle",
     "list_image_files",
     "pair_images_and_labels",
@@ -549,6 +552,132 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
     with contextlib.suppress(OSError):  # the data is in place; a dir fsync is a bonus
         _fsync_dir(folder)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True when unsure)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would terminate the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel32.GetLastError() == 5  # access denied: it exists
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _lock_owner(lock: Path) -> tuple[int | None, str]:
+    """Read ``(pid, host)`` from a lock file; ``(None, "")`` if unreadable or empty."""
+    try:
+        fields = lock.read_text(encoding="utf-8").split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else "")
+    except (OSError, ValueError, IndexError):
+        return None, ""
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | os.PathLike[str], *, note: Callable[[str], None] | None = None
+) -> Iterator[Path]:
+    """Hold ``<path>.lock`` while writing `path`, so a second run refuses to write it too.
+
+    The lock file is created with ``O_CREAT | O_EXCL`` (only one process can
+    create it) and holds ``"<pid> <host>"``. It is removed when the block ends,
+    also on an exception or Ctrl-C. A lock left by a process that no longer
+    runs on this machine (killed, crashed) is taken over, with a note.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file about to be written (e.g. a model file); its folder is
+        created if missing.
+    note : callable, optional
+        Called with a one-line message when a stale lock is taken over.
+
+    Yields
+    ------
+    Path
+        The lock file.
+
+    Raises
+    ------
+    NapariUnetError
+        If another running process holds the lock, or the folder cannot be
+        written to.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> model = Path(tempfile.mkdtemp()) / "m.pt"
+    >>> with file_lock(model) as lock:
+    ...     lock.name, lock.exists()
+    ('m.pt.lock', True)
+    >>> lock.exists()
+    False
+    """
+    target = Path(path).expanduser()
+    lock = target.with_name(target.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NapariUnetError(
+            f"cannot create folder {lock.parent} for {target.name}: {exc.strerror or exc}; "
+            "choose a folder you can write to."
+        ) from exc
+    host = "".join(socket.gethostname().split()) or "?"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            pid, owner_host = _lock_owner(lock)
+            if pid is None:  # just created by another run that has not written its pid yet
+                with contextlib.suppress(OSError):
+                    age = time.time() - lock.stat().st_mtime
+                    if age > 10:
+                        pid = -1  # empty for long: its writer died at once
+            held = pid is None or (pid > 0 and (owner_host != host or _pid_alive(pid)))
+            if held:
+                who = f"process {pid}" if pid else "a process"
+                if owner_host and owner_host != host:
+                    who += f" on {owner_host}"
+                raise NapariUnetError(
+                    f"{target} is being written by another run ({who}, lock file {lock}); "
+                    "wait for it to end or choose another output. If no such run exists, "
+                    f"delete {lock}."
+                ) from None
+            if note is not None:
+                gone = f"process {pid} has ended" if pid > 0 else "it was left empty"
+                note(f"note: taking over the stale lock {lock} ({gone})")
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        except OSError as exc:
+            raise NapariUnetError(
+                f"cannot write to folder {lock.parent}: {exc.strerror or exc}; "
+                "choose a folder you can write to."
+            ) from exc
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()} {host}\n")
+        break
+    else:  # pragma: no cover - three runs racing for one stale lock
+        raise NapariUnetError(f"cannot take the lock {lock}: other runs keep taking it; retry.")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
 
 
 def _check_overwrite(path: Path, overwrite: bool) -> None:
