@@ -716,7 +716,10 @@ def write_labels_tiff(
     labels are written as a plain uint32 TIFF, because ImageJ hyperstacks
     cannot hold uint32; tifffile, napari and Fiji's Bio-Formats read it, and the
     pixel size is then stored in the TIFF resolution tags (centimetre units).
-    The values read back with ``tifffile.imread`` equal `labels`.
+    A stack one pixel wide is written as a plain TIFF too: tifffile cannot
+    read such an ImageJ stack back. The values read back with
+    ``tifffile.imread`` equal `labels` (tifffile may drop a leading axis of
+    length 1 on reading).
 
     Parameters
     ----------
@@ -775,7 +778,10 @@ def write_labels_tiff(
             "consecutively (skimage.segmentation.relabel_sequential)."
         )
     size_yx = None if pixel_size is None else _pixel_size_yx(pixel_size)
-    imagej = high <= _UINT16_MAX and axes is not None
+    # tifffile cannot read back an ImageJ stack one pixel wide: write a plain TIFF then.
+    imagej = (
+        high <= _UINT16_MAX and axes is not None and not (labels.ndim > 2 and labels.shape[-1] == 1)
+    )
     kwargs: dict = {"compression": "zlib"}
     if imagej:
         data = labels.astype(np.uint16, copy=False)
