@@ -78,7 +78,7 @@ class Normalisation:
         return out
 
 
-MAX_CHANNELS = 4
+MAX_CHANNELS = 8  # multi-channel microscopy rarely has more; a longer axis is a stack
 """Most channels an image may have (grey + alpha, RGB, RGBA, up to 4 stains);
 an image with a longer extra axis than its labels is taken for a stack."""
 
