@@ -132,37 +132,12 @@ def _drain(gen, on_progress):
 
 
 # ---------------------------------------------------------------- train
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model: ``napari-unet train``."""
+def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pairs: list):
+    """Read the (image, labels) pairs and train; the caller holds the lock on ``out``."""
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.io import (
-        list_image_files,
-        pair_images_and_labels,
-        read_image,
-        read_labels,
-    )
+    from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.train import TrainConfig, iter_train
 
-    out = Path(args.out)
-    resume = Path(args.resume) if args.resume else None
-    if (
-        out.exists()
-        and not args.overwrite
-        and (resume is None or resume.resolve() != out.resolve())
-    ):
-        raise NapariUnetError(
-            f"{out} exists; pass --overwrite to replace it, or choose another --out."
-        )
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    ids = _read_ids(args.ids_file)
-    images = _select(list_image_files(args.images), ids, "images")
-    labels = list_image_files(args.labels)
-    pairs, missing = pair_images_and_labels(images, labels)
-    if missing:
-        _info(
-            f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}"
-        )
     init = load_checkpoint(resume) if resume else None
     cfg = TrainConfig()
     overrides = {
@@ -188,7 +163,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.sparse:
         cfg.sparse = True
     cfg.checkpoint_path = str(out)
-    _info(f"reading {len(pairs)} image/label pairs ...")
     imgs, labs, names = [], [], []
     for ip, lp in pairs:
         imgs.append(read_image(ip))
@@ -206,7 +180,39 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.update(p.fraction, f"epoch {p.epoch} step {p.step} loss {p.loss:.4f}")
 
     with _StopOnSigint() as stop:
-        result = _drain(iter_train(imgs, labs, cfg, names=names, init=init, stop=stop), show)
+        return _drain(iter_train(imgs, labs, cfg, names=names, init=init, stop=stop), show)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model: ``napari-unet train``."""
+    from napari_unet.core.io import (
+        check_writable_folder,
+        file_lock,
+        list_image_files,
+        pair_images_and_labels,
+    )
+
+    out = Path(args.out)
+    resume = Path(args.resume) if args.resume else None
+    if (
+        out.exists()
+        and not args.overwrite
+        and (resume is None or resume.resolve() != out.resolve())
+    ):
+        raise NapariUnetError(
+            f"{out} exists; pass --overwrite to replace it, or choose another --out."
+        )
+    check_writable_folder(out.parent)  # before reading and training, not after
+    ids = _read_ids(args.ids_file)
+    images = _select(list_image_files(args.images), ids, "images")
+    labels = list_image_files(args.labels)
+    pairs, missing = pair_images_and_labels(images, labels)
+    if missing:
+        _info(
+            f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}"
+        )
+    with file_lock(out, note=_info):  # a second run writing the same file is refused
+        result = _train_locked(args, out, resume, pairs)
     if result.checkpoint is None:
         raise NapariUnetError("training ended before any model could be saved (stopped at once?).")
     _info(f"best model ({result.stopped}, score {result.best_score}) saved to {result.checkpoint}")
@@ -219,13 +225,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
+    from napari_unet.core.io import (
+        check_writable_folder,
+        list_image_files,
+        read_image,
+        write_labels_tiff,
+    )
     from napari_unet.core.predict import PredictConfig, iter_predict
 
     bundle = load_checkpoint(args.model, device="cpu")
     files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_folder(args.out)  # the folder is made at the first write
     cfg = PredictConfig(split=not args.no_split)
     for k in (
         "tile_size",
@@ -287,12 +297,16 @@ def cmd_split(args: argparse.Namespace) -> int:
     """Split touching nuclei in masks: ``napari-unet split``."""
     import numpy as np
 
-    from napari_unet.core.io import list_image_files, read_image, write_labels_tiff
+    from napari_unet.core.io import (
+        check_writable_folder,
+        list_image_files,
+        read_image,
+        write_labels_tiff,
+    )
     from napari_unet.core.split import split_nuclei
 
     files = list_image_files(args.input)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable_folder(args.out)  # the folder is made at the first write
     targets = [out / f"{f.stem}.tif" for f in files]
     _refuse_existing(targets, out, args.overwrite)
     for f, target in zip(files, targets, strict=True):

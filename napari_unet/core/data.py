@@ -23,6 +23,7 @@ __all__ = [
     "channels_first",
     "prepare_samples",
     "find_channel_axis",
+    "MAX_CHANNELS",
 ]
 
 _MAX_PERCENTILE_PIXELS = 4_000_000
@@ -77,11 +78,18 @@ class Normalisation:
         return out
 
 
+MAX_CHANNELS = 8  # multi-channel microscopy rarely has more; a longer axis is a stack
+"""Most channels an image may have (grey + alpha, RGB, RGBA, up to 4 stains);
+an image with a longer extra axis than its labels is taken for a stack."""
+
+
 def find_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> int | None:
     """Find the channel axis of an image given the shape of its labels.
 
     The labels define the spatial (and stack) shape; an image with one more axis
     has a channel axis, looked for at the end first (napari RGB), then at the front.
+    That axis may hold at most :data:`MAX_CHANNELS` channels: a longer one means a
+    stack paired with 2D labels, which is refused.
 
     Returns
     -------
@@ -100,6 +108,14 @@ def find_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...
         candidates = [len(image_shape) - 1] + list(range(len(image_shape) - 1))
         for ax in candidates:
             if image_shape[:ax] + image_shape[ax + 1 :] == labels_shape:
+                if image_shape[ax] > MAX_CHANNELS:
+                    raise NapariUnetError(
+                        f"Image shape {image_shape} does not match labels shape {labels_shape}: "
+                        f"axis {ax} of the image has {image_shape[ax]} planes, more than the "
+                        f"{MAX_CHANNELS} channels an image may have, so it looks like a stack "
+                        "with 2D labels. Give labels for every plane (same shape as the image), "
+                        "or train on one plane."
+                    )
                 return ax
     raise NapariUnetError(
         f"Image shape {image_shape} does not match labels shape {labels_shape}: the labels must "

@@ -12,9 +12,11 @@ import csv
 import glob
 import os
 import secrets
+import socket
 import struct
+import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LABEL_STEM_SUFFIXES",
     "atomic_write",
+    "check_writable_folder",
+    "file_lock",
     "labels_to_rle",
     "list_image_files",
     "pair_images_and_labels",
@@ -416,6 +420,57 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Check, before long work, that files can later be written into `folder`.
+
+    Nothing is left behind: the folder is not created, and the probe file
+    (``.napari-unet-probe.<random>.tmp``, in the folder or in its nearest existing
+    parent when the folder does not exist yet) is removed at once.
+
+    Parameters
+    ----------
+    folder : str or path-like
+        Where the output files will go.
+
+    Returns
+    -------
+    Path
+        `folder`, with ``~`` expanded.
+
+    Raises
+    ------
+    NapariUnetError
+        If a parent of `folder` is a file, or the folder (or its nearest
+        existing parent) cannot be written to.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> check_writable_folder(Path(tempfile.mkdtemp()) / "new" / "sub").name
+    'sub'
+    """
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NapariUnetError(
+            f"cannot create folder {folder}: {existing} is a file, not a folder; "
+            "choose another output path."
+        )
+    probe = existing / f".napari-unet-probe.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise NapariUnetError(
+            f"cannot write to folder {existing}: {exc.strerror or exc}; "
+            "choose a folder you can write to."
+        ) from exc
+    os.close(fd)
+    probe.unlink()
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a file under a temporary name and move it into place when done.
@@ -444,7 +499,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     On a clean exit the temporary file is flushed to disk (``fsync``) and
     ``os.replace``-d onto `path`, which is atomic on one file system, so readers
     see either the old file or the complete new one. On an exception the
-    temporary file is removed and the exception propagates unchanged.
+    temporary file is removed and the exception propagates unchanged. A process
+    killed mid-write (SIGKILL, power loss) leaves only that temporary file,
+    ``.<name>.<8 hex digits>.tmp``, next to the intact old file; nothing reads
+    it and it may be deleted (``tests/test_atomic_kill.py`` checks this).
 
     Examples
     --------
@@ -496,6 +554,132 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_dir(folder)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (True when unsure)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill would terminate the process on Windows
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel32.GetLastError() == 5  # access denied: it exists
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _lock_owner(lock: Path) -> tuple[int | None, str]:
+    """Read ``(pid, host)`` from a lock file; ``(None, "")`` if unreadable or empty."""
+    try:
+        fields = lock.read_text(encoding="utf-8").split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else "")
+    except (OSError, ValueError, IndexError):
+        return None, ""
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | os.PathLike[str], *, note: Callable[[str], None] | None = None
+) -> Iterator[Path]:
+    """Hold ``<path>.lock`` while writing `path`, so a second run refuses to write it too.
+
+    The lock file is created with ``O_CREAT | O_EXCL`` (only one process can
+    create it) and holds ``"<pid> <host>"``. It is removed when the block ends,
+    also on an exception or Ctrl-C. A lock left by a process that no longer
+    runs on this machine (killed, crashed) is taken over, with a note.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file about to be written (e.g. a model file); its folder is
+        created if missing.
+    note : callable, optional
+        Called with a one-line message when a stale lock is taken over.
+
+    Yields
+    ------
+    Path
+        The lock file.
+
+    Raises
+    ------
+    NapariUnetError
+        If another running process holds the lock, or the folder cannot be
+        written to.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> model = Path(tempfile.mkdtemp()) / "m.pt"
+    >>> with file_lock(model) as lock:
+    ...     lock.name, lock.exists()
+    ('m.pt.lock', True)
+    >>> lock.exists()
+    False
+    """
+    target = Path(path).expanduser()
+    lock = target.with_name(target.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NapariUnetError(
+            f"cannot create folder {lock.parent} for {target.name}: {exc.strerror or exc}; "
+            "choose a folder you can write to."
+        ) from exc
+    host = "".join(socket.gethostname().split()) or "?"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            pid, owner_host = _lock_owner(lock)
+            if pid is None:  # just created by another run that has not written its pid yet
+                with contextlib.suppress(OSError):
+                    age = time.time() - lock.stat().st_mtime
+                    if age > 10:
+                        pid = -1  # empty for long: its writer died at once
+            held = pid is None or (pid > 0 and (owner_host != host or _pid_alive(pid)))
+            if held:
+                who = f"process {pid}" if pid else "a process"
+                if owner_host and owner_host != host:
+                    who += f" on {owner_host}"
+                raise NapariUnetError(
+                    f"{target} is being written by another run ({who}, lock file {lock}); "
+                    "wait for it to end or choose another output. If no such run exists, "
+                    f"delete {lock}."
+                ) from None
+            if note is not None:
+                gone = f"process {pid} has ended" if pid > 0 else "it was left empty"
+                note(f"note: taking over the stale lock {lock} ({gone})")
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            continue
+        except OSError as exc:
+            raise NapariUnetError(
+                f"cannot write to folder {lock.parent}: {exc.strerror or exc}; "
+                "choose a folder you can write to."
+            ) from exc
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()} {host}\n")
+        break
+    else:  # pragma: no cover - three runs racing for one stale lock
+        raise NapariUnetError(f"cannot take the lock {lock}: other runs keep taking it; retry.")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
 def _check_overwrite(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise NapariUnetError(
@@ -532,7 +716,10 @@ def write_labels_tiff(
     labels are written as a plain uint32 TIFF, because ImageJ hyperstacks
     cannot hold uint32; tifffile, napari and Fiji's Bio-Formats read it, and the
     pixel size is then stored in the TIFF resolution tags (centimetre units).
-    The values read back with ``tifffile.imread`` equal `labels`.
+    A stack one pixel wide is written as a plain TIFF too: tifffile cannot
+    read such an ImageJ stack back. The values read back with
+    ``tifffile.imread`` equal `labels` (tifffile may drop a leading axis of
+    length 1 on reading).
 
     Parameters
     ----------
@@ -591,7 +778,10 @@ def write_labels_tiff(
             "consecutively (skimage.segmentation.relabel_sequential)."
         )
     size_yx = None if pixel_size is None else _pixel_size_yx(pixel_size)
-    imagej = high <= _UINT16_MAX and axes is not None
+    # tifffile cannot read back an ImageJ stack one pixel wide: write a plain TIFF then.
+    imagej = (
+        high <= _UINT16_MAX and axes is not None and not (labels.ndim > 2 and labels.shape[-1] == 1)
+    )
     kwargs: dict = {"compression": "zlib"}
     if imagej:
         data = labels.astype(np.uint16, copy=False)

@@ -1,0 +1,402 @@
+"""Bad input on the command line: one line on stderr, exit 2, no traceback, nothing written.
+
+Each case builds its data under ``tmp_path``, snapshots every file there, runs
+``napari_unet.cli.main`` in-process and checks the snapshot is unchanged.
+"""
+
+import hashlib
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import new_bundle, save_checkpoint
+from napari_unet.core.model import UNetSpec
+
+SHAPE = (32, 32)
+
+
+def _labels(shape=SHAPE, dtype=np.uint16):
+    lab = np.zeros(shape, dtype)
+    lab[..., 4:12, 4:12] = 1
+    lab[..., 16:26, 14:28] = 2
+    return lab
+
+
+def _image(shape=SHAPE):
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 50, shape) + 150 * (_labels(shape) > 0)).astype(np.uint8)
+
+
+def _dataset(root, image=None, labels=None, name="a"):
+    """Write images/<name>.png (or .tif for non-2D uint8) and labels/<name>.tif."""
+    image = _image() if image is None else image
+    labels = _labels() if labels is None else labels
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    if image.dtype == np.uint8 and image.ndim == 2:
+        iio.imwrite(root / "images" / f"{name}.png", image)
+    else:
+        tifffile.imwrite(root / "images" / f"{name}.tif", image)
+    tifffile.imwrite(root / "labels" / f"{name}.tif", labels)
+    return root / "images", root / "labels"
+
+
+def _snapshot(root):
+    """Every file and folder under root with a hash of its bytes."""
+    snap = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            snap[os.path.join(dirpath, d)] = "dir"
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as handle:
+                snap[p] = hashlib.sha256(handle.read()).hexdigest()
+    return snap
+
+
+def _expect_error(argv, root, capsys, *needles):
+    """Run the CLI, check the one-line error names the problem and nothing changed."""
+    before = _snapshot(root)
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, captured
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("napari-unet: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle.lower() in err.lower(), (needle, err)
+    assert _snapshot(root) == before
+    return err
+
+
+def _train(images, labels, out):
+    return ["train", "--images", images, "--labels", labels, "--out", out, "--epochs", "1"]
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A tiny untrained grey model file (predicting with it takes milliseconds)."""
+    bundle = new_bundle(
+        UNetSpec(in_channels=1, out_channels=1, depth=2, base_channels=4),
+        {
+            "outputs": ["foreground"],
+            "normalisation": {"mode": "percentile", "low": 1, "high": 99.8},
+        },
+    )
+    return save_checkpoint(bundle, tmp_path / "model.pt")
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    _expect_error(
+        _train(tmp_path / "images", tmp_path / "labels", tmp_path / "m.pt"),
+        tmp_path,
+        capsys,
+        "no image files",
+        str(tmp_path / "images"),
+    )
+
+
+def test_folder_with_only_system_files(tmp_path, capsys, model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "Thumbs.db").write_bytes(b"\x00" * 64)
+    (folder / ".DS_Store").write_bytes(b"Bud1" + b"\x00" * 60)
+    _expect_error(_train(folder, folder, tmp_path / "m.pt"), tmp_path, capsys, "no image files")
+    _expect_error(
+        ["predict", "--model", model, "--images", folder, "--out", tmp_path / "pred"],
+        tmp_path,
+        capsys,
+        "no image files",
+    )
+
+
+def test_images_without_matching_labels(tmp_path, capsys):
+    images, labels = _dataset(tmp_path)
+    (labels / "a.tif").rename(labels / "other.tif")
+    _expect_error(
+        _train(images, labels, tmp_path / "m.pt"),
+        tmp_path,
+        capsys,
+        "no image has a label file",
+        "other",
+    )
+
+
+def test_evaluate_prediction_without_ground_truth(tmp_path, capsys):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    tifffile.imwrite(tmp_path / "pred" / "a.tif", _labels())
+    tifffile.imwrite(tmp_path / "pred" / "b.tif", _labels())
+    tifffile.imwrite(tmp_path / "gt" / "a.tif", _labels())
+    _expect_error(
+        ["evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt"],
+        tmp_path,
+        capsys,
+        "no ground truth",
+        "b.tif",
+    )
+
+
+# ----------------------------------------------------------------------------- label values
+
+
+@pytest.mark.parametrize(
+    "labels,needles",
+    [
+        (np.zeros(SHAPE, np.uint16), ["all zero"]),
+        (_labels().astype(np.float32) * 0.5, ["non-integer"]),
+        (_labels().astype(np.int16) - 1, ["negative"]),
+    ],
+    ids=["all-zero", "float-fractions", "negative"],
+)
+def test_bad_label_values(tmp_path, capsys, labels, needles):
+    images, label_dir = _dataset(tmp_path, labels=labels)
+    _expect_error(_train(images, label_dir, tmp_path / "m.pt"), tmp_path, capsys, *needles)
+
+
+def test_image_with_nan(tmp_path, capsys):
+    img = _image().astype(np.float32)
+    img[3, 5] = np.nan
+    images, labels = _dataset(tmp_path, image=img)
+    _expect_error(_train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "NaN")
+
+
+def test_image_with_nan_for_predict(tmp_path, capsys, model):
+    img = _image().astype(np.float32)
+    img[3, 5] = np.inf
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", img)
+    _expect_error(
+        ["predict", "--model", model, "--images", tmp_path / "images", "--out", tmp_path],
+        tmp_path,
+        capsys,
+        "NaN or infinite",
+    )
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_image_and_labels_of_different_shapes(tmp_path, capsys):
+    images, labels = _dataset(tmp_path, labels=_labels((32, 40)))
+    _expect_error(
+        _train(images, labels, tmp_path / "m.pt"),
+        tmp_path,
+        capsys,
+        "(32, 32) does not match labels shape (32, 40)",
+    )
+
+
+def test_2d_labels_for_a_3d_stack(tmp_path, capsys):
+    stack = np.stack([_image()] * 10)  # (Z, Y, X) with Z = 10
+    images, labels = _dataset(tmp_path, image=stack)
+    _expect_error(
+        _train(images, labels, tmp_path / "m.pt"),
+        tmp_path,
+        capsys,
+        "(10, 32, 32)",
+        "2D labels",
+    )
+
+
+def test_3d_labels_for_a_2d_image(tmp_path, capsys):
+    images, labels = _dataset(tmp_path, labels=_labels((5, 32, 32)))
+    _expect_error(
+        _train(images, labels, tmp_path / "m.pt"),
+        tmp_path,
+        capsys,
+        "does not match labels shape (5, 32, 32)",
+    )
+
+
+# ----------------------------------------------------------------------------- broken files
+
+
+def test_corrupt_png(tmp_path, capsys):
+    images, labels = _dataset(tmp_path)
+    good = (images / "a.png").read_bytes()
+    (images / "b.png").write_bytes(good[: len(good) // 3])  # truncated
+    tifffile.imwrite(labels / "b.tif", _labels())
+    (images / "c.png").write_bytes(b"this is not a png at all")
+    tifffile.imwrite(labels / "c.tif", _labels())
+    err = _expect_error(
+        _train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "cannot read", "b.png"
+    )
+    assert "re-export it or remove it" in err
+
+
+def test_truncated_model_for_predict(tmp_path, capsys, model):
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    _dataset(tmp_path)
+    _expect_error(
+        [
+            "predict",
+            "--model",
+            model,
+            "--images",
+            tmp_path / "images",
+            "--out",
+            tmp_path / "pred",
+        ],
+        tmp_path,
+        capsys,
+        "truncated",
+        str(model),
+    )
+
+
+def test_resume_from_truncated_model(tmp_path, capsys, model):
+    data = model.read_bytes()
+    model.write_bytes(data[:100])
+    images, labels = _dataset(tmp_path)
+    argv = _train(images, labels, tmp_path / "new.pt") + ["--resume", model]
+    _expect_error(argv, tmp_path, capsys, "truncated", str(model))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _not_a_folder(tmp_path):
+    """A path whose 'folder' is a regular file: unwritable even for root."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("I am a file")
+    return blocker
+
+
+def test_export_path_under_a_file(tmp_path, capsys):
+    _, labels = _dataset(tmp_path)
+    blocker = _not_a_folder(tmp_path)
+    _expect_error(
+        ["export-rle", "--labels", labels, "--out", blocker / "sub" / "rle.csv"],
+        tmp_path,
+        capsys,
+        str(blocker),
+    )
+    _expect_error(
+        ["split", "--input", labels, "--out", blocker / "out"],
+        tmp_path,
+        capsys,
+        "cannot create folder",
+        str(blocker),
+    )
+
+
+def test_train_out_under_a_file_is_refused_before_training(tmp_path, capsys):
+    images, labels = _dataset(tmp_path)
+    blocker = _not_a_folder(tmp_path)
+    _expect_error(
+        _train(images, labels, blocker / "m.pt"), tmp_path, capsys, "cannot", str(blocker)
+    )
+
+
+def test_predict_out_under_a_file(tmp_path, capsys, model):
+    _dataset(tmp_path)
+    blocker = _not_a_folder(tmp_path)
+    _expect_error(
+        ["predict", "--model", model, "--images", tmp_path / "images", "--out", blocker / "p"],
+        tmp_path,
+        capsys,
+        "cannot create folder",
+        str(blocker),
+    )
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        folder.chmod(0o755)
+        pytest.skip("running as a user (root?) who can write to read-only folders")
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_read_only_export_folder(tmp_path, capsys, read_only_folder, model):
+    images, labels = _dataset(tmp_path)
+    _expect_error(
+        ["export-rle", "--labels", labels, "--out", read_only_folder / "rle.csv"],
+        tmp_path,
+        capsys,
+        "cannot write",
+        str(read_only_folder),
+    )
+    _expect_error(
+        ["predict", "--model", model, "--images", images, "--out", read_only_folder],
+        tmp_path,
+        capsys,
+        "cannot write",
+        str(read_only_folder),
+    )
+    _expect_error(
+        _train(images, labels, read_only_folder / "m.pt"),
+        tmp_path,
+        capsys,
+        "cannot write",
+        str(read_only_folder),
+    )
+
+
+def test_existing_outputs_are_never_overwritten(tmp_path, capsys, model):
+    images, labels = _dataset(tmp_path)
+    (tmp_path / "rle.csv").write_text("precious")
+    _expect_error(
+        ["export-rle", "--labels", labels, "--out", tmp_path / "rle.csv"],
+        tmp_path,
+        capsys,
+        "exists",
+        "--overwrite",
+    )
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.tif").write_text("precious")
+    _expect_error(
+        ["predict", "--model", model, "--images", images, "--out", tmp_path / "pred"],
+        tmp_path,
+        capsys,
+        "exist already",
+        "a.tif",
+    )
+    _expect_error(
+        ["split", "--input", labels, "--out", tmp_path / "pred"],
+        tmp_path,
+        capsys,
+        "exist already",
+    )
+    _expect_error(_train(images, labels, model), tmp_path, capsys, f"{model} exists", "--overwrite")
+
+
+# ----------------------------------------------------------------------------- odd names
+
+
+def test_paths_with_spaces_and_non_ascii(tmp_path, capsys, model):
+    root = tmp_path / "Données de l'été 2024" / "série 1"
+    images, labels = _dataset(root, name="noyaux ß µm")
+    out = root / "sortie à voir"
+
+    def run(*argv):
+        return main([str(a) for a in argv])
+
+    capsys.readouterr()
+    assert run("predict", "--model", model, "--images", images, "--out", out) == 0
+    assert tifffile.imread(out / "noyaux ß µm.tif").shape == SHAPE
+    assert run("split", "--input", labels, "--out", root / "découpé") == 0
+    assert tifffile.imread(root / "découpé" / "noyaux ß µm.tif").max() == 2
+    assert run("evaluate", "--pred", root / "découpé", "--gt", labels, "--compact") == 0
+    assert '"f1"' in capsys.readouterr().out
+    csv_path = root / "résumé rle.csv"
+    assert run("export-rle", "--labels", labels, "--out", csv_path) == 0
+    assert csv_path.read_text(encoding="utf-8").splitlines()[1].startswith("noyaux ß µm,")
