@@ -1,5 +1,4 @@
 import json
-import time
 
 import numpy as np
 import pytest
@@ -164,7 +163,8 @@ def test_match_objects_against_brute_force(seed):
     np.testing.assert_array_equal(m.fn, n_g - tp)
 
 
-def test_match_objects_fast_on_large_images():
+def test_match_objects_on_large_images():
+    # speed is measured by bench/split_speed.py, not here
     rng = np.random.default_rng(0)
     shape = (2048, 2048)
     gt = np.zeros(shape, np.int32)
@@ -172,12 +172,9 @@ def test_match_objects_fast_on_large_images():
     for k, (y, x) in enumerate(centres, 1):
         gt[y : y + rng.integers(20, 40), x : x + rng.integers(20, 40)] = k
     pred = np.roll(gt, 3, axis=1)
-    start = time.perf_counter()
     m = match_objects(gt, pred)
-    elapsed = time.perf_counter() - start
     assert m.n_true == len(np.unique(gt)) - 1
     assert m.tp[0] > 0.9 * m.n_true
-    assert elapsed < 2.0, f"match_objects took {elapsed:.2f} s on 2048x2048 with 1000 objects"
 
 
 def test_pixel_scores():

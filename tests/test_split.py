@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 import tifffile
@@ -205,32 +203,6 @@ def test_real_masks_touching_nuclei_recovered(dsb_small):
     f1_cc = 2 * tp_cc / (n_true + n_cc)
     assert f1 > 0.87, f1  # measured 0.899
     assert f1 > f1_cc, (f1, f1_cc)  # measured 0.899 vs 0.879 for connected components
-
-
-def test_not_slower_than_plain_skimage_recipe():
-    from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
-
-    mask = _touching_discs((1024, 1024), n=250, seed=2) > 0
-
-    def recipe():
-        dist = ndi.distance_transform_edt(mask)
-        coords = peak_local_max(dist, min_distance=4, labels=mask)
-        peaks = np.zeros(mask.shape, bool)
-        peaks[tuple(coords.T)] = True
-        return watershed(-dist, ndi.label(peaks)[0], mask=mask)
-
-    def median_time(fn):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
-
-    ours = median_time(lambda: split_nuclei(mask))
-    theirs = median_time(recipe)
-    assert ours < 1.5 * theirs, f"split_nuclei {ours:.3f} s vs skimage recipe {theirs:.3f} s"
 
 
 # ----------------------------------------------------------------------------- probabilities
