@@ -225,6 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.dask_predict import is_zarr_path
     from napari_unet.core.io import (
         check_writable_folder,
         list_image_files,
@@ -233,8 +234,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     from napari_unet.core.predict import PredictConfig, iter_predict
 
+    if args.block_size is not None and args.block_size < 16:
+        raise NapariUnetError(f"--block-size must be at least 16 pixels, got {args.block_size}.")
+    if args.block_margin is not None and args.block_margin < 1:
+        raise NapariUnetError(f"--block-margin must be at least 1 pixel, got {args.block_margin}.")
     bundle = load_checkpoint(args.model, device="cpu")
-    files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
+    zarr_input = is_zarr_path(args.images)
+    if zarr_input:
+        files = [Path(args.images)]
+    else:
+        files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
     out = check_writable_folder(args.out)  # the folder is made at the first write
     cfg = PredictConfig(split=not args.no_split)
     for k in (
@@ -251,6 +260,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         v = getattr(args, k)
         if v is not None:
             setattr(cfg, k, v)
+    if zarr_input or args.scheduler:
+        with _dask_scheduler(args.scheduler) as scheduler:
+            if zarr_input:
+                return _predict_zarr(args, bundle, files[0], out, cfg, scheduler)
+            return _predict_files_dask(args, bundle, files, out, cfg, scheduler)
     targets = [out / f"{f.stem}.tif" for f in files]
     _refuse_existing(targets, out, args.overwrite)
     bar = _Progress("predict")
@@ -289,6 +303,111 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     )
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
     _info(f"wrote {len(files)} label image(s) to {out}")
+    return 0
+
+
+class _dask_scheduler:
+    """Connect to a ``dask.distributed`` scheduler by address, or use dask's local threads."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.client = None
+
+    def __enter__(self) -> str | None:
+        if not self.address:
+            return "threads"
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise NapariUnetError(
+                "--scheduler needs dask.distributed: pip install distributed"
+            ) from exc
+        try:
+            self.client = Client(self.address, timeout="10s")
+        except OSError as exc:
+            raise NapariUnetError(
+                f"cannot reach the dask scheduler at {self.address}: {exc}"
+            ) from exc
+        _info(f"dask: connected to {self.address} ({self.client.dashboard_link})")
+        return None  # the client is now the default scheduler
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _zarr_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "image"
+    return name
+
+
+def _predict_zarr(args, bundle, path: Path, out: Path, cfg, scheduler) -> int:
+    """Predict one zarr / OME-Zarr image as dask tasks into ``out/<name>.zarr``."""
+    from napari_unet.core.dask_predict import open_zarr_image, predict_to_zarr
+
+    arr, ome_channel = open_zarr_image(path)
+    if args.channel_axis == "auto":
+        ax = ome_channel
+        if ax is None:
+            ax = _auto_channel_axis(tuple(arr.shape), bundle.in_channels, "auto")
+    else:
+        ax = _auto_channel_axis(tuple(arr.shape), bundle.in_channels, args.channel_axis)
+    target = out / f"{_zarr_name(path)}.zarr"
+    _refuse_existing([target], out, args.overwrite)
+    summary = predict_to_zarr(
+        bundle,
+        arr,
+        target,
+        channel_axis=ax,
+        config=cfg,
+        block_size=args.block_size or 1024,
+        margin=args.block_margin or 128,
+        overwrite=args.overwrite,
+        scheduler=scheduler,
+        progress=_info,
+    )
+    if summary.n_cut:
+        _info(
+            f"warning: {summary.n_cut} clump(s) of objects are wider than --block-margin "
+            f"({args.block_margin or 128}) and may be cut at block borders; raise --block-margin"
+        )
+    _info(
+        f"{path} {tuple(arr.shape)} {arr.dtype} (channel axis {ax}): wrote {summary.n_objects} "
+        f"objects ({summary.n_blocks} blocks, {summary.seconds:.1f} s) to {target} "
+        "(arrays 'labels' and 'probabilities')"
+    )
+    return 0
+
+
+def _predict_files_dask(args, bundle, files: list[Path], out: Path, cfg, scheduler) -> int:
+    """Predict a folder of images as dask tasks, one per image."""
+    from functools import partial
+
+    from napari_unet.core.dask_predict import predict_files_dask
+
+    if args.save_probabilities:
+        raise NapariUnetError("--save-probabilities is not available with --scheduler.")
+    targets = [out / f"{f.stem}.tif" for f in files]
+    _refuse_existing(targets, out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    written = predict_files_dask(
+        bundle,
+        files,
+        targets,
+        channel_axis=partial(
+            _auto_channel_axis, in_channels=bundle.in_channels, option=args.channel_axis
+        ),
+        config=cfg,
+        scheduler=scheduler,
+    )
+    _info(
+        f"wrote {len(written)} label image(s) to {out} in {time.perf_counter() - t0:.1f} s "
+        "(dask tasks)"
+    )
     return 0
 
 
@@ -451,6 +570,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel-axis",
         default="auto",
         help="'auto' (default), 'none', or the axis index of the channels",
+    )
+    q.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run as dask tasks on this dask.distributed scheduler (e.g. tcp://node:8786); "
+        "zarr / OME-Zarr input always runs as dask tasks (local threads by default)",
+    )
+    q.add_argument(
+        "--block-size", type=int, help="zarr input: block edge in pixels per task (1024)"
+    )
+    q.add_argument(
+        "--block-margin",
+        type=int,
+        help="zarr input: context around a block when labelling, wider than any clump of "
+        "touching nuclei (128)",
     )
     q.set_defaults(func=cmd_predict)
 
