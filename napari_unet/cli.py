@@ -88,27 +88,41 @@ def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) ->
 
 
 class _StopOnSigint:
-    """First Ctrl-C asks the work to stop cleanly; a second one interrupts at once."""
+    """First Ctrl-C asks the work to stop cleanly; a second one interrupts at once.
 
-    def __init__(self) -> None:
+    Under torchrun (``distributed=True``) SIGINT and SIGTERM both ask for a clean
+    stop and never interrupt: a Ctrl-C reaches each worker twice (from the
+    terminal and from torchrun), and SLURM ends jobs with SIGTERM; all ranks then
+    agree to stop at the same step and rank 0 saves the best model.
+    """
+
+    def __init__(self, distributed: bool = False) -> None:
         self.event = threading.Event()
-        self._old = None
+        self.distributed = distributed
+        self._old: dict = {}
 
     def __enter__(self) -> threading.Event:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            sigs = [signal.SIGINT] + ([signal.SIGTERM] if self.distributed else [])
+            for sig in sigs:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self.event
 
     def _handle(self, signum, frame) -> None:
         if self.event.is_set():
+            if self.distributed:
+                return
             raise KeyboardInterrupt
         self.event.set()
-        _info("\nstopping after the current step (Ctrl-C again to abort)...")
+        if self.distributed:
+            _info("\nstopping after the current step on every rank...")
+        else:
+            _info("\nstopping after the current step (Ctrl-C again to abort)...")
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
@@ -132,14 +146,59 @@ def _drain(gen, on_progress):
 
 
 # ---------------------------------------------------------------- train
-def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pairs: list):
+def _config_from_json(path: str) -> dict:
+    """Read a ``train_config.json``: TrainConfig fields with values of the right types."""
+    import typing
+
+    from napari_unet.core.train import TrainConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise NapariUnetError(f"config file {p} does not exist.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NapariUnetError(f"config file {p} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise NapariUnetError(f"config file {p} must hold a JSON object of training settings.")
+    hints = typing.get_type_hints(TrainConfig)
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" etc.
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise NapariUnetError(
+            f"config file {p}: unknown setting(s) {unknown}; known ones are {sorted(hints)}."
+        )
+    for k, v in data.items():
+        allowed = typing.get_args(hints[k]) or (hints[k],)
+        ok = any(
+            (t is type(None) and v is None)
+            or (t is bool and isinstance(v, bool))
+            or (t is int and isinstance(v, int) and not isinstance(v, bool))
+            or (t is float and isinstance(v, (int, float)) and not isinstance(v, bool))
+            or (t is str and isinstance(v, str))
+            for t in allowed
+        )
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise NapariUnetError(f"config file {p}: {k} must be {names}, got {v!r}.")
+    data.pop("checkpoint_path", None)  # --out decides where the model goes
+    return data
+
+
+def _train_locked(
+    args: argparse.Namespace, out: Path, resume: Path | None, pairs: list, distributed=None
+):
     """Read the (image, labels) pairs and train; the caller holds the lock on ``out``."""
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.train import TrainConfig, iter_train
 
     init = load_checkpoint(resume) if resume else None
-    cfg = TrainConfig()
+    cfg = TrainConfig.from_dict(_config_from_json(args.config)) if args.config else TrainConfig()
+    if args.epochs is not None:  # a budget given here replaces the config file's
+        cfg.minutes = None
+    if args.minutes is not None:
+        cfg.epochs = None
     overrides = {
         "epochs": args.epochs,
         "minutes": args.minutes,
@@ -169,8 +228,13 @@ def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pair
         labs.append(read_labels(lp))
         names.append(ip.stem)
     bar = _Progress("train")
+    main_rank = distributed is None or distributed.is_main
 
     def show(p):
+        if not main_rank:  # other ranks report only how they ended
+            if p.kind == "done":
+                _info(f"[rank {distributed.rank}] {p.message}")
+            return
         if p.kind == "start" or p.kind == "done":
             _info(p.message)
         elif p.kind == "validation":
@@ -179,12 +243,16 @@ def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pair
         else:
             bar.update(p.fraction, f"epoch {p.epoch} step {p.step} loss {p.loss:.4f}")
 
-    with _StopOnSigint() as stop:
-        return _drain(iter_train(imgs, labs, cfg, names=names, init=init, stop=stop), show)
+    with _StopOnSigint(distributed=distributed is not None) as stop:
+        gen = iter_train(
+            imgs, labs, cfg, names=names, init=init, stop=stop, distributed=distributed
+        )
+        return _drain(gen, show)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model: ``napari-unet train``."""
+    from napari_unet.core.distributed import Distributed
     from napari_unet.core.io import (
         check_writable_folder,
         file_lock,
@@ -192,8 +260,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         pair_images_and_labels,
     )
 
+    distributed = Distributed.from_env()  # set when started by torchrun
     out = Path(args.out)
     resume = Path(args.resume) if args.resume else None
+    if resume is not None and not resume.exists() and resume.resolve() == out.resolve():
+        # "--resume X --out X": continue from X after a restart, or start fresh the first time
+        _info(f"note: {out} does not exist yet: training from scratch")
+        resume = None
+    if args.config:
+        _config_from_json(args.config)  # bad settings: refuse before reading images
     if (
         out.exists()
         and not args.overwrite
@@ -211,8 +286,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         _info(
             f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}"
         )
-    with file_lock(out, note=_info):  # a second run writing the same file is refused
-        result = _train_locked(args, out, resume, pairs)
+    if distributed is not None and not distributed.is_main:
+        try:  # rank 0 holds the lock and writes the model
+            result = _train_locked(args, out, resume, pairs, distributed)
+        finally:
+            distributed.close()
+        return 0
+    try:
+        with file_lock(out, note=_info):  # a second run writing the same file is refused
+            result = _train_locked(args, out, resume, pairs, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
     if result.checkpoint is None:
         raise NapariUnetError("training ended before any model could be saved (stopped at once?).")
     _info(f"best model ({result.stopped}, score {result.best_score}) saved to {result.checkpoint}")
@@ -518,7 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--minutes", type=float, help="time budget in minutes")
     g.add_argument("--epochs", type=int, help="number of epochs (default 50 without --minutes)")
-    t.add_argument("--resume", help="fine-tune / continue from this model file")
+    t.add_argument(
+        "--resume",
+        help="fine-tune / continue from this model file; equal to --out, it may not exist "
+        "yet (a restarted job continues, a first one starts from scratch)",
+    )
+    t.add_argument(
+        "--config",
+        help="train_config.json of training settings (e.g. exported by the Train widget); "
+        "options given here replace its values",
+    )
     t.add_argument("--ids-file", help="text file of image stems to train on (one per line)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     t.add_argument("--patch-size", type=int)
