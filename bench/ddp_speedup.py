@@ -11,7 +11,7 @@ reported. The machine's load average is recorded: on a shared machine the number
 
 Prints a table and writes bench/results/ddp_speedup.json.
 
-Usage: python bench/ddp_speedup.py [--repeats 3] [--steps 40]
+Usage: python bench/ddp_speedup.py [--repeats 3] [--steps 20] [--batch-size 4]
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def one_run(n_proc: int, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--result")
     args = ap.parse_args()

@@ -326,6 +326,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     bundle = load_checkpoint(args.model, device="cpu")
     zarr_input = is_zarr_path(args.images)
     if zarr_input:
+        if args.ids_file:
+            raise NapariUnetError(
+                "--ids-file picks files in a folder; it does not apply to a zarr image."
+            )
         files = [Path(args.images)]
     else:
         files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")

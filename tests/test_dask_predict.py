@@ -161,6 +161,7 @@ def test_cli_predicts_an_ome_zarr(model, tmp_path, capsys):
         (["--block-size", "32"], "block_size"),
         (["--block-size", "96", "--block-margin", "200"], "margin"),
         (["--block-margin", "0"], "--block-margin"),
+        (["--ids-file", "ids.txt"], "--ids-file"),
     ],
 )
 def test_cli_zarr_errors_are_one_line(model, tmp_path, capsys, extra, needle):

@@ -191,7 +191,9 @@ class Distributed:
 
         Ranks without validation images pass ``entry=None`` and ``weight=0``.
         Keys: ``val_loss``, ``dice``, ``f1``, ``score`` (those present on every
-        rank that validated).
+        rank that validated); ``score`` is F1 when every rank scored objects and
+        Dice otherwise, as :func:`napari_unet.core.train._validate` decides for
+        one process.
         """
         import torch.distributed as dist
 
@@ -210,6 +212,8 @@ class Distributed:
         for i, k in enumerate(keys):
             if v[2 * i + 1] > 0 and np.isclose(v[2 * i + 1], v[-1]):
                 out[k] = float(v[2 * i] / v[2 * i + 1])
+        if "dice" in out:  # as one process: F1 only when every rank could score objects
+            out["score"] = out.get("f1", out["dice"])
         return out
 
     def validate(self, validate_fn, bundle, val: Sequence, *args) -> dict:
