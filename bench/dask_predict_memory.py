@@ -7,15 +7,17 @@ process). A UNet of the default architecture (depth 4, base 16) is trained for
 work on. Then, each in a fresh process (peak resident memory = ru_maxrss of that
 process, which includes the Python, torch and dask libraries, about 0.4-0.5 GB):
 
-- ``dask``: :func:`napari_unet.core.dask_predict.predict_to_zarr` with --block blocks,
-  local threaded scheduler, reading the zarr array and writing a zarr group;
+- ``dask-<block>``: :func:`napari_unet.core.dask_predict.predict_to_zarr` with blocks of
+  each of --blocks pixels, local threaded scheduler, reading the zarr array and writing
+  a zarr group (the number of network tiles run is counted: tiles at block borders are
+  run by each block they touch);
 - ``whole``: :func:`napari_unet.core.predict.predict` on the image read into memory
   (the single-process path of ``napari-unet predict`` for a TIFF).
 
 The labels of both are compared (equal up to renumbering). Prints a table and writes
 bench/results/dask_predict_memory.json.
 
-Usage: python bench/dask_predict_memory.py [--size 4096] [--block 1024]
+Usage: python bench/dask_predict_memory.py [--size 4096] [--blocks 1024 2048]
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ def child(mode: str, model: str, image: str, out: str, block: int) -> None:
     bundle = load_checkpoint(model)
     cfg = PredictConfig(device="cpu")
     t0 = time.perf_counter()
+    tiles = [0]
+    forward = bundle.model.forward
+
+    def counting(x):
+        tiles[0] += int(x.shape[0])
+        return forward(x)
+
+    bundle.model.forward = counting
     if mode == "dask":
         from napari_unet.core.dask_predict import predict_to_zarr
 
@@ -88,13 +98,23 @@ def child(mode: str, model: str, image: str, out: str, block: int) -> None:
         n = int(res.labels.max())
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_mb": peak_mb, "objects": n}))
+    print(
+        json.dumps(
+            {
+                "mode": mode if mode == "whole" else f"dask-{block}",
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(peak_mb),
+                "objects": n,
+                "tiles_run": tiles[0],
+            }
+        )
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--blocks", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--child", nargs=5)
     args = ap.parse_args()
@@ -110,32 +130,34 @@ def main() -> None:
         make_image(tmp / "image.zarr", args.size)
         train_model(tmp / "model.pt", args.train_steps)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        results = {}
-        for mode, out in (("dask", tmp / "out.zarr"), ("whole", tmp / "whole.tif")):
+        results = []
+        jobs = [("whole", tmp / "whole.tif", 0)]
+        jobs += [("dask", tmp / f"out{b}.zarr", b) for b in args.blocks]
+        for mode, out, block in jobs:
             cmd = [sys.executable, __file__, "--child", mode, str(tmp / "model.pt")]
-            cmd += [str(tmp / "image.zarr"), str(out), str(args.block)]
+            cmd += [str(tmp / "image.zarr"), str(out), str(block)]
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            results[mode] = json.loads(r.stdout.strip().splitlines()[-1])
-            print(results[mode], flush=True)
+            results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(results[-1], flush=True)
         a = tifffile.imread(tmp / "whole.tif")
-        b = zarr.open_group(str(tmp / "out.zarr"), mode="r")["labels"][:]
-        fg = (a > 0) | (b > 0)
-        pairs = np.unique(np.stack([a[fg], b[fg]]), axis=1)
-        same = bool(
-            ((a > 0) == (b > 0)).all()
-            and len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
-        )
+        same = {}
+        for b in args.blocks:
+            lab = zarr.open_group(str(tmp / f"out{b}.zarr"), mode="r")["labels"][:]
+            fg = (a > 0) | (lab > 0)
+            pairs = np.unique(np.stack([a[fg], lab[fg]]), axis=1)
+            same[f"dask-{b}"] = bool(
+                ((a > 0) == (lab > 0)).all()
+                and len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+            )
     summary = {
         "image": f"{args.size}x{args.size} float32 zarr, chunks 512x512 "
         f"({args.size * args.size * 4 / 2**20:.0f} MiB)",
         "model": f"UNet depth 4, base 16, trained {args.train_steps} steps on synthetic nuclei",
         "predict_config": "defaults (tile 512, overlap 64, batch 4, distance split)",
-        "block_size": args.block,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU only, "
         "shared with other work",
         "labels_equal_up_to_renumbering": same,
-        "dask": results["dask"],
-        "whole": results["whole"],
+        "runs": results,
     }
     print(json.dumps(summary, indent=2))
     (HERE / "results" / "dask_predict_memory.json").write_text(json.dumps(summary, indent=2) + "\n")

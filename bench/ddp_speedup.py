@@ -4,10 +4,18 @@ Each run trains the default UNet (depth 4, base 16) on real DSB2018 greyscale im
 (synthetic nuclei where the shared data is absent) for --steps steps of --batch-size
 patches of 128 x 128, without validation. Throughput = training patches per second over
 all ranks, measured between step --warmup and the last step (so start-up, the process
-group and the first slow steps are left out). One process uses every core as torch
-threads; with 2 processes each rank gets cores / 2 threads (what napari-unet does under
-torchrun). Runs alternate (1, 2, 1, 2, ...) and the medians over --repeats runs are
-reported. The machine's load average is recorded: on a shared machine the numbers move.
+group and the first slow steps are left out). Three set-ups, alternating in each repeat:
+
+- 1 process using every core as torch threads (what napari-unet does without torchrun),
+- 1 process with 1 thread,
+- 2 processes (torchrun, gloo), each with cores / 2 threads (what napari-unet does under
+  torchrun).
+
+On a machine shared with other work, a process with several OpenMP threads can be much
+slower than one with a single thread (the threads wait for each other when a core is
+taken): the 1-thread set-up shows how much of a speed-up comes from that rather than from
+data parallelism. Medians over --repeats runs; the load average before each run is
+recorded.
 
 Prints a table and writes bench/results/ddp_speedup.json.
 
@@ -60,7 +68,7 @@ def worker(args) -> None:
     if dist is None:
         import torch
 
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     imgs, labs, what = load_data()
     cfg = TrainConfig(
         epochs=1,
@@ -91,11 +99,12 @@ def worker(args) -> None:
         )
 
 
-def one_run(n_proc: int, args) -> dict:
+def one_run(n_proc: int, args, threads: int = 0) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "r.json"
         me = [str(Path(__file__).resolve()), "--worker", "--result", str(result)]
         me += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+        me += ["--threads", str(threads)]
         if n_proc == 1:
             cmd = [sys.executable, *me]
         else:
@@ -124,6 +133,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--result")
     args = ap.parse_args()
@@ -131,9 +141,11 @@ def main() -> None:
         worker(args)
         return
     runs = []
+    setups = {"1 process, all cores": (1, 0), "1 process, 1 thread": (1, 1), "2 processes": (2, 0)}
     for i in range(args.repeats):
-        for n in (1, 2):
-            r = one_run(n, args)
+        for name, (n, threads) in setups.items():
+            r = one_run(n, args, threads)
+            r["setup"] = name
             runs.append(r)
             print(
                 f"run {i + 1}: {n} process(es) x {r['threads_per_process']} thread(s): "
@@ -141,9 +153,10 @@ def main() -> None:
                 flush=True,
             )
     med = {
-        n: float(np.median([r["patches_per_s"] for r in runs if r["processes"] == n]))
-        for n in (1, 2)
+        name: float(np.median([r["patches_per_s"] for r in runs if r["setup"] == name]))
+        for name in setups
     }
+    one, one_t, two = (med[k] for k in setups)
     summary = {
         "what": "training patches (128x128) per second over all ranks, UNet depth 4 base 16, "
         f"batch {args.batch_size} per rank, steps {args.warmup}..{args.steps} timed",
@@ -152,14 +165,15 @@ def main() -> None:
         f"{len(os.sched_getaffinity(0))} cores available, shared with other work",
         "torch": __import__("torch").__version__,
         "repeats": args.repeats,
-        "median_patches_per_s_1_process": round(med[1], 3),
-        "median_patches_per_s_2_processes": round(med[2], 3),
-        "speedup_2_vs_1": round(med[2] / med[1], 3),
+        "median_patches_per_s": {k: round(v, 3) for k, v in med.items()},
+        "speedup_2_processes_vs_1_process_all_cores": round(two / one, 3),
+        "speedup_2_processes_vs_1_process_1_thread": round(two / one_t, 3),
         "runs": runs,
     }
     print(
-        f"median: 1 process {med[1]:.2f} patches/s, 2 processes {med[2]:.2f} patches/s, "
-        f"speed-up {med[2] / med[1]:.2f}x"
+        f"median patches/s: 1 process (all cores) {one:.2f}, 1 process (1 thread) {one_t:.2f}, "
+        f"2 processes {two:.2f}; speed-up {two / one:.2f}x vs all cores, "
+        f"{two / one_t:.2f}x vs 1 thread"
     )
     out = HERE / "results" / "ddp_speedup.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")

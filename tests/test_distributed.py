@@ -187,3 +187,31 @@ def test_config_file_settings_are_used_and_flags_win(folders, tmp_path, capsys):
     tc = load_checkpoint(tmp_path / "m.pt").meta["train_config"]
     assert tc["lr"] == 0.002 and tc["base_channels"] == 8 and tc["steps_per_epoch"] == 2
     assert tc["seed"] == 3 and tc["epochs"] == 1 and tc["minutes"] is None
+
+
+def test_score_reduction_in_a_one_process_group(monkeypatch):
+    import socket
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("NAPARI_UNET_THREADS", str(torch.get_num_threads()))
+    d = Distributed(0, 1, 0, 1)
+    assert d.start(torch.device("cpu")).type == "cpu"
+    try:
+        entry = {"val_loss": 0.3, "dice": 0.8, "f1": 0.6, "score": 0.6}
+        assert d.reduce_scores(entry, 100.0) == pytest.approx(entry)
+        no_f1 = {"val_loss": 0.3, "dice": 0.8, "score": 0.8}
+        assert d.reduce_scores(no_f1, 100.0) == pytest.approx(no_f1)
+        assert d.reduce_scores(None, 0.0) == {}
+        assert d.agree_max([0, 2.5]) == [0.0, 2.5]
+        assert np.isnan(d.mean(float("nan")))
+    finally:
+        d.close()
+    assert not torch.distributed.is_initialized()

@@ -36,6 +36,8 @@ image; the labels of pass 1 are never kept.
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +72,30 @@ __all__ = [
 ]
 
 _FOUR = ndi.generate_binary_structure(2, 1)
+
+#: Held while a worker moves the shared model to its device: tasks running in threads
+#: of one process share the model, and moving it while another thread runs it crashes.
+_MOVE_LOCK = threading.Lock()
+
+
+def _prepare_model(bundle: ModelBundle, device) -> None:
+    """Put the model on ``device`` in eval mode (channels-last except on MPS), once."""
+    import torch
+
+    want_cl = device.type != "mps"
+    first = next(p for p in bundle.model.parameters() if p.ndim == 4)
+    ready = bundle.device == device and (
+        first.is_contiguous(memory_format=torch.channels_last) or not want_cl
+    )
+    if ready:
+        return
+    with _MOVE_LOCK:
+        first = next(p for p in bundle.model.parameters() if p.ndim == 4)
+        if bundle.device != device:
+            bundle.to(device)
+        if want_cl and not first.is_contiguous(memory_format=torch.channels_last):
+            bundle.model.to(memory_format=torch.channels_last)
+        bundle.model.eval()
 
 
 @dataclass
@@ -203,10 +229,8 @@ def _predict_block(
     from napari_unet.core.device import select_device
 
     device = select_device(config.device)
+    _prepare_model(bundle, device)
     model = bundle.model
-    if bundle.device != device:
-        bundle.to(device)
-    model.eval()
     y0, y1, x0, x1 = core
     oy, ox = origin
     K = model.spec.out_channels
@@ -215,8 +239,6 @@ def _predict_block(
     wsum = np.zeros((y1 - y0, x1 - x0), np.float32)
     use_amp = device.type == "cuda"
     channels_last = device.type != "mps"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     ty = [t for t in grid.ys if t < y1 and t + th > y0]
     tx = [t for t in grid.xs if t < x1 and t + tw > x0]
     bs = max(1, int(config.batch_size))
@@ -436,6 +458,7 @@ def predict_to_zarr(
     """
     import dask
     import dask.array as da
+    import torch
     import zarr
 
     t0 = time.perf_counter()
@@ -480,8 +503,8 @@ def predict_to_zarr(
     K = bundle.spec.out_channels
     outputs = bundle.outputs
     n_blocks = int(np.prod(lead, dtype=np.int64)) * len(ych) * len(xch)
-    bundle.to("cpu")
-    bundle.model.eval()
+    bundle = copy.deepcopy(bundle)  # tasks move their copy to the workers' device
+    _prepare_model(bundle, torch.device("cpu"))
     b_bundle = dask.delayed(bundle, pure=True)
 
     # --- probabilities, block by block, with one tile of input overlap
@@ -539,7 +562,9 @@ def predict_to_zarr(
         }
     )
     say(f"probabilities: {n_blocks} block(s) of up to {block} x {block} pixels")
-    da.store(probs.rechunk(zprob.chunks), zprob, lock=False, scheduler=scheduler)
+    # local threads: one network at a time, torch already uses every core for it
+    net_opts = {"num_workers": 1} if scheduler == "threads" else {}
+    da.store(probs.rechunk(zprob.chunks), zprob, lock=False, scheduler=scheduler, **net_opts)
 
     # --- labels: pass 1 (clump table), numbering, pass 2 (paint cores)
     P = da.from_zarr(zprob).rechunk(((K,),) + lead_ch + (ych, xch))
@@ -599,6 +624,7 @@ def _predict_one_file(bundle, path: str, target: str, channel_axis, config) -> s
     from napari_unet.core.predict import predict
 
     img = read_image(path)
+    bundle = copy.deepcopy(bundle)  # tasks in threads of one worker must not share a model
     res = predict(bundle, img, channel_axis=channel_axis(img.shape), config=config)
     write_labels_tiff(target, res.labels, overwrite=True)
     return target
@@ -634,7 +660,7 @@ def predict_files_dask(
     import dask
 
     config = config or PredictConfig()
-    bundle.to("cpu")
+    bundle = copy.deepcopy(bundle).to("cpu")
     d_bundle = dask.delayed(bundle, pure=True)
     tasks = [
         dask.delayed(_predict_one_file, pure=False)(d_bundle, str(f), str(t), channel_axis, config)
