@@ -53,7 +53,7 @@ def make_image(path: Path, size: int) -> None:
             k += 1
 
 
-def train_model(path: Path, steps: int) -> None:
+def train_model(path: Path, steps: int, tiny: bool = False) -> None:
     from _synthetic import nuclei_image
 
     from napari_unet.core.checkpoint import save_checkpoint
@@ -61,6 +61,8 @@ def train_model(path: Path, steps: int) -> None:
 
     pairs = [nuclei_image(shape=(256, 256), n=60, seed=100 + s) for s in range(6)]
     cfg = TrainConfig(epochs=1, steps_per_epoch=steps, val_fraction=0.0, lr=3e-3, device="cpu")
+    if tiny:
+        cfg.depth, cfg.base_channels = 2, 8
     r = train([p[0] for p in pairs], [p[1] for p in pairs], cfg)
     save_checkpoint(r.bundle, path)
 
@@ -116,6 +118,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--blocks", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--train-steps", type=int, default=60)
+    ap.add_argument(
+        "--tiny", action="store_true", help="a UNet of depth 2, base 8 (fast, small activations)"
+    )
+    ap.add_argument("--name", default="dask_predict_memory", help="results/<name>.json")
     ap.add_argument("--child", nargs=5)
     args = ap.parse_args()
     if args.child:
@@ -128,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_image(tmp / "image.zarr", args.size)
-        train_model(tmp / "model.pt", args.train_steps)
+        train_model(tmp / "model.pt", args.train_steps, args.tiny)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         results = []
         jobs = [("whole", tmp / "whole.tif", 0)]
@@ -152,7 +158,8 @@ def main() -> None:
     summary = {
         "image": f"{args.size}x{args.size} float32 zarr, chunks 512x512 "
         f"({args.size * args.size * 4 / 2**20:.0f} MiB)",
-        "model": f"UNet depth 4, base 16, trained {args.train_steps} steps on synthetic nuclei",
+        "model": f"UNet depth {2 if args.tiny else 4}, base {8 if args.tiny else 16}, "
+        f"trained {args.train_steps} steps on synthetic nuclei",
         "predict_config": "defaults (tile 512, overlap 64, batch 4, distance split)",
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, CPU only, "
         "shared with other work",
@@ -160,7 +167,7 @@ def main() -> None:
         "runs": results,
     }
     print(json.dumps(summary, indent=2))
-    (HERE / "results" / "dask_predict_memory.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (HERE / "results" / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":
