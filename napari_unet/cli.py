@@ -88,27 +88,41 @@ def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) ->
 
 
 class _StopOnSigint:
-    """First Ctrl-C asks the work to stop cleanly; a second one interrupts at once."""
+    """First Ctrl-C asks the work to stop cleanly; a second one interrupts at once.
 
-    def __init__(self) -> None:
+    Under torchrun (``distributed=True``) SIGINT and SIGTERM both ask for a clean
+    stop and never interrupt: a Ctrl-C reaches each worker twice (from the
+    terminal and from torchrun), and SLURM ends jobs with SIGTERM; all ranks then
+    agree to stop at the same step and rank 0 saves the best model.
+    """
+
+    def __init__(self, distributed: bool = False) -> None:
         self.event = threading.Event()
-        self._old = None
+        self.distributed = distributed
+        self._old: dict = {}
 
     def __enter__(self) -> threading.Event:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            sigs = [signal.SIGINT] + ([signal.SIGTERM] if self.distributed else [])
+            for sig in sigs:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self.event
 
     def _handle(self, signum, frame) -> None:
         if self.event.is_set():
+            if self.distributed:
+                return
             raise KeyboardInterrupt
         self.event.set()
-        _info("\nstopping after the current step (Ctrl-C again to abort)...")
+        if self.distributed:
+            _info("\nstopping after the current step on every rank...")
+        else:
+            _info("\nstopping after the current step (Ctrl-C again to abort)...")
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
@@ -132,14 +146,59 @@ def _drain(gen, on_progress):
 
 
 # ---------------------------------------------------------------- train
-def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pairs: list):
+def _config_from_json(path: str) -> dict:
+    """Read a ``train_config.json``: TrainConfig fields with values of the right types."""
+    import typing
+
+    from napari_unet.core.train import TrainConfig
+
+    p = Path(path)
+    if not p.is_file():
+        raise NapariUnetError(f"config file {p} does not exist.")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NapariUnetError(f"config file {p} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise NapariUnetError(f"config file {p} must hold a JSON object of training settings.")
+    hints = typing.get_type_hints(TrainConfig)
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" etc.
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise NapariUnetError(
+            f"config file {p}: unknown setting(s) {unknown}; known ones are {sorted(hints)}."
+        )
+    for k, v in data.items():
+        allowed = typing.get_args(hints[k]) or (hints[k],)
+        ok = any(
+            (t is type(None) and v is None)
+            or (t is bool and isinstance(v, bool))
+            or (t is int and isinstance(v, int) and not isinstance(v, bool))
+            or (t is float and isinstance(v, (int, float)) and not isinstance(v, bool))
+            or (t is str and isinstance(v, str))
+            for t in allowed
+        )
+        if not ok:
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise NapariUnetError(f"config file {p}: {k} must be {names}, got {v!r}.")
+    data.pop("checkpoint_path", None)  # --out decides where the model goes
+    return data
+
+
+def _train_locked(
+    args: argparse.Namespace, out: Path, resume: Path | None, pairs: list, distributed=None
+):
     """Read the (image, labels) pairs and train; the caller holds the lock on ``out``."""
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.train import TrainConfig, iter_train
 
     init = load_checkpoint(resume) if resume else None
-    cfg = TrainConfig()
+    cfg = TrainConfig.from_dict(_config_from_json(args.config)) if args.config else TrainConfig()
+    if args.epochs is not None:  # a budget given here replaces the config file's
+        cfg.minutes = None
+    if args.minutes is not None:
+        cfg.epochs = None
     overrides = {
         "epochs": args.epochs,
         "minutes": args.minutes,
@@ -169,8 +228,13 @@ def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pair
         labs.append(read_labels(lp))
         names.append(ip.stem)
     bar = _Progress("train")
+    main_rank = distributed is None or distributed.is_main
 
     def show(p):
+        if not main_rank:  # other ranks report only how they ended
+            if p.kind == "done":
+                _info(f"[rank {distributed.rank}] {p.message}")
+            return
         if p.kind == "start" or p.kind == "done":
             _info(p.message)
         elif p.kind == "validation":
@@ -182,12 +246,16 @@ def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pair
         else:
             bar.update(p.fraction, f"epoch {p.epoch} step {p.step} loss {p.loss:.4f}")
 
-    with _StopOnSigint() as stop:
-        return _drain(iter_train(imgs, labs, cfg, names=names, init=init, stop=stop), show)
+    with _StopOnSigint(distributed=distributed is not None) as stop:
+        gen = iter_train(
+            imgs, labs, cfg, names=names, init=init, stop=stop, distributed=distributed
+        )
+        return _drain(gen, show)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model: ``napari-unet train``."""
+    from napari_unet.core.distributed import Distributed
     from napari_unet.core.io import (
         check_writable_folder,
         file_lock,
@@ -195,8 +263,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         pair_images_and_labels,
     )
 
+    distributed = Distributed.from_env()  # set when started by torchrun
     out = Path(args.out)
     resume = Path(args.resume) if args.resume else None
+    if resume is not None and not resume.exists() and resume.resolve() == out.resolve():
+        # "--resume X --out X": continue from X after a restart, or start fresh the first time
+        _info(f"note: {out} does not exist yet: training from scratch")
+        resume = None
+    if args.config:
+        _config_from_json(args.config)  # bad settings: refuse before reading images
     if (
         out.exists()
         and not args.overwrite
@@ -214,8 +289,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         _info(
             f"note: {len(missing)} image(s) have no labels and are skipped, e.g. {missing[0].name}"
         )
-    with file_lock(out, note=_info):  # a second run writing the same file is refused
-        result = _train_locked(args, out, resume, pairs)
+    if distributed is not None and not distributed.is_main:
+        try:  # rank 0 holds the lock and writes the model
+            result = _train_locked(args, out, resume, pairs, distributed)
+        finally:
+            distributed.close()
+        return 0
+    try:
+        with file_lock(out, note=_info):  # a second run writing the same file is refused
+            result = _train_locked(args, out, resume, pairs, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
     for note in result.notes:
         _info(f"note: {note}")
     if result.save_error is not None:
@@ -232,6 +317,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.dask_predict import is_zarr_path
     from napari_unet.core.io import (
         check_writable_folder,
         list_image_files,
@@ -240,8 +326,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     from napari_unet.core.predict import PredictConfig, iter_predict
 
+    if args.block_size is not None and args.block_size < 16:
+        raise NapariUnetError(f"--block-size must be at least 16 pixels, got {args.block_size}.")
+    if args.block_margin is not None and args.block_margin < 1:
+        raise NapariUnetError(f"--block-margin must be at least 1 pixel, got {args.block_margin}.")
     bundle = load_checkpoint(args.model, device="cpu")
-    files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
+    zarr_input = is_zarr_path(args.images)
+    if zarr_input:
+        if args.ids_file:
+            raise NapariUnetError(
+                "--ids-file picks files in a folder; it does not apply to a zarr image."
+            )
+        files = [Path(args.images)]
+    else:
+        files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
     out = check_writable_folder(args.out)  # the folder is made at the first write
     cfg = PredictConfig(split=not args.no_split)
     for k in (
@@ -258,6 +356,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         v = getattr(args, k)
         if v is not None:
             setattr(cfg, k, v)
+    if zarr_input or args.scheduler:
+        with _dask_scheduler(args.scheduler) as scheduler:
+            if zarr_input:
+                return _predict_zarr(args, bundle, files[0], out, cfg, scheduler)
+            return _predict_files_dask(args, bundle, files, out, cfg, scheduler)
     targets = [out / f"{f.stem}.tif" for f in files]
     _refuse_existing(targets, out, args.overwrite)
     bar = _Progress("predict")
@@ -298,6 +401,111 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     )
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
     _info(f"wrote {len(files)} label image(s) to {out}")
+    return 0
+
+
+class _dask_scheduler:
+    """Connect to a ``dask.distributed`` scheduler by address, or use dask's local threads."""
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.client = None
+
+    def __enter__(self) -> str | None:
+        if not self.address:
+            return "threads"
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise NapariUnetError(
+                "--scheduler needs dask.distributed: pip install distributed"
+            ) from exc
+        try:
+            self.client = Client(self.address, timeout="10s")
+        except OSError as exc:
+            raise NapariUnetError(
+                f"cannot reach the dask scheduler at {self.address}: {exc}"
+            ) from exc
+        _info(f"dask: connected to {self.address} ({self.client.dashboard_link})")
+        return None  # the client is now the default scheduler
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _zarr_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or "image"
+    return name
+
+
+def _predict_zarr(args, bundle, path: Path, out: Path, cfg, scheduler) -> int:
+    """Predict one zarr / OME-Zarr image as dask tasks into ``out/<name>.zarr``."""
+    from napari_unet.core.dask_predict import open_zarr_image, predict_to_zarr
+
+    arr, ome_channel = open_zarr_image(path)
+    if args.channel_axis == "auto":
+        ax = ome_channel
+        if ax is None:
+            ax = _auto_channel_axis(tuple(arr.shape), bundle.in_channels, "auto")
+    else:
+        ax = _auto_channel_axis(tuple(arr.shape), bundle.in_channels, args.channel_axis)
+    target = out / f"{_zarr_name(path)}.zarr"
+    _refuse_existing([target], out, args.overwrite)
+    summary = predict_to_zarr(
+        bundle,
+        arr,
+        target,
+        channel_axis=ax,
+        config=cfg,
+        block_size=args.block_size or 1024,
+        margin=args.block_margin or 128,
+        overwrite=args.overwrite,
+        scheduler=scheduler,
+        progress=_info,
+    )
+    if summary.n_cut:
+        _info(
+            f"warning: {summary.n_cut} clump(s) of objects are wider than --block-margin "
+            f"({args.block_margin or 128}) and may be cut at block borders; raise --block-margin"
+        )
+    _info(
+        f"{path} {tuple(arr.shape)} {arr.dtype} (channel axis {ax}): wrote {summary.n_objects} "
+        f"objects ({summary.n_blocks} blocks, {summary.seconds:.1f} s) to {target} "
+        "(arrays 'labels' and 'probabilities')"
+    )
+    return 0
+
+
+def _predict_files_dask(args, bundle, files: list[Path], out: Path, cfg, scheduler) -> int:
+    """Predict a folder of images as dask tasks, one per image."""
+    from functools import partial
+
+    from napari_unet.core.dask_predict import predict_files_dask
+
+    if args.save_probabilities:
+        raise NapariUnetError("--save-probabilities is not available with --scheduler.")
+    targets = [out / f"{f.stem}.tif" for f in files]
+    _refuse_existing(targets, out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    written = predict_files_dask(
+        bundle,
+        files,
+        targets,
+        channel_axis=partial(
+            _auto_channel_axis, in_channels=bundle.in_channels, option=args.channel_axis
+        ),
+        config=cfg,
+        scheduler=scheduler,
+    )
+    _info(
+        f"wrote {len(written)} label image(s) to {out} in {time.perf_counter() - t0:.1f} s "
+        "(dask tasks)"
+    )
     return 0
 
 
@@ -408,7 +616,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--minutes", type=float, help="time budget in minutes")
     g.add_argument("--epochs", type=int, help="number of epochs (default 50 without --minutes)")
-    t.add_argument("--resume", help="fine-tune / continue from this model file")
+    t.add_argument(
+        "--resume",
+        help="fine-tune / continue from this model file; equal to --out, it may not exist "
+        "yet (a restarted job continues, a first one starts from scratch)",
+    )
+    t.add_argument(
+        "--config",
+        help="train_config.json of training settings (e.g. exported by the Train widget); "
+        "options given here replace its values",
+    )
     t.add_argument("--ids-file", help="text file of image stems to train on (one per line)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     t.add_argument("--patch-size", type=int)
@@ -460,6 +677,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel-axis",
         default="auto",
         help="'auto' (default), 'none', or the axis index of the channels",
+    )
+    q.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run as dask tasks on this dask.distributed scheduler (e.g. tcp://node:8786); "
+        "zarr / OME-Zarr input always runs as dask tasks (local threads by default)",
+    )
+    q.add_argument(
+        "--block-size", type=int, help="zarr input: block edge in pixels per task (1024)"
+    )
+    q.add_argument(
+        "--block-margin",
+        type=int,
+        help="zarr input: context around a block when labelling, wider than any clump of "
+        "touching nuclei (128)",
     )
     q.set_defaults(func=cmd_predict)
 

@@ -21,6 +21,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -204,6 +205,12 @@ class TrainWidget(QWidget):
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
         layout.addLayout(buttons)
+        self.export_button = QPushButton("Export for a cluster...")
+        self.export_button.setToolTip(
+            "Write the training set (the selected pairs and your corrections), these settings "
+            "and a torchrun / SLURM script into a folder, to train on a cluster."
+        )
+        layout.addWidget(self.export_button)
 
         self.device_label = QLabel("Device: chosen when training starts")
         layout.addWidget(self.device_label)
@@ -225,6 +232,7 @@ class TrainWidget(QWidget):
     def _connect(self) -> None:
         self.start_button.clicked.connect(self._on_start_clicked)
         self.stop_button.clicked.connect(self._on_stop_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
         self.start_from.currentTextChanged.connect(self._on_start_from_changed)
         self.pairs.changed.connect(self._update_buttons)
         self.session.busy_changed.connect(self._on_session_busy_changed)
@@ -358,6 +366,66 @@ class TrainWidget(QWidget):
             self._stop.set()
             self.status.setText("Stopping after this step...")
             self.stop_button.setEnabled(False)
+
+    def _on_export_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Export the training set for a cluster (an empty folder)"
+        )
+        if folder:
+            self.export_for_cluster(folder)
+
+    def export_for_cluster(self, folder: str | Path) -> Any:
+        """Export the training set, settings and cluster script into ``folder``.
+
+        Returns the :class:`~napari_unet.core.export.ExportSummary`, or None after
+        showing the error (nothing is overwritten; layers are never changed).
+        """
+        from napari.utils.notifications import show_info
+
+        from napari_unet.core.export import export_training_set
+
+        try:
+            names, images, labels, sparse = self._export_pairs()
+            config = TrainConfig.from_dict(self.config_dict(Path("model.pt")))
+            config.sparse = sparse
+            start_model = None
+            start_from = self.start_from.currentText()
+            if start_from == START_SESSION and self.session.bundle is not None:
+                start_model = self.session.bundle
+            elif start_from == START_FILE and path_value(self.init_path):
+                from napari_unet.core.checkpoint import load_checkpoint
+
+                start_model = load_checkpoint(path_value(self.init_path))
+            summary = export_training_set(
+                folder, names, images, labels, config, start_model=start_model
+            )
+        except (NapariUnetError, OSError) as error:
+            notify_error(error)
+            return None
+        show_info(
+            f"Exported {len(names)} image(s) to {summary.folder}: run "
+            f"'bash run_on_cluster.sh' there (or sbatch it), then load model.pt in Predict."
+        )
+        self.status.setText(f"Exported {len(names)} image(s) for a cluster to {summary.folder}")
+        return summary
+
+    def _export_pairs(self) -> tuple[list[str], list[Any], list[Any], bool]:
+        """Return the selected pairs plus the session's training set (its corrections)."""
+        from napari_unet._widgets._session import TrainingPair, to_sparse_convention
+
+        pairs = dict(self.session.training_set)
+        if self.pairs.pairs():
+            selected_sparse = self.sparse.isChecked()
+            for name, image, label in zip(*self._read_pairs(), strict=True):
+                pairs[name] = TrainingPair(name, image, label, selected_sparse)
+        sparse = any(p.sparse for p in pairs.values())
+        names = list(pairs)
+        images = [p.image for p in pairs.values()]
+        labels = [
+            to_sparse_convention(p.labels) if sparse and not p.sparse else p.labels
+            for p in pairs.values()
+        ]
+        return names, images, labels, sparse
 
     # ---- worker callbacks (main thread) ---------------------------------------------
     def _on_progress(self, progress: Any) -> None:

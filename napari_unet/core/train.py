@@ -27,6 +27,7 @@ from napari_unet.core.errors import NapariUnetError
 
 if TYPE_CHECKING:  # torch is imported when training starts, not at import
     from napari_unet.core.checkpoint import ModelBundle
+    from napari_unet.core.distributed import Distributed
 
 __all__ = ["TrainConfig", "TrainProgress", "TrainResult", "iter_train", "train", "LOSSES"]
 
@@ -353,6 +354,7 @@ def iter_train(
     names: Sequence[str] | None = None,
     init: ModelBundle | None = None,
     stop: threading.Event | None = None,
+    distributed: Distributed | None = None,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train a UNet, yielding progress; return the best model.
 
@@ -372,6 +374,10 @@ def iter_train(
     stop : threading.Event, optional
         When set, training ends after the current step and the best model so far
         is returned.
+    distributed : Distributed, optional
+        This process's rank in a torchrun job (see :mod:`napari_unet.core.distributed`):
+        DistributedDataParallel, per-rank data and seeds, reduced validation scores,
+        agreed stop decisions, checkpoints written by rank 0 only.
 
     Yields
     ------
@@ -436,7 +442,11 @@ def iter_train(
             px += n_px
         val_s = kept
     device = select_device(config.device)
+    if distributed is not None:  # joins the process group; this rank's GPU or CPU share
+        device = distributed.start(device)
     dev_text = describe_device(device)
+    if distributed is not None:
+        dev_text += f", rank {distributed.rank} of {distributed.world_size}"
     torch.manual_seed(config.seed)
     if init is not None:
         bundle = ModelBundle(copy.deepcopy(init.model), copy.deepcopy(init.meta))
@@ -467,17 +477,18 @@ def iter_train(
     )
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    net = model if distributed is None else distributed.wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     loss_fn = _loss_fn("bce" if config.loss == "weighted_bce" else config.loss)
     sampler = PatchSampler(
-        train_s,
+        train_s if distributed is None else distributed.share(train_s),
         config.patch_size,
         config.batch_size,
         n_outputs,
         fg_fraction=config.fg_fraction,
         augment=config.augment,
-        seed=config.seed,
+        seed=config.seed if distributed is None else distributed.seed(config.seed),
     )
     if config.steps_per_epoch:
         steps_per_epoch = int(config.steps_per_epoch)
@@ -528,7 +539,10 @@ def iter_train(
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else None,
         }
-        if val_s:
+        if val_s and distributed is not None:  # each rank scores its share; reduced
+            entry.update(distributed.validate(_validate, bundle, val_s, loss_fn, device, n_outputs))
+            score = entry["score"]
+        elif val_s:
             entry.update(_validate(bundle, val_s, loss_fn, device, n_outputs))
             score = entry["score"]
         else:
@@ -545,7 +559,7 @@ def iter_train(
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             bad_epochs = 0
             entry["best"] = True
-            if ckpt is not None:
+            if ckpt is not None and (distributed is None or distributed.is_main):
                 bundle.meta["history"] = history_prev + history
                 if not try_save():
                     entry["not_saved"] = save_error
@@ -563,12 +577,18 @@ def iter_train(
     )
     try:
         while True:
-            if stop is not None and stop.is_set():
+            now = time.perf_counter() - t0
+            if distributed is not None:  # the ranks agree on stopping and on the clock
+                user, now = distributed.agree_max([stop is not None and stop.is_set(), now])
+                if user:
+                    stopped = "user"
+                    break
+            elif stop is not None and stop.is_set():
                 stopped = "user"
                 break
             model.train()
             # cosine learning-rate decay over the budget, with a short warm-up
-            f = fraction(time.perf_counter() - t0)
+            f = fraction(now)
             warm = min(1.0, (step + 1) / 20)
             for g in opt.param_groups:
                 g["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
@@ -581,13 +601,16 @@ def iter_train(
             opt.zero_grad(set_to_none=True)
             try:
                 with torch.autocast(device.type, enabled=amp):
-                    logits = model(xt)
+                    logits = net(xt)
                 loss = loss_fn(logits.float(), yt, wt)
                 lv = float(loss.detach())
+                if distributed is not None:  # mean over ranks: a NaN anywhere stops all
+                    lv = distributed.mean(lv)
                 if math.isfinite(lv):
                     scaler.scale(loss).backward()
             except (RuntimeError, MemoryError) as error:  # retried below, tensors freed
-                if not is_out_of_memory(error):
+                # under torchrun every rank must run the same steps: no retry there
+                if distributed is not None or not is_out_of_memory(error):
                     raise
                 lv = None
             if lv is None:
@@ -648,7 +671,10 @@ def iter_train(
             if epochs and epoch >= epochs:
                 stopped = "epochs"
                 break
-            if budget_s and elapsed + last_val_s >= budget_s:
+            over = bool(budget_s and elapsed + last_val_s >= budget_s)
+            if distributed is not None and budget_s:
+                over = bool(distributed.agree_max([over])[0])
+            if over:
                 stopped = "budget"
                 break
         if stopped != "diverged" and step and (not history or history[-1]["step"] != step):
@@ -675,7 +701,7 @@ def iter_train(
     bundle.meta["history"] = history_prev + history
     bundle.meta["device"] = dev_text
     bundle.meta["steps"] = int(bundle.meta.get("steps", 0)) + step
-    if ckpt is not None and best_state is not None:
+    if ckpt is not None and best_state is not None and (distributed is None or distributed.is_main):
         try_save()
     bundle.to("cpu")
     release_memory(device)
