@@ -21,7 +21,6 @@ import threading
 import time
 
 import numpy as np
-
 from _common import dsb_fluo_pairs, loadavg, machine, median, save
 
 
