@@ -308,7 +308,7 @@ def iter_predict(
     PredictResult or None
         None when stopped.
     """
-    from napari_unet.core.device import select_device
+    from napari_unet.core.device import release_memory, select_device
 
     config = config or PredictConfig()
     if config.split_method not in SPLIT_METHODS:
@@ -341,6 +341,7 @@ def iter_predict(
             bundle, _Slice(img, idx), lo, hi, norm, config, device, stop, progress, total
         )
         if p is None:
+            release_memory(device)
             return None
         for k, name in enumerate(outputs):
             probs[name][idx] = p[k]
@@ -349,6 +350,7 @@ def iter_predict(
             lab[lab > 0] += next_id
             next_id = int(lab.max())
         labels[idx] = lab
+    release_memory(device)
     return PredictResult(labels=labels, probabilities=probs)
 
 
@@ -403,7 +405,7 @@ def predict_probabilities(
     config: PredictConfig | None = None,
 ) -> np.ndarray:
     """Return the blended probabilities ``(K, M, N)`` of a 2D image (no labels)."""
-    from napari_unet.core.device import select_device
+    from napari_unet.core.device import release_memory, select_device
 
     config = config or PredictConfig()
     img = prepare_image(image, bundle.in_channels, channel_axis)
@@ -418,4 +420,5 @@ def predict_probabilities(
         try:
             next(gen)
         except StopIteration as e:
+            release_memory(device)
             return e.value
