@@ -141,7 +141,7 @@ def export_labels(
     NapariUnetError
         If there is nothing to write, or files exist and `overwrite` is False.
     """
-    from napari_unet.core.io import write_labels_tiff
+    from napari_unet.core.io import check_writable_folder, write_labels_tiff
 
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
@@ -166,15 +166,22 @@ def export_labels(
             f"{len(existing)} file(s) already exist in {folder}: {', '.join(existing)}. "
             "Choose another folder or allow overwriting."
         )
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    check_writable_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NapariUnetError(
+            f"cannot create folder {folder}: {error.strerror or error}."
+        ) from error
+    written: list[Path] = []
     for target, data, meta in jobs:
         pixel_size, unit = _pixel_size(meta)
-        written.append(
-            Path(
-                write_labels_tiff(
-                    target, _as_array(data), pixel_size=pixel_size, unit=unit, overwrite=True
-                )
+        try:
+            path = write_labels_tiff(
+                target, _as_array(data), pixel_size=pixel_size, unit=unit, overwrite=True
             )
-        )
+        except NapariUnetError as error:
+            done = f"{len(written)} of {len(jobs)} file(s) were written before: " if written else ""
+            raise NapariUnetError(f"{done}{error}") from error
+        written.append(Path(path))
     return written

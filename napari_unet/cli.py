@@ -176,6 +176,9 @@ def _train_locked(args: argparse.Namespace, out: Path, resume: Path | None, pair
         elif p.kind == "validation":
             bar.update(p.fraction, "", force=True)
             _info("  " + p.message)
+        elif p.message:  # e.g. out of memory (retried smaller) or a diverged loss: say so
+            bar.update(p.fraction, "", force=True)
+            _info("  note: " + p.message)
         else:
             bar.update(p.fraction, f"epoch {p.epoch} step {p.step} loss {p.loss:.4f}")
 
@@ -213,6 +216,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     with file_lock(out, note=_info):  # a second run writing the same file is refused
         result = _train_locked(args, out, resume, pairs)
+    for note in result.notes:
+        _info(f"note: {note}")
+    if result.save_error is not None:
+        raise NapariUnetError(f"the trained model could not be saved: {result.save_error}")
     if result.checkpoint is None:
         raise NapariUnetError("training ended before any model could be saved (stopped at once?).")
     _info(f"best model ({result.stopped}, score {result.best_score}) saved to {result.checkpoint}")
@@ -273,6 +280,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if res is None:
                 _info(f"\nstopped: {i} of {len(files)} images were written to {out}")
                 return 130
+            for note in res.notes:
+                _info(f"\nnote: {f.name}: {note}")
             write_labels_tiff(target, res.labels, overwrite=True)
             if args.save_probabilities:
                 import tifffile

@@ -400,3 +400,73 @@ def test_paths_with_spaces_and_non_ascii(tmp_path, capsys, model):
     csv_path = root / "résumé rle.csv"
     assert run("export-rle", "--labels", labels, "--out", csv_path) == 0
     assert csv_path.read_text(encoding="utf-8").splitlines()[1].startswith("noyaux ß µm,")
+
+
+# ----------------------------------------------------------------------------- more inputs
+
+
+def test_constant_image(tmp_path, capsys):
+    images, labels = _dataset(tmp_path, image=np.full(SHAPE, 80, np.uint8))
+    _expect_error(_train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "constant")
+
+
+def test_rgb_image_for_a_grey_model(tmp_path, capsys, model):
+    (tmp_path / "images").mkdir()
+    rgb = np.stack([_image(), _image() // 2, _image() // 3], axis=-1)
+    rgb[..., 1] += 1  # a real colour image, not grey saved as RGB
+    tifffile.imwrite(tmp_path / "images" / "a.tif", rgb)
+    _expect_error(
+        ["predict", "--model", model, "--images", tmp_path / "images", "--out", tmp_path / "o"],
+        tmp_path,
+        capsys,
+        "channel",
+    )
+
+
+def test_other_programs_and_newer_model_files(tmp_path, capsys, model):
+    import torch
+
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", _image())
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"conv.weight": torch.zeros(2, 2)}}, foreign)
+    newer = tmp_path / "newer.pt"
+    payload = torch.load(model, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, newer)
+    for path, needle in ((foreign, "not a napari-unet model"), (newer, "newer")):
+        _expect_error(
+            ["predict", "--model", path, "--images", tmp_path / "images", "--out", tmp_path / "o"],
+            tmp_path,
+            capsys,
+            needle,
+        )
+
+
+def test_images_smaller_than_the_network_are_predicted(tmp_path, capsys, model):
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "tiny.tif", np.arange(15, dtype=np.uint8).reshape(5, 3))
+    tifffile.imwrite(tmp_path / "images" / "flat.tif", np.full((40, 40), 9, np.uint16))
+    out = tmp_path / "o"
+    assert main(["predict", "--model", str(model), "--images", str(tmp_path / "images"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert tifffile.imread(out / "tiny.tif").shape == (5, 3)
+    assert tifffile.imread(out / "flat.tif").shape == (40, 40)
+
+
+def test_more_than_65535_objects_stay_exact(tmp_path, capsys):
+    # 72,900 separate 2x2 squares (a one-pixel gap around each)
+    labels = np.zeros((810, 810), np.uint32)
+    ids = np.arange(1, 270 * 270 + 1, dtype=np.uint32).reshape(270, 270)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            labels[dy::3, dx::3] = ids
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "many.tif", labels)
+    argv = ["split", "--input", tmp_path / "in", "--out", tmp_path / "out", "--min-size", "1"]
+    assert main([str(a) for a in argv]) == 0
+    back = tifffile.imread(tmp_path / "out" / "many.tif")
+    assert back.dtype == np.uint32
+    assert np.unique(back[back > 0]).size == 270 * 270
+    np.testing.assert_array_equal(back > 0, labels > 0)
+    assert main(["evaluate", "--pred", str(tmp_path / "out"), "--gt", str(tmp_path / "in")]) == 0

@@ -169,3 +169,36 @@ def spin_box(
     box.setValue(value)
     box.setToolTip(tip)
     return box
+
+
+class JobGuard:
+    """Ends a running job when its widget goes away (the viewer was closed).
+
+    Closing a napari window deletes its dock widgets; the widget's ``destroyed`` signal
+    then sets the job's stop event, so the job ends the way the Stop button ends it:
+    training keeps its best model on disk, prediction changes nothing. (napari's task
+    list would also do this, but plugins may not use it: it is private.)
+
+    Parameters
+    ----------
+    widget : QWidget
+        The dock widget that started the job.
+    stop : threading.Event
+        The job's stop event.
+    """
+
+    def __init__(self, widget: QWidget, stop: Any) -> None:
+        self.stop = stop
+        self._widget = widget
+        widget.destroyed.connect(self.cancel)
+
+    def cancel(self, *args: Any) -> None:
+        """Ask the job to stop."""
+        self.stop.set()
+
+    def done(self) -> None:
+        """Disconnect from the widget: the job has ended."""
+        try:
+            self._widget.destroyed.disconnect(self.cancel)
+        except (RuntimeError, TypeError):  # already gone
+            pass

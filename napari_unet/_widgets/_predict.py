@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -41,6 +42,7 @@ from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
     METADATA_KEY,
+    JobGuard,
     file_edit,
     help_label,
     layer_array,
@@ -94,6 +96,7 @@ class PredictWidget(QWidget):
         self._worker: Any = None
         self._stop: threading.Event | None = None
         self._job: dict[str, Any] | None = None
+        self._guard: JobGuard | None = None
         self._retrain_count = 0
         self._build()
         self._connect()
@@ -485,6 +488,7 @@ class PredictWidget(QWidget):
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self._worker, self._job = worker, job
+        self._guard = JobGuard(self, self._stop)
         self.progress.setValue(0)
         self.status.setText(message)
         self._update_buttons()
@@ -494,7 +498,10 @@ class PredictWidget(QWidget):
         if hasattr(progress, "total"):  # PredictProgress
             fraction = progress.done / progress.total if progress.total else 0.0
             self.progress.setValue(int(1000 * fraction))
-            self.status.setText(f"Predicting: {progress.done}/{progress.total} tiles")
+            text = f"Predicting: {progress.done}/{progress.total} tiles"
+            if "out of memory" in progress.message:
+                text = f"{progress.message}\n{text}"
+            self.status.setText(text)
         elif hasattr(progress, "fraction"):  # TrainProgress
             self.progress.setValue(int(1000 * min(max(progress.fraction, 0.0), 1.0)))
             loss = "" if progress.loss is None else f", loss {progress.loss:.4f}"
@@ -529,6 +536,7 @@ class PredictWidget(QWidget):
                 f"Fine-tuned for {getattr(trained, 'steps', '?')} steps on "
                 f"{len(self.session.training_set)} image(s) and predicted again."
             )
+            _warn_notes(list(trained.notes) + list(predicted.result.notes))
             return
         if isinstance(value, Predicted):
             if value.loaded_from is not None:
@@ -544,6 +552,7 @@ class PredictWidget(QWidget):
             self.corrected.setCurrentText(layers[-1].name)  # the layer to correct next
             n = int(value.result.labels.max()) if value.result.labels.size else 0
             self.status.setText(f"Found {n} nuclei: {', '.join(layer.name for layer in layers)}.")
+            _warn_notes(value.result.notes)
 
     def _on_errored(self, error: BaseException) -> None:
         # shown as a napari notification; no layer was changed
@@ -551,6 +560,9 @@ class PredictWidget(QWidget):
         self.status.setText(f"Failed: {error}")
 
     def _on_finished(self) -> None:
+        if self._guard is not None:
+            self._guard.done()
+        self._guard = None
         if self._job is not None and self._job.get("kind") == "retrain":
             self.session.end()
         self._worker = self._stop = self._job = None
@@ -561,7 +573,19 @@ class PredictWidget(QWidget):
     def _add_results(
         self, source: Image, result: Any, labels_target: Labels | None = None
     ) -> list[Layer]:
-        """Put a PredictResult into ``<source>_probability`` and ``<source>_labels``."""
+        """Put a PredictResult into ``<source>_probability`` and ``<source>_labels``.
+
+        A source image deleted while it was predicted still gets its result layers (with
+        its scale and position), and a corrected layer deleted while retraining is not
+        written to: its result goes to a new layer.
+        """
+        if source not in self.viewer.layers:
+            show_info(
+                f"'{source.name}' was removed while it was predicted: its results were "
+                "added as new layers."
+            )
+        if labels_target is not None and labels_target not in self.viewer.layers:
+            labels_target = None
         spatial = _spatial_transform(source, result.labels.shape)
         probabilities = result.probabilities or {}
         foreground = probabilities.get("foreground")
@@ -678,6 +702,12 @@ class PredictWidget(QWidget):
         self.export_button.setEnabled(
             any(isinstance(layer, Labels) for layer in self.viewer.layers)
         )
+
+
+def _warn_notes(notes: list[str]) -> None:
+    """Show what the job changed on the way (e.g. smaller tiles after out of memory)."""
+    if notes:
+        show_warning("; ".join(notes))
 
 
 def _refill(box: QComboBox, names: list[str]) -> None:

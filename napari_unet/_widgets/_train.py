@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -33,6 +34,7 @@ from superqt import QCollapsible
 from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
+    JobGuard,
     file_edit,
     help_label,
     layer_array,
@@ -88,6 +90,7 @@ class TrainWidget(QWidget):
         self._stop: threading.Event | None = None
         self._started_at = 0.0
         self._pending: tuple | None = None
+        self._guard: JobGuard | None = None
         self._build()
         self._connect()
         self.reset_choices()
@@ -337,6 +340,7 @@ class TrainWidget(QWidget):
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        self._guard = JobGuard(self, self._stop)
         self.session.begin("training")
         self.plot.clear()
         self.progress.setValue(0)
@@ -401,7 +405,17 @@ class TrainWidget(QWidget):
             "" if result.best_score is None else f", best validation score {result.best_score:.3f}"
         )
         saved = f"\nModel saved as {result.checkpoint}" if result.checkpoint else ""
-        self.status.setText(f"Done ({reasons.get(result.stopped, result.stopped)}){score}.{saved}")
+        notes = "".join(f"\nNote: {note}" for note in result.notes)
+        self.status.setText(
+            f"Done ({reasons.get(result.stopped, result.stopped)}){score}.{saved}{notes}"
+        )
+        if result.save_error is not None:
+            notify_error(
+                f"The model was trained but could not be saved: {result.save_error} "
+                "It is kept in this session: Predict can use it."
+            )
+        elif result.notes:
+            show_warning("; ".join(result.notes))
 
     def _on_errored(self, error: BaseException) -> None:
         # shown as a napari notification; no layer was changed
@@ -409,6 +423,9 @@ class TrainWidget(QWidget):
         self.status.setText(f"Training failed: {error}")
 
     def _on_finished(self) -> None:
+        if self._guard is not None:
+            self._guard.done()
+        self._guard = None
         self._worker = None
         self._stop = None
         self._pending = None

@@ -207,7 +207,8 @@ def prepare_samples(
     Raises
     ------
     NapariUnetError
-        Mismatched shapes or channel counts, no annotation, NaN in an image.
+        Mismatched shapes or channel counts, no annotation, NaN in an image, a
+        constant image.
     """
     if len(images) != len(labels):
         raise NapariUnetError(f"Got {len(images)} images but {len(labels)} label images.")
@@ -242,7 +243,12 @@ def prepare_samples(
     for img, lab, name in checked:
         if img.shape[0] != n_channels:  # grey mixed with colour: repeat the grey channel
             img = np.repeat(img, n_channels, axis=0)
-        lo, hi = normalisation.ranges(img)
+        lo, hi = normalisation.ranges(img)  # raises on NaN / infinite values
+        if img.size and img.min() == img.max():
+            raise NapariUnetError(
+                f"Image {name!r} is constant (every pixel is {img.flat[0]}): there is nothing "
+                "to learn from it. Check that the right image is picked, or leave it out."
+            )
         norm = normalisation.apply(img, lo, hi)
         lead = lab.shape[:-2]
         for idx in np.ndindex(*lead):

@@ -98,3 +98,22 @@ def _malloc_trim():
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # no glibc (e.g. musl)
         return None
+
+
+#: Phrases in the errors PyTorch raises when an allocation fails (CUDA, MPS, CPU).
+_OOM_PHRASES = ("out of memory", "can't allocate memory", "failed to allocate")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Return True if `error` says that the device (or the CPU) ran out of memory.
+
+    ``torch.OutOfMemoryError`` on CUDA; MPS and the CPU allocator raise plain
+    ``RuntimeError`` with a message.
+    """
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    if not isinstance(error, RuntimeError | MemoryError):
+        return False
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or any(p in text for p in _OOM_PHRASES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import os
 import secrets
@@ -471,6 +472,10 @@ def check_writable_folder(folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
+#: errno values of a full disk or an exhausted quota.
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Write a file under a temporary name and move it into place when done.
@@ -492,7 +497,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
     Raises
     ------
     NapariUnetError
-        If the folder cannot be created or written to.
+        If the folder cannot be created or written to, or the disk is full (the
+        previous file is then unchanged).
 
     Notes
     -----
@@ -546,9 +552,15 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            kept = "the previous file is unchanged" if target.exists() else "nothing was written"
+            raise NapariUnetError(
+                f"the disk holding {folder} is full: {target.name} was not saved ({kept}). "
+                "Free some space or choose another folder, then try again."
+            ) from exc
         raise
     with contextlib.suppress(OSError):  # the data is in place; a dir fsync is a bonus
         _fsync_dir(folder)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -109,10 +109,14 @@ class PredictResult:
         One value per object, 0 background.
     probabilities : dict of str to (..., M, N) ndarray of float32
         One map per model output, e.g. "foreground" and "boundary".
+    notes : list of str
+        What was changed on the way, e.g. a smaller tile after the device ran out of
+        memory (empty when nothing was).
     """
 
     labels: np.ndarray
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def prepare_image(image, in_channels: int, channel_axis: int | None):
@@ -197,6 +201,32 @@ def _ramp(length: int, pad: int) -> np.ndarray:
         w[:r] = ramp
         w[length - r :] = ramp[::-1]
     return np.maximum(w, 1e-3)
+
+
+#: The smallest tile tried when the device runs out of memory.
+MIN_TILE = 64
+
+
+def shrink_for_memory(config: PredictConfig, multiple: int, device_text: str) -> PredictConfig:
+    """Return `config` with fewer tiles per step, or smaller tiles, after an out-of-memory.
+
+    Halves the batch of tiles first, then the tile edge (down to :data:`MIN_TILE`).
+
+    Raises
+    ------
+    NapariUnetError
+        When one tile of the smallest size per step does not fit either.
+    """
+    tile = max(multiple, -(-int(config.tile_size) // multiple) * multiple)
+    if config.batch_size > 1:
+        return replace(config, batch_size=max(1, config.batch_size // 2))
+    smaller = max(MIN_TILE, multiple, (tile // 2) // multiple * multiple)
+    if smaller < tile:
+        return replace(config, tile_size=smaller, overlap=min(config.overlap, smaller // 2))
+    raise NapariUnetError(
+        f"{device_text} ran out of memory even with one {tile}x{tile} tile per step. "
+        "Close other programs using the GPU, or predict on the CPU (device 'cpu')."
+    )
 
 
 def _predict_2d(
@@ -308,7 +338,12 @@ def iter_predict(
     PredictResult or None
         None when stopped.
     """
-    from napari_unet.core.device import release_memory, select_device
+    from napari_unet.core.device import (
+        describe_device,
+        is_out_of_memory,
+        release_memory,
+        select_device,
+    )
 
     config = config or PredictConfig()
     if config.split_method not in SPLIT_METHODS:
@@ -335,11 +370,33 @@ def iter_predict(
     labels = np.zeros(lead + (H, W), np.uint32)
     progress = [0]
     next_id = 0
+    notes: list[str] = []
+    n_slices = int(np.prod(lead, dtype=np.int64))
     yield PredictProgress(0, total, "starting")
-    for idx in np.ndindex(*lead):
-        p = yield from _predict_2d(
-            bundle, _Slice(img, idx), lo, hi, norm, config, device, stop, progress, total
-        )
+    for i, idx in enumerate(np.ndindex(*lead)):
+        done_before = progress[0]
+        while True:
+            try:
+                p = yield from _predict_2d(
+                    bundle, _Slice(img, idx), lo, hi, norm, config, device, stop, progress, total
+                )
+                break
+            except (RuntimeError, MemoryError) as error:  # handled below, tensors freed
+                if not is_out_of_memory(error):
+                    raise
+            release_memory(device)
+            config = shrink_for_memory(config, m, describe_device(device))
+            note = (
+                f"{describe_device(device)} ran out of memory: retried with "
+                f"{config.batch_size} tile(s) of {config.tile_size} pixels per step"
+            )
+            notes.append(note)
+            tile = max(m, -(-int(config.tile_size) // m) * m)
+            pad = min(max(0, int(config.overlap) // 2), (tile - m) // 2)
+            n_tiles = len(_origins(H, tile, pad, m)[0]) * len(_origins(W, tile, pad, m)[0])
+            progress[0] = done_before
+            total = done_before + (n_slices - i) * n_tiles
+            yield PredictProgress(progress[0], total, note)
         if p is None:
             release_memory(device)
             return None
@@ -351,7 +408,7 @@ def iter_predict(
             next_id = int(lab.max())
         labels[idx] = lab
     release_memory(device)
-    return PredictResult(labels=labels, probabilities=probs)
+    return PredictResult(labels=labels, probabilities=probs, notes=notes)
 
 
 class _Slice:

@@ -206,6 +206,13 @@ class TrainResult:
         Where the best model was saved.
     device : str
     steps : int
+    notes : list of str
+        What was changed on the way, e.g. a smaller batch after the device ran out of
+        memory, or a model that could not be saved.
+    save_error : str or None
+        Why the last attempt to write ``checkpoint`` failed (e.g. a full disk), or None
+        when the file on disk holds the best model. After a failure the file there (if
+        any) is the last version that could be written, intact; ``bundle`` is the best.
     """
 
     bundle: ModelBundle
@@ -215,6 +222,8 @@ class TrainResult:
     checkpoint: Path | None = None
     device: str = ""
     steps: int = 0
+    notes: list[str] = field(default_factory=list)
+    save_error: str | None = None
 
 
 def _loss_fn(kind: str):
@@ -266,12 +275,27 @@ def _split_validation(samples: list[Sample], fraction: float, seed: int) -> tupl
     )
 
 
+def _drain(gen: Generator):
+    """Run a generator to the end and return its value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as e:
+            return e.value
+
+
 def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_outputs: int) -> dict:
     """Score the model on whole validation images (tiled, like prediction)."""
     import torch
 
+    from napari_unet.core.device import describe_device, is_out_of_memory, release_memory
     from napari_unet.core.metrics import match_objects
-    from napari_unet.core.predict import PredictConfig, _predict_2d, labels_from_output
+    from napari_unet.core.predict import (
+        PredictConfig,
+        _predict_2d,
+        labels_from_output,
+        shrink_for_memory,
+    )
 
     cfg = PredictConfig(tile_size=512, overlap=32, batch_size=2)
     ident = Normalisation(0.0, 100.0)
@@ -281,12 +305,17 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
     instance_ok = True
     bundle.model.eval()
     for s in val:
-        gen = _predict_2d(bundle, s.image, lo, hi, ident, cfg, device, None, [0], 0)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as e:
-            prob = e.value
+        while True:
+            try:
+                prob = _drain(
+                    _predict_2d(bundle, s.image, lo, hi, ident, cfg, device, None, [0], 0)
+                )
+                break
+            except (RuntimeError, MemoryError) as error:  # retried below, tensors freed
+                if not is_out_of_memory(error):
+                    raise
+            release_memory(device)
+            cfg = shrink_for_memory(cfg, bundle.spec.multiple, describe_device(device))
         t = s.targets
         tgt = np.stack([t.foreground, t.boundary][:n_outputs]).astype(np.float32)
         w = t.valid.astype(np.float32)
@@ -360,7 +389,12 @@ def iter_train(
     import torch
 
     from napari_unet.core.checkpoint import ModelBundle, new_bundle, save_checkpoint
-    from napari_unet.core.device import describe_device, release_memory, select_device
+    from napari_unet.core.device import (
+        describe_device,
+        is_out_of_memory,
+        release_memory,
+        select_device,
+    )
     from napari_unet.core.model import UNetSpec
 
     config = config or TrainConfig()
@@ -456,6 +490,8 @@ def iter_train(
     ckpt = Path(config.checkpoint_path) if config.checkpoint_path else None
 
     history: list[dict] = []
+    notes: list[str] = []
+    save_error: str | None = None
     best_score: float | None = None
     best_state = None
     safe_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -470,6 +506,19 @@ def iter_train(
         f_time = elapsed / budget_s if budget_s else 0.0
         f_steps = step / total_steps if total_steps else 0.0
         return float(min(1.0, max(f_time, f_steps)))
+
+    def try_save() -> bool:
+        """Write the best model; a full disk is noted, training goes on."""
+        nonlocal save_error
+        try:
+            save_checkpoint(bundle, ckpt)
+        except NapariUnetError as error:
+            if save_error is None:
+                notes.append(f"could not save the model: {error}")
+            save_error = str(error)
+            return False
+        save_error = None
+        return True
 
     def run_validation() -> dict:
         nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s
@@ -498,7 +547,8 @@ def iter_train(
             entry["best"] = True
             if ckpt is not None:
                 bundle.meta["history"] = history_prev + history
-                save_checkpoint(bundle, ckpt)
+                if not try_save():
+                    entry["not_saved"] = save_error
         else:
             bad_epochs += 1
         return entry
@@ -529,10 +579,32 @@ def iter_train(
             if channels_last:
                 xt = xt.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                logits = model(xt)
-            loss = loss_fn(logits.float(), yt, wt)
-            lv = float(loss.detach())
+            try:
+                with torch.autocast(device.type, enabled=amp):
+                    logits = model(xt)
+                loss = loss_fn(logits.float(), yt, wt)
+                lv = float(loss.detach())
+                if math.isfinite(lv):
+                    scaler.scale(loss).backward()
+            except (RuntimeError, MemoryError) as error:  # retried below, tensors freed
+                if not is_out_of_memory(error):
+                    raise
+                lv = None
+            if lv is None:
+                xt = yt = wt = logits = loss = None
+                opt.zero_grad(set_to_none=True)
+                release_memory(device)
+                note = _shrink_sampler(sampler, dev_text)
+                notes.append(note)
+                bundle.meta["memory_adjustments"] = {
+                    "batch_size": sampler.batch_size,
+                    "patch_size": sampler.patch,
+                }
+                elapsed = time.perf_counter() - t0
+                yield TrainProgress(
+                    STEP, step, epoch, None, None, elapsed, fraction(elapsed), dev_text, note
+                )
+                continue
             if not math.isfinite(lv):
                 stopped = "diverged"
                 yield TrainProgress(
@@ -548,7 +620,6 @@ def iter_train(
                     " (try a lower learning rate)",
                 )
                 break
-            scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             step += 1
@@ -605,7 +676,7 @@ def iter_train(
     bundle.meta["device"] = dev_text
     bundle.meta["steps"] = int(bundle.meta.get("steps", 0)) + step
     if ckpt is not None and best_state is not None:
-        save_checkpoint(bundle, ckpt)
+        try_save()
     bundle.to("cpu")
     release_memory(device)
     elapsed = time.perf_counter() - t0
@@ -626,9 +697,39 @@ def iter_train(
         history=history,
         best_score=best_score,
         stopped=stopped,
-        checkpoint=ckpt if ckpt is not None and ckpt.exists() else None,
+        checkpoint=ckpt if ckpt is not None and ckpt.exists() and save_error is None else None,
         device=dev_text,
         steps=step,
+        notes=notes,
+        save_error=save_error,
+    )
+
+
+#: The smallest training patch tried when the device runs out of memory.
+MIN_PATCH = 32
+
+
+def _shrink_sampler(sampler: PatchSampler, device_text: str) -> str:
+    """Halve the batch (then the patch) after an out-of-memory; say what was done.
+
+    Raises
+    ------
+    NapariUnetError
+        When one patch of the smallest size per step does not fit either.
+    """
+    if sampler.batch_size > 1:
+        sampler.batch_size = max(1, sampler.batch_size // 2)
+    elif sampler.patch > MIN_PATCH:
+        sampler.patch = max(MIN_PATCH, sampler.patch // 2)
+    else:
+        raise NapariUnetError(
+            f"{device_text} ran out of memory even with one {sampler.patch}x{sampler.patch} "
+            "patch per step. Close other programs using the GPU, choose a smaller model "
+            "(depth, base channels) or train on the CPU (device 'cpu')."
+        )
+    return (
+        f"{device_text} ran out of memory: continuing with batch size {sampler.batch_size} "
+        f"and patch size {sampler.patch}"
     )
 
 
@@ -639,6 +740,8 @@ def _describe(entry: dict) -> str:
             parts.append(f"{k} {entry[k]:.3f}")
     if entry.get("best"):
         parts.append("(best)")
+    if entry.get("not_saved"):
+        parts.append(f"NOT SAVED: {entry['not_saved']}")
     return ", ".join(parts)
 
 
