@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--child", choices=["train", "predict", "both"])
     ap.add_argument("--no-trim", action="store_true")
     args = ap.parse_args(argv)
-    steps = args.steps or (6 if args.quick else 20)
+    steps = args.steps or (4 if args.quick else 10)
     if args.child:
         print(json.dumps(child(args.child, steps, not args.no_trim)))
         return {}
@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     runs = []
     scenarios = ["train", "predict"] + ([] if args.quick else ["both"])
     for scenario in scenarios:
-        for trim in (True, False):
+        for trim in (True,) if args.quick else (True, False):
             cmd = [ME, "--child", scenario, "--steps", str(steps)] + ([] if trim else ["--no-trim"])
             r = run_json(cmd)
             for which in ("first", "second"):

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import dsb_fluo_pairs, loadavg, machine, python_env, save, xvfb_prefix
 
 ME = str(Path(__file__).resolve())
