@@ -79,7 +79,10 @@ def targets(name: str, r: dict) -> dict:
                     "after_stop_max_ms": r["while_stopping"].get("max_ms"),
                 },
                 "target": "p99 <= 30 ms, max <= 100 ms over >= 60 s of training",
-                "passed": tr["p99_ms"] <= 30 and tr["max_ms"] <= 100 and r["seconds"] >= 60,
+                # --quick trains for 15 s only: too short to judge (None = not judged)
+                "passed": (tr["p99_ms"] <= 30 and tr["max_ms"] <= 100)
+                if r["seconds"] >= 60
+                else None,
             }
         }
     if name == "predict":
@@ -97,7 +100,7 @@ def targets(name: str, r: dict) -> dict:
         areas = [s["size"] ** 2 for s in r["sizes"]]
         # "grows with the tile, not the image": the largest image has >= 16x the area
         # of the smallest; its working memory must stay under 2x
-        bounded = max(working) <= 2 * min(working) and max(areas) >= 16 * min(areas)
+        bounded = max(working) <= 2 * min(working) if max(areas) >= 16 * min(areas) else None
         return {
             "3_large_images_memory": {
                 "value": sizes,
@@ -220,7 +223,9 @@ def main(argv=None) -> int:
             report["targets"][key] = {**value, "benchmark": name}
     report["loadavg_end"] = loadavg()
     report["seconds"] = round(time.perf_counter() - t_all, 1)
-    report["all_passed"] = all(t["passed"] for t in report["targets"].values())
+    judged = [t["passed"] for t in report["targets"].values() if t["passed"] is not None]
+    report["all_passed"] = all(judged)
+    report["not_judged"] = [k for k, t in report["targets"].items() if t["passed"] is None]
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "latest.json"
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -230,7 +235,8 @@ def main(argv=None) -> int:
         value = json.dumps(t["value"], default=str)
         if len(value) > 90:
             value = value[:87] + "..."
-        print(f"{key:28s} {'yes' if t['passed'] else 'NO':5s} {value}")
+        mark = "n/a" if t["passed"] is None else "yes" if t["passed"] else "NO"
+        print(f"{key:28s} {mark:5s} {value}")
     print(
         f"\nload average {report['loadavg_start']} -> {report['loadavg_end']}, "
         f"{report['seconds']:.0f} s; wrote {out.relative_to(ROOT)}"

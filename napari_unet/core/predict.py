@@ -243,7 +243,9 @@ def _predict_2d(
 ) -> Generator[PredictProgress, None, np.ndarray | None]:
     import torch
 
-    model = bundle.model
+    from napari_unet.core.fuse import fused_for_inference
+
+    model = fused_for_inference(bundle.model)  # BatchNorm folded into the convolutions
     m = bundle.spec.multiple
     _, H, W = image.shape
     tile = max(m, -(-int(config.tile_size) // m) * m)
