@@ -85,11 +85,33 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far in MiB (``ru_maxrss``)."""
+    """Peak resident set size in MiB since the start or the last :func:`reset_peak_rss`.
+
+    Linux: ``VmHWM`` from ``/proc/self/status``; elsewhere ``ru_maxrss`` (process lifetime).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux >= 4.0: ``/proc/self/clear_refs``).
+
+    Without it a warm-up's peak would hide a smaller peak measured after it.
+    Returns False where this is not possible (the peak is then the lifetime peak).
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def median(values) -> float:

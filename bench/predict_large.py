@@ -6,8 +6,9 @@ One fresh process per measurement (``--child``), so that each peak RSS
 * sizes 1k, 2k, 4k (numpy in memory) and 8k (a uint8 zarr on disk read through
   dask): ``predict_probabilities`` with the default PredictConfig (tile 512,
   overlap 64, batch 4) on the CPU (``--quick``: 1k numpy and 2k dask/zarr).
-  Reported: Mpixel/s, the peak RSS above the
-  baseline taken just before the prediction, the size of the output
+  Reported: Mpixel/s, the peak RSS (``VmHWM``, reset after a warm-up on a 512x512
+  image; ``ru_maxrss`` where it cannot be reset) above the baseline taken just
+  before the prediction, the size of the output
   probabilities (inherent: ``(K, M, N)`` float32), and the working memory = peak
   increase minus the output. The input is in the baseline.
 * MONAI ``sliding_window_inference`` against ours on the same normalised image,
@@ -38,6 +39,7 @@ from _common import (
     machine,
     median,
     peak_rss_mib,
+    reset_peak_rss,
     rss_mib,
     run_json,
     save,
@@ -98,7 +100,9 @@ def child_memory(model: str, size: int, zarr_path: str | None) -> dict:
         backend = "numpy in memory"
     predict_probabilities(bundle, synthetic_image(512), config=config)  # warm-up
     gc.collect()
-    base, peak0 = rss_mib(), peak_rss_mib()
+    peak0 = peak_rss_mib()  # the warm-up's peak (first use of torch included)
+    reset = reset_peak_rss()
+    base = rss_mib()
     t = time.perf_counter()
     prob = predict_probabilities(bundle, image, config=config)
     dt = time.perf_counter() - t
@@ -115,7 +119,8 @@ def child_memory(model: str, size: int, zarr_path: str | None) -> dict:
         "peak_increase_mib": round(peak - base, 1),
         "output_mib": round(out_mib, 1),
         "working_mib": round(peak - base - out_mib, 1),
-        "peak_before_mib": round(peak0, 1),
+        "warmup_peak_mib": round(peak0, 1),
+        "peak_reset_after_warmup": reset,
         "torch_threads": torch.get_num_threads(),
         "loadavg": loadavg(),
     }
