@@ -204,6 +204,7 @@ def test_out_of_memory_in_training_continues_with_a_smaller_batch(
     train = open_widget(viewer, "Train")
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
     make_tiny(train)
+    train.train_in_child_process = False  # the fault is injected into this process
     train.save_path.value = str(tmp_path / "model.pt")
     memory_limit["train"] = 64 * 64  # batch 2 of 64x64 patches does not fit, batch 1 does
     click(qtbot, train.start_button)
@@ -227,6 +228,7 @@ def test_full_disk_when_training_keeps_the_model_in_the_session(
     train = open_widget(viewer, "Train")
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
     make_tiny(train)
+    train.train_in_child_process = False  # the fault is injected into this process
     train.save_path.value = str(tmp_path / "model.pt")
     click(qtbot, train.start_button)
     wait_idle(qtbot, train)

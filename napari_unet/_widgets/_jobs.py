@@ -117,12 +117,47 @@ def train_job(
     init: Any = None,
     init_path: str | None = None,
     stop: threading.Event | None = None,
+    in_child: bool = True,
 ) -> Generator[Any, None, Any]:
     """Train with :func:`napari_unet.core.train.iter_train`.
 
     Yields TrainProgress and returns TrainResult. `init` (a ModelBundle) or `init_path`
-    (a checkpoint file) fine-tunes a model.
+    (a checkpoint file) fine-tunes a model. With `in_child` (the default) the training
+    runs in a child process (:mod:`._process`), so that neither importing torch, nor
+    preparing the data, nor the steps ever hold the viewer's interpreter lock; the
+    worker thread running this job only relays progress and the stop event.
     """
+    if in_child:
+        from napari_unet._widgets._process import run_in_child
+
+        result = yield from run_in_child(
+            f"{__name__}:train_generator",
+            images,
+            labels,
+            config,
+            names=names,
+            init=init,
+            init_path=init_path,
+            stop=stop,
+        )
+    else:
+        result = yield from train_generator(
+            images, labels, config, names=names, init=init, init_path=init_path, stop=stop
+        )
+    return result
+
+
+def train_generator(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    config: dict[str, Any],
+    *,
+    names: Sequence[str] | None = None,
+    init: Any = None,
+    init_path: str | None = None,
+    stop: Any = None,
+) -> Generator[Any, None, Any]:
+    """Load the model to fine-tune (if any) and run the core trainer; what trains in the child."""
     from napari_unet.core.train import TrainConfig, iter_train
 
     if init is None and init_path:

@@ -92,6 +92,10 @@ class TrainWidget(QWidget):
         self._started_at = 0.0
         self._pending: tuple | None = None
         self._guard: JobGuard | None = None
+        #: Train in a child process, so the viewer never waits for the training's
+        #: interpreter lock (bench/viewer_lag.py); False trains in a worker thread of
+        #: this process (for debugging, and tests that inject faults into the core).
+        self.train_in_child_process = True
         self._build()
         self._connect()
         self.reset_choices()
@@ -340,6 +344,7 @@ class TrainWidget(QWidget):
             init=init,
             init_path=init_path,
             stop=self._stop,
+            in_child=self.train_in_child_process,
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )

@@ -243,7 +243,9 @@ def _predict_2d(
 ) -> Generator[PredictProgress, None, np.ndarray | None]:
     import torch
 
-    model = bundle.model
+    from napari_unet.core.fuse import fused_for_inference
+
+    model = fused_for_inference(bundle.model)  # BatchNorm folded into the convolutions
     m = bundle.spec.multiple
     _, H, W = image.shape
     tile = max(m, -(-int(config.tile_size) // m) * m)
@@ -398,6 +400,7 @@ def iter_predict(
             total = done_before + (n_slices - i) * n_tiles
             yield PredictProgress(progress[0], total, note)
         if p is None:
+            release_memory(device)
             return None
         for k, name in enumerate(outputs):
             probs[name][idx] = p[k]
@@ -406,6 +409,7 @@ def iter_predict(
             lab[lab > 0] += next_id
             next_id = int(lab.max())
         labels[idx] = lab
+    release_memory(device)
     return PredictResult(labels=labels, probabilities=probs, notes=notes)
 
 
@@ -460,7 +464,7 @@ def predict_probabilities(
     config: PredictConfig | None = None,
 ) -> np.ndarray:
     """Return the blended probabilities ``(K, M, N)`` of a 2D image (no labels)."""
-    from napari_unet.core.device import select_device
+    from napari_unet.core.device import release_memory, select_device
 
     config = config or PredictConfig()
     img = prepare_image(image, bundle.in_channels, channel_axis)
@@ -475,4 +479,5 @@ def predict_probabilities(
         try:
             next(gen)
         except StopIteration as e:
+            release_memory(device)
             return e.value

@@ -29,9 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_unet.core.errors import NapariUnetError
+
+# scipy.ndimage is imported inside the functions that use it: it takes 0.3-0.9 s to
+# import, and the widgets import this module (through core.train) when they open.
 
 __all__ = ["Targets", "make_targets", "is_binary_mask", "check_labels", "border_weights"]
 
@@ -111,6 +113,8 @@ def is_binary_mask(labels: np.ndarray) -> bool:
 
 def _object_labels(labels: np.ndarray, sparse: bool) -> tuple[np.ndarray, np.ndarray, bool]:
     """Return (instance labels, valid mask, boundary supervised) per the conventions."""
+    from scipy import ndimage as ndi
+
     if sparse:
         valid = labels != 0
         inst = np.where(labels >= 2, labels, 0)
@@ -128,6 +132,8 @@ def _object_labels(labels: np.ndarray, sparse: bool) -> tuple[np.ndarray, np.nda
 
 def _boundary(inst: np.ndarray, width: int = 1) -> np.ndarray:
     """Pixels of an object whose 4-neighbourhood holds another value (band of ``width``)."""
+    from scipy import ndimage as ndi
+
     b = np.zeros(inst.shape, dtype=bool)
     pad = np.pad(inst, 1, mode="edge")
     c = pad[1:-1, 1:-1]
@@ -164,6 +170,8 @@ def border_weights(inst: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np
     -------
     (M, N) ndarray of float32
     """
+    from scipy import ndimage as ndi
+
     shape = inst.shape
     d1 = np.full(shape, np.inf, dtype=np.float32)
     d2 = np.full(shape, np.inf, dtype=np.float32)
