@@ -128,7 +128,9 @@ def main(argv=None) -> dict:
         return {}
 
     load_start = loadavg()
-    repeats = args.repeats or (3 if args.quick else 5)
+    # napari's own start varies by +-0.3 s from run to run here: 10 alternating pairs, and
+    # the median of the paired differences, to see a 0.2 s effect
+    repeats = args.repeats or (3 if args.quick else 10)
     imports = [_run(["--child", "import"], gui=False) for _ in range(2 * repeats + 1)]
     t_import = median(r["seconds"] for r in imports)
     heavy = sorted({m for r in imports for m in r["heavy_modules"]})
@@ -143,8 +145,9 @@ def main(argv=None) -> dict:
             assert res["plugin_found"] == flag, res
             (with_p if flag else without_p).append(res["seconds"])
             (cpu_with if flag else cpu_without).append(res["cpu_seconds"])
-    d_napari = median(with_p) - median(without_p)
-    d_cpu = median(cpu_with) - median(cpu_without)
+    # median of the differences within each alternating pair (with - without)
+    d_napari = median(a - b for a, b in zip(with_p, without_p, strict=True))
+    d_cpu = median(a - b for a, b in zip(cpu_with, cpu_without, strict=True))
     print(
         f"napari start: with plugin {median(with_p):.2f} s, without {median(without_p):.2f} s, "
         f"difference {d_napari:+.3f} s (CPU time difference {d_cpu:+.3f} s)"
