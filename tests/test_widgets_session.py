@@ -24,6 +24,11 @@ def test_training_set_keeps_earlier_pairs_and_replaces_by_name():
     names, images, all_labels, sparse = session.training_data()
     assert names == ["a", "b"] and not sparse
     assert all_labels[0].max() == 7
+    # pairs picked in a widget join for one run, replacing those of the same name
+    picked = [TrainingPair("b", image, labels * 0 + 1), TrainingPair("c", image, labels)]
+    names, _, all_labels, _ = session.training_data(picked)
+    assert names == ["a", "b", "c"] and all_labels[1].max() == 1
+    assert session.training_set["b"].labels.max() == 7  # the session's set is unchanged
 
 
 def test_training_data_mixes_sparse_and_dense_pairs_in_the_sparse_convention():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,15 +142,16 @@ class Session:
         self.training_set_changed.emit()
 
     def training_data(
-        self, extra: TrainingPair | None = None
+        self, extra: TrainingPair | Sequence[TrainingPair] | None = None
     ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], bool]:
         """Names, images, labels and the sparse flag to train on the whole training set.
 
         Parameters
         ----------
-        extra : TrainingPair, optional
-            A pair to train on as well, replacing the one of the same name (a new
-            correction that joins the set only once training succeeded).
+        extra : TrainingPair or sequence of TrainingPair, optional
+            Pairs to train on as well, each replacing the one of the same name (a new
+            correction that joins the set only once training succeeded, or the pairs
+            picked in the Train widget).
 
         Returns
         -------
@@ -160,9 +162,9 @@ class Session:
             so that one training run can use them all.
         """
         pairs = dict(self.training_set)
-        if extra is not None:
-            pairs.pop(extra.name, None)
-            pairs[extra.name] = extra
+        for pair in [extra] if isinstance(extra, TrainingPair) else extra or []:
+            pairs.pop(pair.name, None)
+            pairs[pair.name] = pair
         sparse = any(p.sparse for p in pairs.values())
         names = list(pairs)
         images = [p.image for p in pairs.values()]

@@ -416,21 +416,16 @@ class TrainWidget(QWidget):
 
     def _export_pairs(self) -> tuple[list[str], list[Any], list[Any], bool]:
         """Return the selected pairs plus the session's training set (its corrections)."""
-        from napari_unet._widgets._session import TrainingPair, to_sparse_convention
+        from napari_unet._widgets._session import TrainingPair
 
-        pairs = dict(self.session.training_set)
+        selected = []
         if self.pairs.pairs():
-            selected_sparse = self.sparse.isChecked()
-            for name, image, label in zip(*self._read_pairs(), strict=True):
-                pairs[name] = TrainingPair(name, image, label, selected_sparse)
-        sparse = any(p.sparse for p in pairs.values())
-        names = list(pairs)
-        images = [p.image for p in pairs.values()]
-        labels = [
-            to_sparse_convention(p.labels) if sparse and not p.sparse else p.labels
-            for p in pairs.values()
-        ]
-        return names, images, labels, sparse
+            sparse = self.sparse.isChecked()
+            selected = [
+                TrainingPair(name, image, label, sparse)
+                for name, image, label in zip(*self._read_pairs(), strict=True)
+            ]
+        return self.session.training_data(selected)
 
     # ---- worker callbacks (main thread) ---------------------------------------------
     def _on_progress(self, progress: Any) -> None:

@@ -56,6 +56,7 @@ from napari_unet.core.predict import (
     _ramp,
     _reflect,
     _Repeat,
+    infer_tiles,
     labels_from_output,
     prepare_image,
 )
@@ -224,8 +225,6 @@ def _predict_block(
     config: PredictConfig,
 ) -> np.ndarray:
     """Probabilities ``(K, y1 - y0, x1 - x0)`` of the core of one block (C, Yb, Xb)."""
-    import torch
-
     from napari_unet.core.device import select_device
 
     device = select_device(config.device)
@@ -237,8 +236,6 @@ def _predict_block(
     th, tw = grid.th, grid.tw
     acc = np.zeros((K, y1 - y0, x1 - x0), np.float32)
     wsum = np.zeros((y1 - y0, x1 - x0), np.float32)
-    use_amp = device.type == "cuda"
-    channels_last = device.type != "mps"
     ty = [t for t in grid.ys if t < y1 and t + th > y0]
     tx = [t for t in grid.xs if t < x1 and t + tw > x0]
     bs = max(1, int(config.batch_size))
@@ -250,13 +247,7 @@ def _predict_block(
             tiles.append((tx0, block[:, rows[:, None], cols[None, :]].astype(np.float32)))
         for b in range(0, len(tiles), bs):
             chunk = tiles[b : b + bs]
-            x = np.stack([t for _, t in chunk])
-            x = norm.apply(x.transpose(1, 0, 2, 3), lo, hi).transpose(1, 0, 2, 3)
-            xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-            if channels_last:
-                xt = xt.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast(device.type, enabled=use_amp):
-                prob = torch.sigmoid(model(xt).float()).cpu().numpy()
+            prob = infer_tiles(model, [t for _, t in chunk], norm, lo, hi, device)
             for (tx0, _), p in zip(chunk, prob, strict=True):
                 # the part of this tile inside the core
                 a0, a1 = max(ty0, y0), min(ty0 + th, y1)

@@ -229,6 +229,25 @@ def shrink_for_memory(config: PredictConfig, multiple: int, device_text: str) ->
     )
 
 
+def infer_tiles(
+    model, tiles: list[np.ndarray], norm: Normalisation, lo: np.ndarray, hi: np.ndarray, device
+) -> np.ndarray:
+    """Return the probabilities ``(B, K, h, w)`` of raw tiles ``(C, h, w)`` in one pass.
+
+    The tiles are normalised with the model's ranges `lo`, `hi`; channels-last on CUDA and
+    CPU, mixed precision on CUDA. Whole-image and dask prediction both use this.
+    """
+    import torch
+
+    x = np.stack(tiles)
+    x = norm.apply(x.transpose(1, 0, 2, 3), lo, hi).transpose(1, 0, 2, 3)
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    if device.type != "mps":
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        return torch.sigmoid(model(xt).float()).cpu().numpy()
+
+
 def _predict_2d(
     bundle: ModelBundle,
     image,  # (C, Y, X) array-like, raw values
@@ -262,9 +281,7 @@ def _predict_2d(
     x_hi = max(xs) + tw
     acc = np.zeros((K, th, x_hi - x_lo), np.float32)
     wsum = np.zeros((th, x_hi - x_lo), np.float32)
-    use_amp = device.type == "cuda"
-    channels_last = device.type != "mps"
-    if channels_last:
+    if device.type != "mps":
         model.to(memory_format=torch.channels_last)
     for r, y0 in enumerate(ys):
         rows = _reflect(np.arange(y0, y0 + th), H)
@@ -279,13 +296,7 @@ def _predict_2d(
             if stop is not None and stop.is_set():
                 return None
             chunk = tiles[b : b + config.batch_size]
-            x = np.stack([t for _, t in chunk])
-            x = norm.apply(x.transpose(1, 0, 2, 3), lo, hi).transpose(1, 0, 2, 3)
-            xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-            if channels_last:
-                xt = xt.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast(device.type, enabled=use_amp):
-                prob = torch.sigmoid(model(xt).float()).cpu().numpy()
+            prob = infer_tiles(model, [t for _, t in chunk], norm, lo, hi, device)
             for (x0, _), p in zip(chunk, prob, strict=True):
                 a = x0 - x_lo
                 acc[:, :, a : a + tw] += p * weight
