@@ -4,6 +4,10 @@ The images are the 60 that ``napari-unet train`` holds back for validation from
 bench/splits/dsb2018_train_ids.txt (seed 0, the trainer's default): the model never
 trained on them, and the held-back test ids are never touched here.
 
+Variants: seeds from the boundary output; connected components (no split); the distance
+watershed with markers at least 6 px apart (the default before) or h-maxima markers of
+depth h (the default now, h = 1), at thresholds 0.5 to 0.8. All drop objects under 20 px.
+
 Usage: python bench/postprocess_sweep.py MODEL.pt [--tta]
 Prints a table and writes bench/results/postprocess_sweep.json.
 """
@@ -55,20 +59,22 @@ def main() -> None:
         probs.append(p)
         gts.append(read_labels(root / "masks" / f"{i}.tif"))
     variants = {
-        "boundary t0.5 b0.5": lambda p: labels_from_probabilities(p[0], p[1]),
-        "boundary t0.6 b0.3": lambda p: labels_from_probabilities(
-            p[0], p[1], threshold=0.6, boundary_threshold=0.3
+        "boundary t0.5 b0.5": lambda p: labels_from_probabilities(p[0], p[1], min_size=20),
+        "boundary t0.7 b0.5": lambda p: labels_from_probabilities(
+            p[0], p[1], threshold=0.7, min_size=20
         ),
-        "connected components t0.5": lambda p: labels_from_probabilities(p[0], split=False),
+        "connected components t0.7": lambda p: labels_from_probabilities(
+            p[0], threshold=0.7, split=False, min_size=20
+        ),
     }
     for t in (0.5, 0.6, 0.7, 0.8):
-        for md in (4, 6, 8):
-            variants[f"distance t{t} md{md}"] = lambda p, t=t, md=md: split_nuclei(
-                p[0] > t, min_distance=md
+        variants[f"distance t{t} min distance 6"] = lambda p, t=t: split_nuclei(
+            p[0] > t, min_distance=6, min_size=20
+        )
+        for h in (0.5, 1.0, 1.5, 2.0, 3.0):
+            variants[f"distance t{t} h{h}"] = lambda p, t=t, h=h: split_nuclei(
+                p[0] > t, h=h, min_size=20
             )
-    variants["distance t0.7 md6 min_size20 (default)"] = lambda p: split_nuclei(
-        p[0] > 0.7, min_distance=6, min_size=20
-    )
     results = {}
     print(f"{'variant':40s} {'f1':>6s} {'dsb':>6s} {'pq':>6s} {'n_pred':>7s}")
     for name, f in variants.items():

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data / "dsb2018_stage1_train"
     test_ids = (HERE / "splits" / "dsb2018_test_ids.txt").read_text().split()
     bundle = load_checkpoint(args.model)
-    variants = {"split (default)": PredictConfig(device="cpu")}
+    variants = {"split (default)": PredictConfig.for_model(bundle, device="cpu")}
     variants["no split"] = replace(variants["split (default)"], split=False)
     counts = {
         name: {"touching": 0, "touching_recovered": 0, "isolated": 0, "isolated_recovered": 0}
