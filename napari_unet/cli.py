@@ -215,6 +215,7 @@ def _train_locked(
         "device": args.device,
         "seed": args.seed,
         "steps_per_epoch": args.steps_per_epoch,
+        "polarity": args.polarity,
     }
     for k, v in overrides.items():
         if v is not None:
@@ -341,21 +342,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         files = _select(list_image_files(args.images), _read_ids(args.ids_file), "images")
     out = check_writable_folder(args.out)  # the folder is made at the first write
-    cfg = PredictConfig(split=not args.no_split)
-    for k in (
-        "tile_size",
-        "overlap",
-        "batch_size",
-        "threshold",
-        "split_method",
-        "min_distance",
-        "boundary_threshold",
-        "min_size",
-        "device",
-    ):
-        v = getattr(args, k)
-        if v is not None:
-            setattr(cfg, k, v)
+    given = {
+        k: getattr(args, k)
+        for k in (
+            "tile_size",
+            "overlap",
+            "batch_size",
+            "threshold",
+            "split_method",
+            "min_distance",
+            "h",
+            "boundary_threshold",
+            "min_size",
+            "device",
+        )
+        if getattr(args, k) is not None
+    }
+    if given.get("h") is not None and given["h"] <= 0:  # "--h 0": markers by --min-distance
+        if given["h"] < 0:
+            raise NapariUnetError(f"--h must be 0 (off) or positive, got {given['h']}.")
+        given["h"] = None
+    # the model's fitted threshold and split depth, unless given here
+    cfg = PredictConfig.for_model(bundle, split=not args.no_split, **given)
     if zarr_input or args.scheduler:
         with _dask_scheduler(args.scheduler) as scheduler:
             if zarr_input:
@@ -640,6 +648,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels are partial: 0 = not annotated, 1 = background, 2.. = objects",
     )
     t.add_argument("--border-weight", type=float, help="UNet-paper border weight w0 (0 = off)")
+    t.add_argument(
+        "--polarity",
+        choices=["auto", "keep"],
+        help="auto (default): invert bright-background images (brightfield, H&E) so objects "
+        "are bright on dark; keep: use images as they are",
+    )
     t.add_argument("--lr", type=float)
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--patience", type=int)
@@ -669,7 +683,17 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["distance", "boundary"],
         help="distance-transform watershed (default) or the model's boundary map",
     )
-    q.add_argument("--min-distance", type=int, help="min. pixels between nucleus centres (6)")
+    q.add_argument(
+        "--min-distance",
+        type=int,
+        help="min. pixels between nucleus centres (6; used when --h is 0)",
+    )
+    q.add_argument(
+        "--h",
+        type=float,
+        help="split depth: cut two nuclei where their waist is at least H px narrower "
+        "than they are (h-maxima markers; 0 = use --min-distance instead)",
+    )
     q.add_argument("--boundary-threshold", type=float)
     q.add_argument("--min-size", type=int)
     q.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])

@@ -470,3 +470,27 @@ def test_more_than_65535_objects_stay_exact(tmp_path, capsys):
     assert np.unique(back[back > 0]).size == 270 * 270
     np.testing.assert_array_equal(back > 0, labels > 0)
     assert main(["evaluate", "--pred", str(tmp_path / "out"), "--gt", str(tmp_path / "in")]) == 0
+
+
+def test_negative_split_depth(tmp_path, capsys, model):
+    images, _ = _dataset(tmp_path)
+    argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o", "--h", "-1"]
+    _expect_error(argv, tmp_path, capsys, "--h", "positive")
+
+
+def test_unknown_polarity_in_a_config_file(tmp_path, capsys):
+    images, labels = _dataset(tmp_path)
+    (tmp_path / "cfg.json").write_text('{"polarity": "invert"}')
+    argv = [*_train(images, labels, tmp_path / "m.pt"), "--config", tmp_path / "cfg.json"]
+    _expect_error(argv, tmp_path, capsys, "polarity", "auto")
+
+
+def test_split_depth_zero_means_markers_by_distance(tmp_path, capsys, model):
+    images, _ = _dataset(tmp_path)
+    out_h, out_d = tmp_path / "h0", tmp_path / "d"
+    base = ["predict", "--model", str(model), "--images", str(images), "--threshold", "0.3"]
+    assert main([*base, "--out", str(out_h), "--h", "0", "--min-distance", "3"]) == 0
+    assert main([*base, "--out", str(out_d), "--min-distance", "3"]) == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(out_h / "a.tif"), tifffile.imread(out_d / "a.tif")
+    )

@@ -55,6 +55,28 @@ def test_normalisation_percentiles_and_nan():
         n.ranges(img)
 
 
+def test_polarity_auto_inverts_bright_background_images_only():
+    rng = np.random.default_rng(0)
+    dark = rng.normal(20, 3, (3, 64, 64)).astype(np.float32)
+    dark[:, 20:30, 20:30] += 200  # a bright nucleus on a dark background (fluorescence)
+    bright = 255 - dark  # the same scene as brightfield / H&E: dark nucleus on light
+    auto, keep = Normalisation(polarity="auto"), Normalisation()
+    out_dark = auto.apply(dark, *auto.ranges(dark))
+    np.testing.assert_array_equal(out_dark, keep.apply(dark, *keep.ranges(dark)))
+    lo, hi = auto.ranges(bright)
+    assert np.all(lo > hi)  # swapped ranges mean "invert"
+    out_bright = auto.apply(bright, lo, hi)
+    assert out_bright[:, 25, 25].min() > 0.9 and np.median(out_bright) < 0.1
+    np.testing.assert_allclose(out_bright, out_dark, atol=0.02)  # both look like fluorescence
+    assert keep.apply(bright, *keep.ranges(bright))[:, 25, 25].max() < 0.1
+    flat = np.full((1, 8, 8), 7.0, np.float32)  # constant: finite, not inverted
+    assert np.isfinite(auto.apply(flat, *auto.ranges(flat))).all()
+    assert Normalisation.from_dict(auto.to_dict()) == auto
+    assert Normalisation.from_dict({"low": 1, "high": 99.8}).polarity == "keep"  # old models
+    with pytest.raises(NapariUnetError, match="polarity"):
+        Normalisation(polarity="invert")
+
+
 def test_constant_image_does_not_blow_up():
     n = Normalisation()
     img = np.full((1, 8, 8), 7.0, np.float32)

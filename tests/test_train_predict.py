@@ -41,6 +41,41 @@ def test_training_learns_and_reports(trained):
     assert meta["train_config"]["epochs"] == 8
 
 
+def test_prediction_settings_are_fitted_on_validation_images(trained):
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.tune import SPLIT_DEPTHS, THRESHOLDS
+
+    tuned = trained.bundle.meta["postprocess"]
+    assert tuned["threshold"] in THRESHOLDS and tuned["h"] in SPLIT_DEPTHS
+    assert tuned["n_images"] == 1  # one of the four images is held back
+    # the winner scores at least as well as the class defaults on the same images
+    assert tuned["score"] >= tuned["default"]["score"]
+    assert tuned["score"] == pytest.approx(0.5 * (tuned["f1"] + tuned["dsb_score"]))
+    # stored in the file, and prediction uses it unless told otherwise
+    saved = load_checkpoint(trained.checkpoint)
+    assert saved.meta["postprocess"]["threshold"] == tuned["threshold"]
+    cfg = PredictConfig.for_model(saved)
+    assert (cfg.threshold, cfg.h) == (tuned["threshold"], tuned["h"])
+    assert PredictConfig.for_model(saved, threshold=0.33).threshold == 0.33
+    assert PredictConfig.for_model(saved, min_distance=9).h is None  # markers by distance
+    img, _ = nuclei_image(seed=11)
+    fitted = predict(trained.bundle, img).labels
+    assert np.array_equal(fitted, predict(trained.bundle, img, config=cfg).labels)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [None, "x", {"threshold": 1.5, "h": -1}, {"threshold": True, "h": float("nan")}, {}],
+)
+def test_bad_fitted_settings_in_a_file_are_ignored(trained, stored):
+    import copy
+
+    bundle = copy.copy(trained.bundle)
+    bundle.meta = dict(trained.bundle.meta, postprocess=stored)
+    cfg = PredictConfig.for_model(bundle)
+    assert (cfg.threshold, cfg.h) == (PredictConfig().threshold, PredictConfig().h)
+
+
 def test_progress_is_typed_and_ordered(data):
     kinds = []
     gen = iter_train(*data, TrainConfig(epochs=1, **TINY))

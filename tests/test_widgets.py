@@ -240,6 +240,41 @@ def test_predict_from_model_file_never_replaces_painted_layers(viewer, qtbot, tm
     assert len(viewer.layers) == n_layers
 
 
+def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, tmp_path):
+    from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
+    from napari_unet.core.predict import PredictConfig, predict
+    from tests._gui_helpers import tiny_model_file
+
+    path = tiny_model_file(tmp_path / "tiny.pt")
+    bundle = load_checkpoint(path)
+    bundle.meta["postprocess"] = {"threshold": 0.999, "h": 2.0}  # as if fitted by training
+    save_checkpoint(bundle, path)
+    viewer.open_sample("napari-unet", "fluo_mixed")
+    image = np.asarray(viewer.layers["fluo_mixed"].data)
+    predict_w = open_widget(viewer, "Predict")
+    predict_w.model_choice.setCurrentText("A model file")
+    predict_w.model_path.value = str(path)
+    predict_w.tile_size.setValue(128)
+    predict_w.overwrite.setChecked(True)
+    assert predict_w.fitted.isChecked() and not predict_w.threshold.isEnabled()
+    click(qtbot, predict_w.predict_button)
+    wait_idle(qtbot, predict_w)
+    fitted = np.asarray(viewer.layers["fluo_mixed_labels"].data)
+    expected = predict(bundle, image, config=PredictConfig.for_model(bundle, tile_size=128))
+    np.testing.assert_array_equal(fitted, expected.labels)
+
+    predict_w.fitted.setChecked(False)  # the user's own values
+    assert predict_w.threshold.isEnabled() and predict_w.h.isEnabled()
+    predict_w.threshold.setValue(0.05)
+    click(qtbot, predict_w.predict_button)
+    wait_idle(qtbot, predict_w)
+    own = np.asarray(viewer.layers["fluo_mixed_labels"].data)
+    cfg = PredictConfig(tile_size=128, threshold=0.05, h=predict_w.h.value() or None)
+    np.testing.assert_array_equal(own, predict(bundle, image, config=cfg).labels)
+    assert own.max() > 0 and not np.array_equal(own, fitted)
+    assert not error_messages()
+
+
 def test_predict_errors_are_notified_and_change_nothing(viewer, qtbot, tmp_path):
     from tests._gui_helpers import tiny_model_file
 

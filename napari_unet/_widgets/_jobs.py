@@ -194,9 +194,14 @@ def predict_job(
         bundle = load_checkpoint(bundle_path)
         loaded_from = bundle_path
     axis = channel_axis_for(tuple(image.shape), rgb, bundle.in_channels)
-    result = yield from iter_predict(
-        bundle, image, channel_axis=axis, config=PredictConfig(**config), stop=stop
-    )
+    settings = dict(config)
+    if settings.pop("fitted", False):  # the model's own threshold and split depth
+        settings.pop("threshold", None)
+        settings.pop("h", None)
+        cfg = PredictConfig.for_model(bundle, **settings)
+    else:
+        cfg = PredictConfig(**settings)
+    result = yield from iter_predict(bundle, image, channel_axis=axis, config=cfg, stop=stop)
     return Predicted(bundle, result, loaded_from)
 
 

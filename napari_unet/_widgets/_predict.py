@@ -135,6 +135,13 @@ class PredictWidget(QWidget):
             tip="Pixels with a nucleus probability above this are foreground.",
         )
         adv_form.addRow("Probability threshold", self.threshold)
+        self.fitted = QCheckBox("Use the model's fitted threshold and split depth")
+        self.fitted.setChecked(True)
+        self.fitted.setToolTip(
+            "Models trained by napari-unet store the probability threshold and split depth "
+            "that worked best on their validation images; untick to set your own below."
+        )
+        adv_form.addRow(self.fitted)
         self.split = QCheckBox("Split touching nuclei")
         self.split.setChecked(d.split)
         adv_form.addRow(self.split)
@@ -150,6 +157,16 @@ class PredictWidget(QWidget):
             1, 1000, d.min_distance, tip="Minimum distance (pixels) between two nuclei centres."
         )
         adv_form.addRow("Min. distance (px)", self.min_distance)
+        self.h = _spin(
+            0.0,
+            100.0,
+            d.h or 0.0,
+            step=0.25,
+            decimals=2,
+            tip="Split depth (px): cut two touching nuclei where the waist between them is "
+            "at least this much narrower than they are. 0 = use the minimum distance instead.",
+        )
+        adv_form.addRow("Split depth h (px)", self.h)
         self.boundary_threshold = _spin(
             0.01,
             0.99,
@@ -256,6 +273,8 @@ class PredictWidget(QWidget):
         self.corrected.currentTextChanged.connect(self._update_buttons)
         self.session.model_changed.connect(self._on_session_model_changed)
         self.session.busy_changed.connect(self._on_session_busy_changed)
+        self.fitted.toggled.connect(self._on_fitted_toggled)
+        self._on_fitted_toggled(self.fitted.isChecked())
         self.session.training_set_changed.connect(self._on_training_set_changed)
         self._on_model_choice_changed(self.model_choice.currentText())
         self._on_training_set_changed()
@@ -286,6 +305,8 @@ class PredictWidget(QWidget):
             "split": self.split.isChecked(),
             "split_method": self.split_method.currentText(),
             "min_distance": int(self.min_distance.value()),
+            "h": float(self.h.value()) or None,
+            "fitted": self.fitted.isChecked(),
             "min_size": int(self.min_size.value()),
             "fill_holes": self.fill_holes.isChecked(),
         }
@@ -663,6 +684,11 @@ class PredictWidget(QWidget):
         if self.corrected.findText(candidate) >= 0:
             self.corrected.setCurrentText(candidate)
         self._update_buttons()
+
+    def _on_fitted_toggled(self, fitted: bool) -> None:
+        # the model's values replace these two while ticked
+        self.threshold.setEnabled(not fitted)
+        self.h.setEnabled(not fitted)
 
     def _on_model_choice_changed(self, text: str) -> None:
         self.model_path.native.setEnabled(text == MODEL_FILE)

@@ -192,6 +192,14 @@ class TrainWidget(QWidget):
         self.augment = QCheckBox("Augment (flips, rotations, intensity)")
         self.augment.setChecked(True)
         adv_form.addRow(self.augment)
+        self.invert_bright = QCheckBox("Invert bright-background images")
+        self.invert_bright.setChecked(d.polarity == "auto")
+        self.invert_bright.setToolTip(
+            "Brightfield and H&E images (dark nuclei on a light background) are inverted "
+            "before training and prediction, so every image shows bright nuclei on dark as "
+            "in fluorescence. Decided per image; stored with the model."
+        )
+        adv_form.addRow(self.invert_bright)
         self.device = QComboBox()
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.device.setToolTip("auto: CUDA GPU if available, then Apple MPS, then the CPU.")
@@ -266,6 +274,7 @@ class TrainWidget(QWidget):
             "targets": self.targets.currentText(),
             "sparse": self.sparse.isChecked(),
             "augment": self.augment.isChecked(),
+            "polarity": "auto" if self.invert_bright.isChecked() else "keep",
             "device": self.device.currentText(),
             "seed": int(self.seed.value()),
             "checkpoint_path": str(checkpoint_path),

@@ -454,7 +454,7 @@ def predict_to_zarr(
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
-    config = config or PredictConfig()
+    config = config or PredictConfig.for_model(bundle)
     if config.split_method not in SPLIT_METHODS:
         raise NapariUnetError(
             f"split_method must be one of {SPLIT_METHODS}, got {config.split_method!r}."
@@ -650,7 +650,7 @@ def predict_files_dask(
     """
     import dask
 
-    config = config or PredictConfig()
+    config = config or PredictConfig.for_model(bundle)
     bundle = copy.deepcopy(bundle).to("cpu")
     d_bundle = dask.delayed(bundle, pure=True)
     tasks = [

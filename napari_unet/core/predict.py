@@ -58,15 +58,23 @@ class PredictConfig:
     split : bool
         Separate touching objects.
     split_method : {"distance", "boundary"}
-        "distance": watershed on the distance transform of the foreground, markers
-        ``min_distance`` apart (the default: best on DSB2018 validation images after
-        a 10-minute CPU training). "boundary": seeds where the predicted boundary map
+        "distance": watershed on the distance transform of the foreground, from
+        markers set by ``h`` (or ``min_distance``) (the default: best on DSB2018
+        validation images). "boundary": seeds where the predicted boundary map
         is below ``boundary_threshold``, grown by watershed (needs a model with a
         boundary output).
     boundary_threshold : float
         Boundary probability threshold ("boundary" method).
     min_distance : int
-        Minimum distance in pixels between two nuclei centres ("distance" method).
+        Minimum distance in pixels between two nuclei centres ("distance" method,
+        when ``h`` is None).
+    h : float or None
+        "distance" method: markers are the maxima of the distance map that stand at
+        least ``h`` pixels above the saddle to their neighbour (h-maxima), so two
+        nuclei are cut where the waist between them is at least ``h`` pixels
+        narrower than the nuclei; this adapts to the nuclei's size (default 1.0;
+        models store a fitted value, see :meth:`for_model`). None: markers at least
+        ``min_distance`` apart instead.
     min_size : int
         Objects smaller than this (pixels) are removed.
     fill_holes : bool
@@ -82,12 +90,30 @@ class PredictConfig:
     split_method: str = "distance"
     boundary_threshold: float = 0.5
     min_distance: int = 6
+    h: float | None = 1.0
     min_size: int = 20
     fill_holes: bool = True
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
         return asdict(self)
+
+    @classmethod
+    def for_model(cls, bundle: ModelBundle, **settings) -> PredictConfig:
+        """Return the defaults, with the model's fitted threshold and split depth.
+
+        A model trained by this version stores the foreground threshold and split
+        depth that scored best on its validation images (``meta.postprocess``, see
+        :mod:`napari_unet.core.tune`); they replace the class defaults. ``settings``
+        given here win over both; a ``min_distance`` given without ``h`` means
+        markers by distance, so the fitted ``h`` is not used then.
+        """
+        from napari_unet.core.tune import tuned_settings
+
+        tuned = tuned_settings(bundle.meta)
+        if "min_distance" in settings and "h" not in settings:
+            tuned.pop("h", None)
+        return cls(**{**tuned, **settings})
 
 
 @dataclass
@@ -358,7 +384,7 @@ def iter_predict(
         select_device,
     )
 
-    config = config or PredictConfig()
+    config = config or PredictConfig.for_model(bundle)
     if config.split_method not in SPLIT_METHODS:
         raise NapariUnetError(
             f"split_method must be one of {SPLIT_METHODS}, got {config.split_method!r}."
@@ -453,6 +479,7 @@ def labels_from_output(prob: np.ndarray, outputs: list[str], config: PredictConf
         fill_holes=config.fill_holes,
         split=config.split,
         min_distance=config.min_distance,
+        h=config.h,
     )
     return lab.astype(np.uint32, copy=False)
 
@@ -477,7 +504,7 @@ def predict_probabilities(
     """Return the blended probabilities ``(K, M, N)`` of a 2D image (no labels)."""
     from napari_unet.core.device import release_memory, select_device
 
-    config = config or PredictConfig()
+    config = config or PredictConfig.for_model(bundle)
     img = prepare_image(image, bundle.in_channels, channel_axis)
     if img.ndim != 3:
         raise NapariUnetError(f"predict_probabilities takes a 2D image, got {tuple(image.shape)}.")

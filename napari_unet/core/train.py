@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_unet.core.data import Normalisation, PatchSampler, Sample, prepare_samples
+from napari_unet.core.data import (
+    POLARITIES,
+    Normalisation,
+    PatchSampler,
+    Sample,
+    prepare_samples,
+)
 from napari_unet.core.errors import NapariUnetError
 
 if TYPE_CHECKING:  # torch is imported when training starts, not at import
@@ -67,6 +73,13 @@ class TrainConfig:
         Share of patches centred on an object.
     norm_low, norm_high : float
         Percentiles mapped to 0 and 1 (stored with the model).
+    polarity : {"auto", "keep"}
+        "auto" inverts bright-background images (brightfield, H&E) so objects are
+        bright on dark as in fluorescence; "keep" leaves images as they are.
+    tune_postprocessing : bool
+        At the end, fit the foreground threshold and split depth to the validation
+        images and store them with the model (when the validation images carry fully
+        annotated instance labels; not under torchrun); see :mod:`napari_unet.core.tune`.
     val_fraction : float
         Share of images held back for validation (split by image).
     val_max_images, val_max_pixels : int
@@ -110,6 +123,8 @@ class TrainConfig:
     fg_fraction: float = 0.5
     norm_low: float = 1.0
     norm_high: float = 99.8
+    polarity: str = "auto"
+    tune_postprocessing: bool = True
     val_fraction: float = 0.1
     val_max_images: int = 32
     val_max_pixels: int = 1_500_000
@@ -155,6 +170,8 @@ class TrainConfig:
             raise NapariUnetError(
                 f"Need 0 <= norm_low < norm_high <= 100, got {self.norm_low}, {self.norm_high}."
             )
+        if self.polarity not in POLARITIES:
+            raise NapariUnetError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}.")
         if not self.lr > 0:
             raise NapariUnetError(f"lr must be positive, got {self.lr}.")
 
@@ -285,38 +302,58 @@ def _drain(gen: Generator):
             return e.value
 
 
+def val_probabilities(bundle: ModelBundle, sample: Sample, cfg, device):
+    """Predict a (normalised) validation sample whole, tiled like prediction.
+
+    Returns the probabilities ``(K, M, N)`` and the config used, with fewer or smaller
+    tiles when the device ran out of memory.
+    """
+    from napari_unet.core.device import describe_device, is_out_of_memory, release_memory
+    from napari_unet.core.predict import _predict_2d, shrink_for_memory
+
+    ident = Normalisation(0.0, 100.0)  # samples are normalised already
+    c = bundle.in_channels
+    lo, hi = np.zeros(c, np.float32), np.ones(c, np.float32)
+    while True:
+        try:
+            prob = _drain(
+                _predict_2d(bundle, sample.image, lo, hi, ident, cfg, device, None, [0], 0)
+            )
+            return prob, cfg
+        except (RuntimeError, MemoryError) as error:  # retried below, tensors freed
+            if not is_out_of_memory(error):
+                raise
+        release_memory(device)
+        cfg = shrink_for_memory(cfg, bundle.spec.multiple, describe_device(device))
+
+
+def _tune(bundle: ModelBundle, val: Sequence[Sample], device) -> dict:
+    """Predict the validation samples with the final model; fit the prediction settings."""
+    from napari_unet.core.predict import PredictConfig
+    from napari_unet.core.tune import tune_postprocessing
+
+    cfg = PredictConfig(tile_size=512, overlap=32, batch_size=2)
+    bundle.model.eval()
+    probs = []
+    for s in val:
+        prob, cfg = val_probabilities(bundle, s, cfg, device)
+        probs.append(prob)
+    return tune_postprocessing(probs, [s.targets.instances for s in val], bundle.outputs)
+
+
 def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_outputs: int) -> dict:
     """Score the model on whole validation images (tiled, like prediction)."""
     import torch
 
-    from napari_unet.core.device import describe_device, is_out_of_memory, release_memory
     from napari_unet.core.metrics import match_objects
-    from napari_unet.core.predict import (
-        PredictConfig,
-        _predict_2d,
-        labels_from_output,
-        shrink_for_memory,
-    )
+    from napari_unet.core.predict import PredictConfig, labels_from_output
 
     cfg = PredictConfig(tile_size=512, overlap=32, batch_size=2)
-    ident = Normalisation(0.0, 100.0)
-    c = bundle.in_channels
-    lo, hi = np.zeros(c, np.float32), np.ones(c, np.float32)
     losses, inter, card, tp, fp, fn = [], 0.0, 0.0, 0, 0, 0
     instance_ok = True
     bundle.model.eval()
     for s in val:
-        while True:
-            try:
-                prob = _drain(
-                    _predict_2d(bundle, s.image, lo, hi, ident, cfg, device, None, [0], 0)
-                )
-                break
-            except (RuntimeError, MemoryError) as error:  # retried below, tensors freed
-                if not is_out_of_memory(error):
-                    raise
-            release_memory(device)
-            cfg = shrink_for_memory(cfg, bundle.spec.multiple, describe_device(device))
+        prob, cfg = val_probabilities(bundle, s, cfg, device)
         t = s.targets
         tgt = np.stack([t.foreground, t.boundary][:n_outputs]).astype(np.float32)
         w = t.valid.astype(np.float32)
@@ -408,7 +445,7 @@ def iter_train(
     if init is not None:
         norm = Normalisation.from_dict(init.meta.get("normalisation", {}))
     else:
-        norm = Normalisation(config.norm_low, config.norm_high)
+        norm = Normalisation(config.norm_low, config.norm_high, config.polarity)
     border_weight = config.border_weight
     if config.loss == "weighted_bce" and border_weight <= 0:
         border_weight = 10.0
@@ -502,6 +539,16 @@ def iter_train(
 
     history: list[dict] = []
     notes: list[str] = []
+    tune = bool(
+        config.tune_postprocessing
+        and distributed is None
+        and val_s
+        and all(  # fully annotated instance labels (a binary mask does not say where
+            # touching objects meet, so it cannot score the splitting)
+            v.targets.instances is not None and v.targets.valid.all() and v.targets.boundary_valid
+            for v in val_s
+        )
+    )
     save_error: str | None = None
     best_score: float | None = None
     best_state = None
@@ -671,7 +718,8 @@ def iter_train(
             if epochs and epoch >= epochs:
                 stopped = "epochs"
                 break
-            over = bool(budget_s and elapsed + last_val_s >= budget_s)
+            # keep time for the last validation (and the fitting of the prediction settings)
+            over = bool(budget_s and elapsed + last_val_s * (2 if tune else 1) >= budget_s)
             if distributed is not None and budget_s:
                 over = bool(distributed.agree_max([over])[0])
             if over:
@@ -698,6 +746,17 @@ def iter_train(
             model.load_state_dict(safe_state)
         model.eval()
         model.to(memory_format=torch.contiguous_format)
+    tuned_text = ""
+    if tune and best_state is not None and stopped not in ("user", "diverged"):
+        tv = time.perf_counter()
+        tuned = _tune(bundle, val_s, device)
+        tuned["seconds"] = round(time.perf_counter() - tv, 1)
+        bundle.meta["postprocess"] = tuned
+        tuned_text = (
+            f"; prediction settings fitted on the validation images: threshold "
+            f"{tuned['threshold']:g}, split depth {tuned['h']:g} px (F1 {tuned['f1']:.3f}, "
+            f"DSB score {tuned['dsb_score']:.3f})"
+        )
     bundle.meta["history"] = history_prev + history
     bundle.meta["device"] = dev_text
     bundle.meta["steps"] = int(bundle.meta.get("steps", 0)) + step
@@ -716,7 +775,8 @@ def iter_train(
         1.0,
         dev_text,
         f"stopped ({stopped}) after {step} steps in {elapsed:.0f} s; best score "
-        + (f"{best_score:.3f}" if best_score is not None else "n/a"),
+        + (f"{best_score:.3f}" if best_score is not None else "n/a")
+        + tuned_text,
     )
     return TrainResult(
         bundle=bundle,
