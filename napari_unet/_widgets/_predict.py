@@ -154,7 +154,11 @@ class PredictWidget(QWidget):
         )
         adv_form.addRow("Split by", self.split_method)
         self.min_distance = _spin(
-            1, 1000, d.min_distance, tip="Minimum distance (pixels) between two nuclei centres."
+            1,
+            1000,
+            d.min_distance,
+            tip="Minimum distance (pixels) between two nuclei centres (used when the split "
+            "depth h is 0).",
         )
         adv_form.addRow("Min. distance (px)", self.min_distance)
         self.h = _spin(
