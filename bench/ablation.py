@@ -52,9 +52,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "BCE with the UNet paper's border weights (w0 = 10)",
         ["--loss", "weighted_bce"],
     ),
-    "wide": ("base width 32 instead of 16 (3.7x the compute per step)", ["--base-channels", "32"]),
-    "depth3": ("depth 3 instead of 4", ["--depth", "3"]),
-    "patch256": ("256-pixel patches, batch 2", ["--patch-size", "256", "--batch-size", "2"]),
 }
 
 

@@ -326,6 +326,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_labels_tiff,
     )
     from napari_unet.core.predict import PredictConfig, iter_predict
+    from napari_unet.core.tune import tuned_settings
 
     if args.block_size is not None and args.block_size < 16:
         raise NapariUnetError(f"--block-size must be at least 16 pixels, got {args.block_size}.")
@@ -364,6 +365,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         given["h"] = None
     # the model's fitted threshold and split depth, unless given here
     cfg = PredictConfig.for_model(bundle, split=not args.no_split, **given)
+    tuned = tuned_settings(bundle.meta)
+    fitted = [k for k in ("threshold", "h") if k in tuned and getattr(cfg, k) == tuned[k]]
+    if fitted:
+        split = f"split depth {cfg.h:g} px" if cfg.h else f"centres {cfg.min_distance} px apart"
+        _info(
+            f"threshold {cfg.threshold:g}, {split} "
+            f"({' and '.join('split depth' if k == 'h' else k for k in fitted)} fitted on the "
+            "model's validation images)"
+        )
     if zarr_input or args.scheduler:
         with _dask_scheduler(args.scheduler) as scheduler:
             if zarr_input:

@@ -247,7 +247,7 @@ def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, 
 
     path = tiny_model_file(tmp_path / "tiny.pt")
     bundle = load_checkpoint(path)
-    bundle.meta["postprocess"] = {"threshold": 0.999, "h": 2.0}  # as if fitted by training
+    bundle.meta["postprocess"] = {"threshold": 0.45, "h": 3.0}  # as if fitted by training
     save_checkpoint(bundle, path)
     viewer.open_sample("napari-unet", "fluo_mixed")
     image = np.asarray(viewer.layers["fluo_mixed"].data)
@@ -262,6 +262,7 @@ def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, 
     fitted = np.asarray(viewer.layers["fluo_mixed_labels"].data)
     expected = predict(bundle, image, config=PredictConfig.for_model(bundle, tile_size=128))
     np.testing.assert_array_equal(fitted, expected.labels)
+    assert "threshold 0.45, split depth 3 px" in predict_w.status.text()  # what was used
 
     predict_w.fitted.setChecked(False)  # the user's own values
     assert predict_w.threshold.isEnabled() and predict_w.h.isEnabled()
@@ -271,7 +272,8 @@ def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, 
     own = np.asarray(viewer.layers["fluo_mixed_labels"].data)
     cfg = PredictConfig(tile_size=128, threshold=0.05, h=predict_w.h.value() or None)
     np.testing.assert_array_equal(own, predict(bundle, image, config=cfg).labels)
-    assert own.max() > 0 and not np.array_equal(own, fitted)
+    assert own.max() > 0
+    assert "threshold 0.05, split depth 1 px" in predict_w.status.text()
     assert not error_messages()
 
 

@@ -196,8 +196,8 @@ def predict_job(
     axis = channel_axis_for(tuple(image.shape), rgb, bundle.in_channels)
     settings = dict(config)
     if settings.pop("fitted", False):  # the model's own threshold and split depth
-        settings.pop("threshold", None)
-        settings.pop("h", None)
+        for key in ("threshold", "h", "min_distance"):  # min_distance only serves h = None
+            settings.pop(key, None)
         cfg = PredictConfig.for_model(bundle, **settings)
     else:
         cfg = PredictConfig(**settings)

@@ -75,6 +75,21 @@ RETRAIN_HELP = (
 )
 
 
+def _settings_text(settings: dict[str, Any]) -> str:
+    """' (threshold 0.6, split depth 0.5 px)' from a PredictConfig dict ('' if none)."""
+    if "threshold" not in settings:
+        return ""
+    if not settings.get("split", True):
+        split = "no split"
+    elif settings.get("split_method") == "boundary":
+        split = "split by boundary"
+    elif settings.get("h"):
+        split = f"split depth {settings['h']:g} px"
+    else:
+        split = f"centres {settings.get('min_distance')} px apart"
+    return f" (threshold {settings['threshold']:g}, {split})"
+
+
 def result_metadata(source: str, kind: str) -> dict[str, Any]:
     """``layer.metadata`` of a result layer: what made it, from which image."""
     return {METADATA_KEY: {"source": source, "kind": kind}}
@@ -576,7 +591,10 @@ class PredictWidget(QWidget):
             layers = self._add_results(job["layer"], value.result)
             self.corrected.setCurrentText(layers[-1].name)  # the layer to correct next
             n = int(value.result.labels.max()) if value.result.labels.size else 0
-            self.status.setText(f"Found {n} nuclei: {', '.join(layer.name for layer in layers)}.")
+            self.status.setText(
+                f"Found {n} nuclei{_settings_text(value.result.settings)}: "
+                f"{', '.join(layer.name for layer in layers)}."
+            )
             _warn_notes(value.result.notes)
 
     def _on_errored(self, error: BaseException) -> None:

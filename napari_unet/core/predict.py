@@ -106,13 +106,13 @@ class PredictConfig:
         depth that scored best on its validation images (``meta.postprocess``, see
         :mod:`napari_unet.core.tune`); they replace the class defaults. ``settings``
         given here win over both; a ``min_distance`` given without ``h`` means
-        markers by distance, so the fitted ``h`` is not used then.
+        markers by distance (``h=None``).
         """
         from napari_unet.core.tune import tuned_settings
 
         tuned = tuned_settings(bundle.meta)
         if "min_distance" in settings and "h" not in settings:
-            tuned.pop("h", None)
+            tuned["h"] = None  # markers by distance, not by the fitted or default depth
         return cls(**{**tuned, **settings})
 
 
@@ -138,11 +138,15 @@ class PredictResult:
     notes : list of str
         What was changed on the way, e.g. a smaller tile after the device ran out of
         memory (empty when nothing was).
+    settings : dict
+        The :class:`PredictConfig` used, as a dict (with the model's fitted threshold
+        and split depth when they were used; the tile size after any memory retry).
     """
 
     labels: np.ndarray
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
 
 
 def prepare_image(image, in_channels: int, channel_axis: int | None):
@@ -447,7 +451,7 @@ def iter_predict(
             next_id = int(lab.max())
         labels[idx] = lab
     release_memory(device)
-    return PredictResult(labels=labels, probabilities=probs, notes=notes)
+    return PredictResult(labels=labels, probabilities=probs, notes=notes, settings=config.to_dict())
 
 
 class _Slice:
