@@ -142,6 +142,11 @@ def test_fine_tuning_extends_history(trained, data):
     assert len(r.bundle.meta["history"]) == len(trained.history) + len(r.history)
     # the original model is untouched
     assert len(trained.bundle.meta["history"]) == len(trained.history)
+    assert "postprocess" in trained.bundle.meta
+    # settings fitted to the old weights are not carried over to new ones
+    cfg = TrainConfig(epochs=1, tune_postprocessing=False, **TINY)
+    r2 = train(data[0][:2], data[1][:2], cfg, init=trained.bundle)
+    assert "postprocess" not in r2.bundle.meta
 
 
 def test_binary_masks_train_a_semantic_model(data):
@@ -221,3 +226,20 @@ def test_bad_config():
         TrainConfig(loss="focal").validate()
     with pytest.raises(NapariUnetError, match="patch_size"):
         TrainConfig(patch_size=4).validate()
+
+
+def test_tuning_picks_settings_that_separate_touching_nuclei():
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.tune import tune_postprocessing
+
+    yy, xx = np.mgrid[:64, :96]
+    gt = np.zeros((64, 96), np.int32)
+    gt[(yy - 32) ** 2 + (xx - 30) ** 2 < 14**2] = 1
+    gt[((yy - 32) ** 2 + (xx - 54) ** 2 < 14**2) & (gt == 0)] = 2  # touches nucleus 1
+    fg = ndi.gaussian_filter((gt > 0).astype(float), 2.0)  # soft edges, like a model's output
+    prob = np.stack([fg, np.zeros_like(fg)])
+    tuned = tune_postprocessing([prob], [gt], ["foreground", "boundary"])
+    assert tuned["f1"] == 1.0 and tuned["dsb_score"] > 0.5  # both nuclei found, one each
+    assert tuned["score"] >= tuned["default"]["score"]
+    assert tuned["n_images"] == 1

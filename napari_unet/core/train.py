@@ -302,7 +302,7 @@ def _drain(gen: Generator):
             return e.value
 
 
-def val_probabilities(bundle: ModelBundle, sample: Sample, cfg, device):
+def _val_probabilities(bundle: ModelBundle, sample: Sample, cfg, device):
     """Predict a (normalised) validation sample whole, tiled like prediction.
 
     Returns the probabilities ``(K, M, N)`` and the config used, with fewer or smaller
@@ -336,7 +336,7 @@ def _tune(bundle: ModelBundle, val: Sequence[Sample], device) -> dict:
     bundle.model.eval()
     probs = []
     for s in val:
-        prob, cfg = val_probabilities(bundle, s, cfg, device)
+        prob, cfg = _val_probabilities(bundle, s, cfg, device)
         probs.append(prob)
     return tune_postprocessing(probs, [s.targets.instances for s in val], bundle.outputs)
 
@@ -353,7 +353,7 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
     instance_ok = True
     bundle.model.eval()
     for s in val:
-        prob, cfg = val_probabilities(bundle, s, cfg, device)
+        prob, cfg = _val_probabilities(bundle, s, cfg, device)
         t = s.targets
         tgt = np.stack([t.foreground, t.boundary][:n_outputs]).astype(np.float32)
         w = t.valid.astype(np.float32)
@@ -487,6 +487,8 @@ def iter_train(
     torch.manual_seed(config.seed)
     if init is not None:
         bundle = ModelBundle(copy.deepcopy(init.model), copy.deepcopy(init.meta))
+        # settings fitted to the starting weights no longer describe the model being trained
+        bundle.meta.pop("postprocess", None)
         history_prev = list(bundle.meta.get("history", []))
     else:
         spec = UNetSpec(

@@ -27,19 +27,11 @@ SPLIT_DEPTHS = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 def _score(instances: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> dict:
-    from napari_unet.core.metrics import DSB_THRESHOLDS, match_objects
+    """F1 and DSB score as the benchmarks compute them, and their mean."""
+    from napari_unet.core.metrics import evaluate
 
-    tp = fp = fn = 0
-    dsb = []
-    for gt, pred in zip(instances, preds, strict=True):
-        m = match_objects(gt, pred, thresholds=DSB_THRESHOLDS)
-        tp, fp, fn = tp + int(m.tp[0]), fp + int(m.fp[0]), fn + int(m.fn[0])
-        denom = m.tp + m.fp + m.fn
-        per_t = np.where(denom > 0, m.tp / np.maximum(denom, 1), 1.0)
-        dsb.append(float(np.mean(per_t)))
-    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    d = float(np.mean(dsb)) if dsb else 0.0
-    return {"f1": f1, "dsb_score": d, "score": 0.5 * (f1 + d)}
+    r = evaluate(instances, preds)
+    return {"f1": r["f1"], "dsb_score": r["dsb_score"], "score": 0.5 * (r["f1"] + r["dsb_score"])}
 
 
 def tune_postprocessing(
