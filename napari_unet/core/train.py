@@ -30,6 +30,7 @@ from napari_unet.core.data import (
     prepare_samples,
 )
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.tune import TUNE_MAX_PIXELS
 
 if TYPE_CHECKING:  # torch is imported when training starts, not at import
     from napari_unet.core.checkpoint import ModelBundle
@@ -327,18 +328,89 @@ def _val_probabilities(bundle: ModelBundle, sample: Sample, cfg, device):
         cfg = shrink_for_memory(cfg, bundle.spec.multiple, describe_device(device))
 
 
-def _tune(bundle: ModelBundle, val: Sequence[Sample], device) -> dict:
-    """Predict the validation samples with the final model; fit the prediction settings."""
+def _first_pixels(samples: Sequence[Sample], max_images: int, max_pixels: int) -> list[Sample]:
+    """Keep the samples, in order, while they hold at most so many images and pixels.
+
+    The first sample is always kept.
+    """
+    kept, px = [], 0
+    for smp in samples:
+        n_px = smp.shape[0] * smp.shape[1]
+        if kept and (len(kept) >= max_images or px + n_px > max_pixels):
+            continue
+        kept.append(smp)
+        px += n_px
+    return kept
+
+
+class _Stopped(Exception):
+    """The user stopped training while the prediction settings were being fitted."""
+
+
+def _val_set_probabilities(bundle: ModelBundle, val: Sequence[Sample], device, stop) -> list:
     from napari_unet.core.predict import PredictConfig
-    from napari_unet.core.tune import tune_postprocessing
 
     cfg = PredictConfig(tile_size=512, overlap=32, batch_size=2)
     bundle.model.eval()
     probs = []
     for s in val:
+        if stop is not None and stop.is_set():
+            raise _Stopped
         prob, cfg = _val_probabilities(bundle, s, cfg, device)
         probs.append(prob)
-    return tune_postprocessing(probs, [s.targets.instances for s in val], bundle.outputs)
+    return probs
+
+
+def _tune(bundle: ModelBundle, val: Sequence[Sample], device, last_state=None, stop=None) -> dict:
+    """Fit the prediction settings on the held-back images.
+
+    The model holds the weights that scored best at validation. With `last_state`
+    (the final weights, when they are not those), both are scored on all `val` images
+    at the default settings and the better one is kept in the model; the settings are
+    then fitted to it. Raises :class:`_Stopped` when `stop` is set (the model then holds
+    the best weights).
+    """
+    from napari_unet.core.predict import PredictConfig, labels_from_output
+    from napari_unet.core.tune import score_labels, tune_postprocessing
+
+    instances = [s.targets.instances for s in val]
+    probs = _val_set_probabilities(bundle, val, device, stop)
+    chosen = None
+    if last_state is not None:
+        base = PredictConfig()
+        best_state = {
+            k: v.detach().to("cpu", copy=True) for k, v in bundle.model.state_dict().items()
+        }
+        bundle.model.load_state_dict(last_state)
+        try:
+            probs_last = _val_set_probabilities(bundle, val, device, stop)
+        except _Stopped:
+            bundle.model.load_state_dict(best_state)
+            raise
+        s_best, s_last = (
+            score_labels(instances, [labels_from_output(p, bundle.outputs, base) for p in pr])
+            for pr in (probs, probs_last)
+        )
+        if s_last["score"] > s_best["score"]:
+            probs = probs_last
+            chosen = {
+                "weights": "last",
+                "best_score": s_best["score"],
+                "last_score": s_last["score"],
+            }
+        else:
+            bundle.model.load_state_dict(best_state)
+            chosen = {
+                "weights": "best",
+                "best_score": s_best["score"],
+                "last_score": s_last["score"],
+            }
+    if stop is not None and stop.is_set():
+        raise _Stopped
+    tuned = tune_postprocessing(probs, instances, bundle.outputs)
+    if chosen is not None:
+        tuned["weights"] = chosen
+    return tuned
 
 
 def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_outputs: int) -> dict:
@@ -469,15 +541,10 @@ def iter_train(
     if init is not None:
         n_outputs = init.spec.out_channels
     train_s, val_s = _split_validation(samples, config.val_fraction, config.seed)
-    if val_s:
-        kept, px = [], 0
-        for smp in val_s:
-            n_px = smp.shape[0] * smp.shape[1]
-            if kept and (len(kept) >= config.val_max_images or px + n_px > config.val_max_pixels):
-                continue
-            kept.append(smp)
-            px += n_px
-        val_s = kept
+    # the settings are fitted (and the final weights chosen) on all held-back images,
+    # up to TUNE_MAX_PIXELS; each validation during training scores a cheaper subset
+    tune_s = _first_pixels(val_s, len(val_s), TUNE_MAX_PIXELS)
+    val_s = _first_pixels(val_s, config.val_max_images, config.val_max_pixels)
     device = select_device(config.device)
     if distributed is not None:  # joins the process group; this rank's GPU or CPU share
         device = distributed.start(device)
@@ -544,12 +611,21 @@ def iter_train(
     tune = bool(
         config.tune_postprocessing
         and distributed is None
-        and val_s
+        and tune_s
         and all(  # fully annotated instance labels (a binary mask does not say where
             # touching objects meet, so it cannot score the splitting)
             v.targets.instances is not None and v.targets.valid.all() and v.targets.boundary_valid
-            for v in val_s
+            for v in tune_s
         )
+    )
+    # the end of the run predicts the held-back images up to twice and fits the settings
+    # (about twice as long as predicting them once): time kept for it, in validations
+    tune_cost = (
+        4.0
+        * sum(v.shape[0] * v.shape[1] for v in tune_s)
+        / sum(v.shape[0] * v.shape[1] for v in val_s)
+        if tune
+        else 0.0
     )
     save_error: str | None = None
     best_score: float | None = None
@@ -721,7 +797,7 @@ def iter_train(
                 stopped = "epochs"
                 break
             # keep time for the last validation (and the fitting of the prediction settings)
-            over = bool(budget_s and elapsed + last_val_s * (2 if tune else 1) >= budget_s)
+            over = bool(budget_s and elapsed + last_val_s * (1 + tune_cost) >= budget_s)
             if distributed is not None and budget_s:
                 over = bool(distributed.agree_max([over])[0])
             if over:
@@ -751,14 +827,40 @@ def iter_train(
     tuned_text = ""
     if tune and best_state is not None and stopped not in ("user", "diverged"):
         tv = time.perf_counter()
-        tuned = _tune(bundle, val_s, device)
-        tuned["seconds"] = round(time.perf_counter() - tv, 1)
-        bundle.meta["postprocess"] = tuned
-        tuned_text = (
-            f"; prediction settings fitted on the validation images: threshold "
-            f"{tuned['threshold']:g}, split depth {tuned['h']:g} px (F1 {tuned['f1']:.3f}, "
-            f"DSB score {tuned['dsb_score']:.3f})"
+        # the final weights (safe_state, copied at the last validation) against the best
+        # scored on the validation subset: chosen on all held-back images
+        last_best = bool(history and history[-1].get("best"))
+        yield TrainProgress(
+            STEP,
+            step,
+            epoch,
+            None,
+            None,
+            time.perf_counter() - t0,
+            1.0,
+            dev_text,
+            f"choosing the final weights and fitting the prediction settings on "
+            f"{len(tune_s)} held-back image(s)",
         )
+        try:
+            tuned = _tune(bundle, tune_s, device, None if last_best else safe_state, stop)
+        except _Stopped:
+            tuned = None
+            tuned_text = "; stopped before the prediction settings were fitted"
+        if tuned is not None:
+            tuned["seconds"] = round(time.perf_counter() - tv, 1)
+            bundle.meta["postprocess"] = tuned
+            kept = tuned.get("weights", {}).get("weights") == "last"
+            tuned_text = (
+                (
+                    "; the final weights scored better than the best validated ones and were kept"
+                    if kept
+                    else ""
+                )
+                + f"; prediction settings fitted on {tuned['n_images']} held-back image(s): "
+                f"threshold {tuned['threshold']:g}, split depth {tuned['h']:g} px "
+                f"(F1 {tuned['f1']:.3f}, DSB score {tuned['dsb_score']:.3f})"
+            )
     bundle.meta["history"] = history_prev + history
     bundle.meta["device"] = dev_text
     bundle.meta["steps"] = int(bundle.meta.get("steps", 0)) + step
