@@ -216,6 +216,7 @@ def _train_locked(
         "seed": args.seed,
         "steps_per_epoch": args.steps_per_epoch,
         "polarity": args.polarity,
+        "sample_by_loss": args.sample_by_loss,
     }
     for k, v in overrides.items():
         if v is not None:
@@ -663,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "keep"],
         help="auto (default): invert bright-background images (brightfield, H&E) so objects "
         "are bright on dark; keep: use images as they are",
+    )
+    t.add_argument(
+        "--sample-by-loss",
+        type=float,
+        help="draw images with a high training loss up to 4x more often, to this power "
+        "(0, the default: by area only)",
     )
     t.add_argument("--lr", type=float)
     t.add_argument("--val-fraction", type=float)

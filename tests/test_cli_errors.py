@@ -494,3 +494,10 @@ def test_split_depth_zero_means_markers_by_distance(tmp_path, capsys, model):
     np.testing.assert_array_equal(
         tifffile.imread(out_h / "a.tif"), tifffile.imread(out_d / "a.tif")
     )
+
+
+@pytest.mark.parametrize("value", ["-1", "5", "nan"])
+def test_sample_by_loss_out_of_range(tmp_path, capsys, value):
+    images, labels = _dataset(tmp_path)
+    argv = [*_train(images, labels, tmp_path / "m.pt"), "--sample-by-loss", value]
+    _expect_error(argv, tmp_path, capsys, "sample_by_loss", "between 0")

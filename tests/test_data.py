@@ -138,3 +138,28 @@ def test_augmentation_keeps_image_and_targets_aligned():
     for xi, yi in zip(x, y, strict=True):
         if 0 < yi[0].sum() < yi[0].size:
             assert xi[0][yi[0] > 0].mean() > xi[0][yi[0] == 0].mean()
+
+
+def test_sampler_draws_images_with_a_high_loss_more_often():
+    img, lab = blobs()
+    s = prepare_samples([img] * 3, [lab] * 3, normalisation=Normalisation())
+    ps = PatchSampler(s, 32, 3, 1, seed=0, by_loss=1.0)
+    np.testing.assert_allclose(ps.p, 1 / 3)  # same areas: same chance
+    ps.batch()
+    ps.last_indices = np.array([0, 1, 2])
+    ps.report_losses(np.array([1.0, 1.0, 3.0]))
+    np.testing.assert_allclose(ps.p, [0.2, 0.2, 0.6])  # 3x the median loss: 3x as often
+    counts = np.bincount(np.concatenate([ps.rng.choice(3, 1000, p=ps.p)]), minlength=3)
+    assert counts[2] > 2 * counts[0]
+    ps.last_indices = np.array([2, 1, 0])
+    ps.report_losses(np.array([100.0, np.nan, 1.0]))  # a NaN is skipped
+    assert ps.image_loss[1] == 1.0
+    np.testing.assert_allclose(ps.p, np.array([1, 1, 4]) / 6)  # at most 4x
+    # a report that does not match the batch, or sampling by area only: nothing changes
+    before = ps.p.copy()
+    ps.report_losses(np.array([5.0]))
+    np.testing.assert_array_equal(ps.p, before)
+    off = PatchSampler(s, 32, 3, 1, seed=0)
+    off.batch()
+    off.report_losses(np.array([1.0, 1.0, 30.0]))
+    np.testing.assert_allclose(off.p, 1 / 3)

@@ -243,3 +243,53 @@ def test_tuning_picks_settings_that_separate_touching_nuclei():
     assert tuned["f1"] == 1.0 and tuned["dsb_score"] > 0.5  # both nuclei found, one each
     assert tuned["score"] >= tuned["default"]["score"]
     assert tuned["n_images"] == 1
+
+
+def test_the_fit_uses_every_held_back_image_and_honours_stop():
+    pairs = [nuclei_image(seed=s) for s in range(8)]
+    imgs, labs = [p[0] for p in pairs], [p[1] for p in pairs]
+    cfg = TrainConfig(epochs=1, val_fraction=0.25, val_max_images=1, **TINY)
+    r = train(imgs, labs, cfg)
+    assert r.bundle.meta["n_val_images"] == 2
+    assert r.bundle.meta["postprocess"]["n_images"] == 2  # validation scored only 1
+    # Stop while the settings are fitted: training is kept, no settings are stored
+    stop = threading.Event()
+    gen = iter_train(imgs, labs, cfg, stop=stop)
+    messages = []
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as e:
+            result = e.value
+            break
+        messages.append(p.message)
+        if "fitting the prediction settings" in p.message:
+            stop.set()
+    assert result.stopped == "epochs"
+    assert "postprocess" not in result.bundle.meta
+    assert "stopped before the prediction settings were fitted" in messages[-1]
+
+
+def test_the_final_weights_are_kept_when_they_score_better(trained):
+    import copy
+
+    import torch
+
+    from napari_unet.core.data import Normalisation, prepare_samples
+    from napari_unet.core.train import _tune
+
+    img, lab = nuclei_image(seed=21)
+    norm = Normalisation.from_dict(trained.bundle.meta["normalisation"])
+    val = prepare_samples([img], [lab], normalisation=norm)
+    good = {k: v.clone() for k, v in trained.bundle.model.state_dict().items()}
+    bad = {k: torch.zeros_like(v) for k, v in good.items()}  # predicts 0.5 everywhere
+    bundle = copy.deepcopy(trained.bundle)
+    bundle.model.load_state_dict(bad)
+    tuned = _tune(bundle, val, torch.device("cpu"), last_state=good)
+    assert tuned["weights"]["weights"] == "last"
+    assert tuned["weights"]["last_score"] > tuned["weights"]["best_score"]
+    assert all(torch.equal(v, good[k]) for k, v in bundle.model.state_dict().items())
+    bundle.model.load_state_dict(good)
+    tuned = _tune(bundle, val, torch.device("cpu"), last_state=bad)
+    assert tuned["weights"]["weights"] == "best"
+    assert all(torch.equal(v, good[k]) for k, v in bundle.model.state_dict().items())

@@ -333,7 +333,19 @@ class PatchSampler:
     augment : bool
         Random flips, 90-degree rotations and intensity jitter.
     seed : int
+    by_loss : float
+        How strongly images whose patches have a high training loss are drawn more
+        often (0 = never): see :meth:`report_losses`.
+
+    Images are drawn with probability proportional to the square root of their area,
+    times ``(loss / median loss) ** by_loss`` (clipped to 1/4 .. 4) once the losses of
+    their patches are known.
     """
+
+    #: Weight of the newest patch loss in an image's running loss.
+    LOSS_MOMENTUM = 0.3
+    #: Limits of an image's loss factor.
+    LOSS_FACTOR = (0.25, 4.0)
 
     def __init__(
         self,
@@ -345,6 +357,7 @@ class PatchSampler:
         fg_fraction: float = 0.5,
         augment: bool = True,
         seed: int = 0,
+        by_loss: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.patch = int(patch_size)
@@ -352,11 +365,43 @@ class PatchSampler:
         self.n_outputs = n_outputs
         self.fg_fraction = fg_fraction
         self.augment = augment
+        self.by_loss = float(by_loss)
         self.rng = np.random.default_rng(seed)
         areas = np.array([s.shape[0] * s.shape[1] for s in self.samples], dtype=np.float64)
         p = np.sqrt(areas)
-        self.p = p / p.sum()
+        self.base_p = p / p.sum()
+        self.p = self.base_p.copy()
+        self.image_loss = np.full(len(self.samples), np.nan)
+        self.last_indices = np.zeros(0, dtype=np.int64)
         self.has_weight = any(s.targets.weight is not None for s in self.samples)
+
+    def report_losses(self, losses: np.ndarray) -> None:
+        """Record the training losses of the last batch's patches, one per patch.
+
+        Each image keeps a running mean of its patches' losses; with ``by_loss > 0`` the
+        images the model finds hard (rare kinds of image, dense or faint objects) are
+        then drawn more often than those it has learned.
+        """
+        if self.by_loss <= 0:
+            return
+        losses = np.asarray(losses, dtype=np.float64).ravel()
+        idx = self.last_indices
+        if losses.size != idx.size:
+            return
+        m = self.LOSS_MOMENTUM
+        for i, v in zip(idx.tolist(), losses.tolist(), strict=True):
+            if not np.isfinite(v):
+                continue
+            old = self.image_loss[i]
+            self.image_loss[i] = v if np.isnan(old) else (1 - m) * old + m * v
+        seen = ~np.isnan(self.image_loss)
+        median = float(np.median(self.image_loss[seen])) if seen.any() else 0.0
+        if median <= 0:
+            return
+        factor = np.ones(len(self.samples))
+        factor[seen] = np.clip(self.image_loss[seen] / median, *self.LOSS_FACTOR) ** self.by_loss
+        p = self.base_p * factor
+        self.p = p / p.sum()
 
     def _crop_origin(self, s: Sample) -> tuple[int, int]:
         h, w = s.shape
@@ -406,6 +451,7 @@ class PatchSampler:
     def batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return images ``(B, C, P, P)``, targets and loss weights ``(B, K, P, P)``."""
         idx = self.rng.choice(len(self.samples), size=self.batch_size, p=self.p)
+        self.last_indices = idx
         parts = [self._one(self.samples[i]) for i in idx]
         return tuple(np.ascontiguousarray(np.stack(a)) for a in zip(*parts, strict=True))
 

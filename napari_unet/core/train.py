@@ -72,6 +72,12 @@ class TrainConfig:
         Flips, 90-degree rotations, intensity jitter.
     fg_fraction : float
         Share of patches centred on an object.
+    sample_by_loss : float
+        Draw the images whose patches have a high training loss more often: an image's
+        chance is multiplied by ``(its running loss / the median) ** sample_by_loss``,
+        clipped to 1/4 .. 4 (0, the default: by area only). Meant to give rare kinds of
+        image in a mixed set more steps; on DSB 2018 it scored lower (see
+        docs/benchmarks.md), so it is off.
     norm_low, norm_high : float
         Percentiles mapped to 0 and 1 (stored with the model).
     polarity : {"auto", "keep"}
@@ -122,6 +128,7 @@ class TrainConfig:
     batch_size: int = 8
     augment: bool = True
     fg_fraction: float = 0.5
+    sample_by_loss: float = 0.0
     norm_low: float = 1.0
     norm_high: float = 99.8
     polarity: str = "auto"
@@ -175,6 +182,12 @@ class TrainConfig:
             raise NapariUnetError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}.")
         if not self.lr > 0:
             raise NapariUnetError(f"lr must be positive, got {self.lr}.")
+        if not 0 <= self.sample_by_loss <= 4:
+            raise NapariUnetError(
+                f"sample_by_loss must be between 0 (off) and 4, got {self.sample_by_loss}."
+            )
+        if not 0 <= self.fg_fraction <= 1:
+            raise NapariUnetError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}.")
 
 
 @dataclass
@@ -249,24 +262,29 @@ def _loss_fn(kind: str):
     import torch
     import torch.nn.functional as F
 
-    def loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        total = logits.new_zeros(())
-        denom_w = weight.sum(dim=(0, 2, 3))
-        used = denom_w > 0
+    def loss(
+        logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, per_sample: bool = False
+    ) -> torch.Tensor:
+        # pooled over the batch; with per_sample, one value per patch (B,) instead
+        dims = (2, 3) if per_sample else (0, 2, 3)
+        total = logits.new_zeros((logits.shape[0],) if per_sample else ())
+        denom_w = weight.sum(dim=dims)
+        used = (denom_w > 0).to(logits.dtype)
+        n_used = used.sum(dim=-1).clamp(min=1)
         if kind in ("bce", "bce_dice", "weighted_bce"):
             bce = F.binary_cross_entropy_with_logits(
                 logits, target, weight=weight, reduction="none"
             )
-            per_ch = bce.sum(dim=(0, 2, 3)) / denom_w.clamp(min=1)
-            total = total + per_ch[used].sum() / used.sum().clamp(min=1)
+            per_ch = bce.sum(dim=dims) / denom_w.clamp(min=1)
+            total = total + (per_ch * used).sum(dim=-1) / n_used
         if kind in ("dice", "bce_dice"):
             valid = (weight > 0).to(logits.dtype)
             p = torch.sigmoid(logits) * valid
             t = target * valid
-            inter = (p * t).sum(dim=(0, 2, 3))
-            card = p.sum(dim=(0, 2, 3)) + t.sum(dim=(0, 2, 3))
+            inter = (p * t).sum(dim=dims)
+            card = p.sum(dim=dims) + t.sum(dim=dims)
             dice = 1 - (2 * inter + 1.0) / (card + 1.0)
-            total = total + dice[used].sum() / used.sum().clamp(min=1)
+            total = total + (dice * used).sum(dim=-1) / n_used
         return total
 
     return loss
@@ -543,6 +561,7 @@ def iter_train(
     train_s, val_s = _split_validation(samples, config.val_fraction, config.seed)
     # the settings are fitted (and the final weights chosen) on all held-back images,
     # up to TUNE_MAX_PIXELS; each validation during training scores a cheaper subset
+    n_held_back = len(val_s)
     tune_s = _first_pixels(val_s, len(val_s), TUNE_MAX_PIXELS)
     val_s = _first_pixels(val_s, config.val_max_images, config.val_max_pixels)
     device = select_device(config.device)
@@ -574,7 +593,7 @@ def iter_train(
         normalisation=norm.to_dict(),
         train_config=config.to_dict(),
         n_train_images=len(train_s),
-        n_val_images=len(val_s),
+        n_val_images=n_held_back,  # validation scores len(val_s) of them
     )
     model = bundle.model.to(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
@@ -595,6 +614,7 @@ def iter_train(
         fg_fraction=config.fg_fraction,
         augment=config.augment,
         seed=config.seed if distributed is None else distributed.seed(config.seed),
+        by_loss=config.sample_by_loss,
     )
     if config.steps_per_epoch:
         steps_per_epoch = int(config.steps_per_epoch)
@@ -696,7 +716,9 @@ def iter_train(
         START,
         device=dev_text,
         message=(
-            f"training on {len(train_s)} image(s), validating on {len(val_s)}, "
+            f"training on {len(train_s)} image(s), validating on {len(val_s)}"
+            + (f" of {n_held_back} held back" if n_held_back > len(val_s) else "")
+            + ", "
             f"{steps_per_epoch} steps per epoch, {dev_text}"
         ),
     )
@@ -729,6 +751,10 @@ def iter_train(
                     logits = net(xt)
                 loss = loss_fn(logits.float(), yt, wt)
                 lv = float(loss.detach())
+                if sampler.by_loss > 0:  # harder images are drawn more often
+                    with torch.no_grad():
+                        each = loss_fn(logits.detach().float(), yt, wt, per_sample=True)
+                    sampler.report_losses(each.cpu().numpy())
                 if distributed is not None:  # mean over ranks: a NaN anywhere stops all
                     lv = distributed.mean(lv)
                 if math.isfinite(lv):
