@@ -77,13 +77,17 @@ def test_bad_fitted_settings_in_a_file_are_ignored(trained, stored):
 
 
 def test_progress_is_typed_and_ordered(data):
-    kinds = []
+    kinds, notes = [], []
     gen = iter_train(*data, TrainConfig(epochs=1, **TINY))
     for p in gen:
         kinds.append(p.kind)
         assert 0.0 <= p.fraction <= 1.0
+        if p.kind == "step" and p.loss is None:  # a note, not a training step
+            notes.append(p.message)
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert kinds.count("step") == 10 and "validation" in kinds
+    assert kinds.count("step") - len(notes) == 10 and "validation" in kinds
+    # the end-of-training fit says that it runs (1 held-back image: no choice of weights)
+    assert notes == ["fitting the prediction settings on 1 held-back image(s)"]
 
 
 def test_prediction_finds_the_nuclei(trained):
@@ -293,3 +297,21 @@ def test_the_final_weights_are_kept_when_they_score_better(trained):
     tuned = _tune(bundle, val, torch.device("cpu"), last_state=bad)
     assert tuned["weights"]["weights"] == "best"
     assert all(torch.equal(v, good[k]) for k, v in bundle.model.state_dict().items())
+
+
+def test_the_fit_takes_at_most_its_share_of_a_time_budget():
+    from types import SimpleNamespace
+
+    from napari_unet.core.train import TUNE_SHARE, _tune_plan
+
+    held_back = [SimpleNamespace(shape=(100, 100)) for _ in range(10)]
+    val = held_back[:2]  # the subset scored at each validation: 20,000 px in 2 s
+    # no time budget, or plenty: all held-back images, predicted twice and fitted
+    assert _tune_plan(val, 20_000, held_back, 2.0, None) == (held_back, 20.0)
+    assert _tune_plan(val, 20_000, held_back, 2.0, 1e6) == (held_back, 20.0)
+    # 4 validations' worth of time per image pair: the budget allows 5 images
+    budget = 5 * 4 * 1.0 / TUNE_SHARE
+    kept, cost = _tune_plan(val, 20_000, held_back, 2.0, budget)
+    assert kept == held_back[:5] and cost == pytest.approx(10.0)
+    # a short budget: the validation subset, predicted once
+    assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 3.0)

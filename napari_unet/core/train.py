@@ -361,8 +361,30 @@ def _first_pixels(samples: Sequence[Sample], max_images: int, max_pixels: int) -
     return kept
 
 
+#: Share of a time budget that the end-of-training fit may take at most.
+TUNE_SHARE = 0.12
+
+
 class _Stopped(Exception):
     """The user stopped training while the prediction settings were being fitted."""
+
+
+def _tune_plan(
+    val: list[Sample], val_px: int, tune_all: list[Sample], val_seconds: float, budget_s
+) -> tuple[list[Sample], float]:
+    """Choose the images of the end-of-training fit and its cost in validations.
+
+    All held-back images (`tune_all`) unless, at the cost per pixel of the last
+    validation, choosing the weights on them and fitting would take more than
+    :data:`TUNE_SHARE` of a time budget: then as many as fit, or the validation subset.
+    """
+    per_px = val_seconds / max(val_px, 1)
+    allowed = float("inf") if not budget_s or per_px <= 0 else TUNE_SHARE * budget_s / (4 * per_px)
+    kept = _first_pixels(tune_all, len(tune_all), int(min(allowed, 2**62)))
+    kept_px = sum(v.shape[0] * v.shape[1] for v in kept)
+    if kept_px <= val_px:  # no more than the subset: predict once, no choice of weights
+        return val, 3.0
+    return kept, 4.0 * kept_px / max(val_px, 1)
 
 
 def _val_set_probabilities(bundle: ModelBundle, val: Sequence[Sample], device, stop) -> list:
@@ -559,10 +581,10 @@ def iter_train(
     if init is not None:
         n_outputs = init.spec.out_channels
     train_s, val_s = _split_validation(samples, config.val_fraction, config.seed)
-    # the settings are fitted (and the final weights chosen) on all held-back images,
-    # up to TUNE_MAX_PIXELS; each validation during training scores a cheaper subset
+    # the settings are fitted (and the final weights chosen) on all held-back images, up to
+    # TUNE_MAX_PIXELS and TUNE_SHARE of a time budget; each validation scores a cheaper subset
     n_held_back = len(val_s)
-    tune_s = _first_pixels(val_s, len(val_s), TUNE_MAX_PIXELS)
+    tune_all = _first_pixels(val_s, len(val_s), TUNE_MAX_PIXELS)
     val_s = _first_pixels(val_s, config.val_max_images, config.val_max_pixels)
     device = select_device(config.device)
     if distributed is not None:  # joins the process group; this rank's GPU or CPU share
@@ -631,22 +653,20 @@ def iter_train(
     tune = bool(
         config.tune_postprocessing
         and distributed is None
-        and tune_s
+        and tune_all
         and all(  # fully annotated instance labels (a binary mask does not say where
             # touching objects meet, so it cannot score the splitting)
             v.targets.instances is not None and v.targets.valid.all() and v.targets.boundary_valid
-            for v in tune_s
+            for v in tune_all
         )
     )
-    # the end of the run predicts the held-back images up to twice and fits the settings
-    # (about twice as long as predicting them once): time kept for it, in validations
-    tune_cost = (
-        4.0
-        * sum(v.shape[0] * v.shape[1] for v in tune_s)
-        / sum(v.shape[0] * v.shape[1] for v in val_s)
-        if tune
-        else 0.0
-    )
+    val_px = sum(v.shape[0] * v.shape[1] for v in val_s)
+    # The end of the run predicts the fit's images (twice when they are more than the
+    # validation subset: best-validated and final weights) and fits the settings (about
+    # twice as long as predicting them once). tune_cost is that time in validations, kept
+    # free in the budget; both are updated after each validation, when its cost is known.
+    tune_s = val_s
+    tune_cost = 3.0 if tune else 0.0
     save_error: str | None = None
     best_score: float | None = None
     best_state = None
@@ -677,7 +697,7 @@ def iter_train(
         return True
 
     def run_validation() -> dict:
-        nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s
+        nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s, tune_s, tune_cost
         tv = time.perf_counter()
         entry = {
             "step": step,
@@ -696,6 +716,9 @@ def iter_train(
         entry["lr"] = opt.param_groups[0]["lr"]
         safe_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         last_val_s = time.perf_counter() - tv
+        entry["val_seconds"] = round(last_val_s, 2)
+        if tune:
+            tune_s, tune_cost = _tune_plan(val_s, val_px, tune_all, last_val_s, budget_s)
         entry["elapsed"] = time.perf_counter() - t0
         history.append(entry)
         losses.clear()
@@ -855,7 +878,8 @@ def iter_train(
         tv = time.perf_counter()
         # the final weights (safe_state, copied at the last validation) against the best
         # scored on the validation subset: chosen on all held-back images
-        last_best = bool(history and history[-1].get("best"))
+        # the final weights were scored on the validation subset already
+        last_best = bool(history and history[-1].get("best")) or tune_s is val_s
         yield TrainProgress(
             STEP,
             step,
@@ -865,8 +889,8 @@ def iter_train(
             time.perf_counter() - t0,
             1.0,
             dev_text,
-            f"choosing the final weights and fitting the prediction settings on "
-            f"{len(tune_s)} held-back image(s)",
+            ("fitting" if last_best else "choosing the final weights and fitting")
+            + f" the prediction settings on {len(tune_s)} held-back image(s)",
         )
         try:
             tuned = _tune(bundle, tune_s, device, None if last_best else safe_state, stop)
