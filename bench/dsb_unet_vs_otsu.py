@@ -104,6 +104,11 @@ def main() -> None:
         "--data", default=os.environ.get("NAPARI_UNET_DATA", str(ROOT.parent / "shared" / "data"))
     )
     ap.add_argument("--model", help="reuse this model instead of training")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        help="train with this seed (default: the trainer's, 0); results go to ..._seed<N> files",
+    )
     args = ap.parse_args()
     data = Path(args.data)
     root = data / "dsb2018_stage1_train"
@@ -114,7 +119,8 @@ def main() -> None:
     )
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-"))
-    model = Path(args.model) if args.model else RESULTS / f"dsb_default_{args.minutes:g}min.pt"
+    tag = f"{args.minutes:g}min" + (f"_seed{args.seed}" if args.seed is not None else "")
+    model = Path(args.model) if args.model else RESULTS / f"dsb_default_{tag}.pt"
     t_train = None
     if not args.model:
         t0 = time.perf_counter()
@@ -131,6 +137,7 @@ def main() -> None:
             "--minutes",
             str(args.minutes),
             "--overwrite",
+            *(["--seed", str(args.seed)] if args.seed is not None else []),
         )
         t_train = time.perf_counter() - t0
     pred = work / "unet"
@@ -172,6 +179,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPU cores, torch threads default",
         "device": b.meta.get("device"),
         "train_minutes_budget": args.minutes,
+        "seed": args.seed if args.seed is not None else 0,
         "train_wall_s": None if t_train is None else round(t_train, 1),
         "train_steps": b.meta.get("steps"),
         "validations": len(hist),
@@ -191,7 +199,7 @@ def main() -> None:
         for kind, r in result[name].items():
             label = f"{name.split('_')[0]} {kind} ({r['n_images']})"
             print(f"{label:34s}" + "".join(f"{r[k]:11.3f}" for k in ("f1", "dsb_score", "dice")))
-    out = RESULTS / f"dsb_unet_vs_otsu_{args.minutes:g}min.json"
+    out = RESULTS / f"dsb_unet_vs_otsu_{tag}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"\nsaved {out}")
 
