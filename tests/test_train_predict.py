@@ -12,6 +12,16 @@ from napari_unet.core.train import TrainConfig, TrainResult, iter_train, train
 TINY = dict(depth=2, base_channels=8, patch_size=64, batch_size=4, steps_per_epoch=10, device="cpu")
 
 
+def _run(gen, on_progress):
+    """Drive a training generator to its end, calling `on_progress` on each report."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as e:
+            return e.value
+        on_progress(p)
+
+
 @pytest.fixture(scope="module")
 def data():
     pairs = [nuclei_image(seed=s) for s in range(4)]
@@ -105,16 +115,15 @@ def test_stop_returns_best_so_far(data, tmp_path):
     ckpt = tmp_path / "m.pt"
     gen = iter_train(*data, TrainConfig(epochs=100, checkpoint_path=str(ckpt), **TINY), stop=stop)
     steps = 0
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as e:
-            result = e.value
-            break
+
+    def on_progress(p):
+        nonlocal steps
         if p.kind == "step":
             steps += 1
             if steps == 3:
                 stop.set()
+
+    result = _run(gen, on_progress)
     assert result.stopped == "user" and result.steps == 3
     assert result.checkpoint == ckpt and ckpt.exists()
 
@@ -260,15 +269,13 @@ def test_the_fit_uses_every_held_back_image_and_honours_stop():
     stop = threading.Event()
     gen = iter_train(imgs, labs, cfg, stop=stop)
     messages = []
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as e:
-            result = e.value
-            break
+
+    def on_progress(p):
         messages.append(p.message)
         if "fitting the prediction settings" in p.message:
             stop.set()
+
+    result = _run(gen, on_progress)
     assert result.stopped == "epochs"
     assert "postprocess" not in result.bundle.meta
     assert "stopped before the prediction settings were fitted" in messages[-1]
