@@ -431,20 +431,16 @@ def _tune(bundle: ModelBundle, val: Sequence[Sample], device, last_state=None, s
             score_labels(instances, [labels_from_output(p, bundle.outputs, base) for p in pr])
             for pr in (probs, probs_last)
         )
-        if s_last["score"] > s_best["score"]:
+        keep_last = s_last["score"] > s_best["score"]
+        if keep_last:
             probs = probs_last
-            chosen = {
-                "weights": "last",
-                "best_score": s_best["score"],
-                "last_score": s_last["score"],
-            }
         else:
             bundle.model.load_state_dict(best_state)
-            chosen = {
-                "weights": "best",
-                "best_score": s_best["score"],
-                "last_score": s_last["score"],
-            }
+        chosen = {
+            "weights": "last" if keep_last else "best",
+            "best_score": s_best["score"],
+            "last_score": s_last["score"],
+        }
     if stop is not None and stop.is_set():
         raise _Stopped
     tuned = tune_postprocessing(probs, instances, bundle.outputs)
@@ -877,8 +873,8 @@ def iter_train(
     if tune and best_state is not None and stopped not in ("user", "diverged"):
         tv = time.perf_counter()
         # the final weights (safe_state, copied at the last validation) against the best
-        # scored on the validation subset: chosen on all held-back images
-        # the final weights were scored on the validation subset already
+        # on the validation subset, chosen on all held-back images; no choice when the
+        # final ones are the best, or when the fit uses the validation subset itself
         last_best = bool(history and history[-1].get("best")) or tune_s is val_s
         yield TrainProgress(
             STEP,
