@@ -306,19 +306,41 @@ def test_the_final_weights_are_kept_when_they_score_better(trained):
     assert all(torch.equal(v, good[k]) for k, v in bundle.model.state_dict().items())
 
 
+def test_the_fit_ends_by_its_deadline_with_the_images_it_could_use(trained):
+    import copy
+    import time
+
+    import torch
+
+    from napari_unet.core.data import Normalisation, prepare_samples
+    from napari_unet.core.train import _tune
+
+    pairs = [nuclei_image(seed=s) for s in (21, 22, 23)]
+    norm = Normalisation.from_dict(trained.bundle.meta["normalisation"])
+    val = prepare_samples([p[0] for p in pairs], [p[1] for p in pairs], normalisation=norm)
+    bundle = copy.deepcopy(trained.bundle)
+    cpu = torch.device("cpu")
+    last = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    # time to spare: every image; already late: the first one only, weights still chosen
+    assert _tune(bundle, val, cpu, deadline=time.perf_counter() + 3600)["n_images"] == 3
+    late = _tune(bundle, val, cpu, last_state=last, deadline=time.perf_counter() - 1)
+    assert late["n_images"] == 1 and late["weights"]["weights"] in ("best", "last")
+
+
 def test_the_fit_takes_at_most_its_share_of_a_time_budget():
     from types import SimpleNamespace
 
-    from napari_unet.core.train import TUNE_SHARE, _tune_plan
+    from napari_unet.core.train import FIT_PER_PASS, TUNE_SHARE, _tune_plan
 
     held_back = [SimpleNamespace(shape=(100, 100)) for _ in range(10)]
     val = held_back[:2]  # the subset scored at each validation: 20,000 px in 2 s
     # no time budget, or plenty: all held-back images, predicted twice and fitted
-    assert _tune_plan(val, 20_000, held_back, 2.0, None) == (held_back, 20.0)
-    assert _tune_plan(val, 20_000, held_back, 2.0, 1e6) == (held_back, 20.0)
-    # 4 validations' worth of time per image pair: the budget allows 5 images
-    budget = 5 * 4 * 1.0 / TUNE_SHARE
+    per_image = 2.0 + FIT_PER_PASS  # validations' worth of time per 2 images
+    assert _tune_plan(val, 20_000, held_back, 2.0, None) == (held_back, 5 * per_image)
+    assert _tune_plan(val, 20_000, held_back, 2.0, 1e6) == (held_back, 5 * per_image)
+    # each image costs (2 + FIT_PER_PASS) s: the budget allows 5 images
+    budget = 5 * per_image / TUNE_SHARE
     kept, cost = _tune_plan(val, 20_000, held_back, 2.0, budget)
-    assert kept == held_back[:5] and cost == pytest.approx(10.0)
+    assert kept == held_back[:5] and cost == pytest.approx(2.5 * per_image)
     # a short budget: the validation subset, predicted once
-    assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 3.0)
+    assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 1.0 + FIT_PER_PASS)
