@@ -217,6 +217,7 @@ def _train_locked(
         "steps_per_epoch": args.steps_per_epoch,
         "polarity": args.polarity,
         "sample_by_loss": args.sample_by_loss,
+        "ema": args.ema,
     }
     for k, v in overrides.items():
         if v is not None:
@@ -670,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="draw images with a high training loss up to 4x more often, to this power "
         "(0, the default: by area only)",
+    )
+    t.add_argument(
+        "--ema",
+        type=float,
+        help="keep a moving average of the weights with at most this decay per step, "
+        "e.g. 0.995 (0, the default: off)",
     )
     t.add_argument("--lr", type=float)
     t.add_argument("--val-fraction", type=float)

@@ -496,6 +496,13 @@ def test_split_depth_zero_means_markers_by_distance(tmp_path, capsys, model):
     )
 
 
+@pytest.mark.parametrize("value", ["-0.5", "1", "nan"])
+def test_ema_out_of_range(tmp_path, capsys, value):
+    images, labels = _dataset(tmp_path)
+    argv = [*_train(images, labels, tmp_path / "m.pt"), "--ema", value]
+    _expect_error(argv, tmp_path, capsys, "ema must be in", "0 = off")
+
+
 @pytest.mark.parametrize("value", ["-1", "5", "nan"])
 def test_sample_by_loss_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)

@@ -344,3 +344,57 @@ def test_the_fit_takes_at_most_its_share_of_a_time_budget():
     assert kept == held_back[:5] and cost == pytest.approx(2.5 * per_image)
     # a short budget: the validation subset, predicted once
     assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 1.0 + FIT_PER_PASS)
+
+
+def test_weight_average_follows_the_weights_and_swaps_back():
+    import torch
+
+    from napari_unet.core.train import _Ema
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    ema = _Ema(model, decay=0.2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    for _ in range(3):
+        ema.update(model)
+    # the decay grows as 1 - 9 / (10 + step) up to its cap: 2/11, then 0.2, 0.2
+    w = torch.tensor(2 / 11 * 0.2 * 0.2)
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ema.state[k], w * start[k] + (1 - w) * v)
+    assert int(ema.state["1.num_batches_tracked"]) == 7
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    averaged = {k: v.clone() for k, v in ema.state.items()}
+    ema.swap(model)
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+    ema.swap(model)
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
+
+def test_training_with_a_weight_average_keeps_the_average(data, tmp_path):
+    from napari_unet.core.checkpoint import load_checkpoint
+
+    kw = dict(TINY, epochs=2, lr=3e-3, tune_postprocessing=False)
+    plain = train(*data, TrainConfig(**kw))
+    ckpt = tmp_path / "ema.pt"
+    averaged = train(*data, TrainConfig(ema=0.9, checkpoint_path=str(ckpt), **kw))
+    assert averaged.steps == plain.steps == 20
+    assert all(np.isfinite(h["score"]) for h in averaged.history)
+    # same seed, same batches: only the averaging makes the kept weights differ
+    a = averaged.bundle.model.state_dict()
+    p = plain.bundle.model.state_dict()
+    assert any(not np.allclose(a[k].numpy(), p[k].numpy()) for k in a if a[k].is_floating_point())
+    saved = load_checkpoint(ckpt).model.state_dict()
+    best = max(averaged.history, key=lambda h: h["score"])
+    if best is averaged.history[-1]:  # the file holds the kept (averaged) weights
+        assert all(np.array_equal(saved[k].numpy(), a[k].numpy()) for k in a)
+    assert averaged.bundle.meta["train_config"]["ema"] == 0.9
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 2.0])
+def test_weight_average_decay_is_checked(value):
+    with pytest.raises(NapariUnetError, match="ema must be in"):
+        TrainConfig(ema=value).validate()
