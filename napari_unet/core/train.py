@@ -409,9 +409,9 @@ class _Ema:
 
 #: Time of fitting the prediction settings to a set of images (scoring 21 pairs of
 #: threshold and split depth, and the default settings for the choice of weights), in
-#: units of the time it takes to predict them once. Measured on DSB 2018 with a 2-core
-#: CPU: 2.8 on the 60 validation images, 4.3 on the 11 of the subset (dense images
-#: cost more); the deadline given to :func:`_tune` catches what this misjudges.
+#: units of the time it takes to predict them once. Measured by bench/fit_cost.py on
+#: DSB 2018 with a 2-core CPU: 2.8 on the 60 validation images, 4.0 on the 11 of the
+#: subset; the deadline given to :func:`_tune` catches what this misjudges.
 FIT_PER_PASS = 3.0
 
 
@@ -974,7 +974,8 @@ def iter_train(
             1.0,
             dev_text,
             ("fitting" if last_best else "choosing the final weights and fitting")
-            + f" the prediction settings on {len(tune_s)} held-back image(s)",
+            + f" the prediction settings on {'up to ' if budget_s else ''}{len(tune_s)}"
+            " held-back image(s)",
         )
         try:
             tuned = _tune(
