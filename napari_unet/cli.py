@@ -217,6 +217,7 @@ def _train_locked(
         "steps_per_epoch": args.steps_per_epoch,
         "polarity": args.polarity,
         "sample_by_loss": args.sample_by_loss,
+        "interface_weight": args.interface_weight,
         "ema": args.ema,
     }
     for k, v in overrides.items():
@@ -660,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels are partial: 0 = not annotated, 1 = background, 2.. = objects",
     )
     t.add_argument("--border-weight", type=float, help="UNet-paper border weight w0 (0 = off)")
+    t.add_argument(
+        "--interface-weight",
+        type=float,
+        help="extra loss weight of the boundary output where two objects touch (0 = off)",
+    )
     t.add_argument(
         "--polarity",
         choices=["auto", "keep"],

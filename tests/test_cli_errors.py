@@ -508,3 +508,10 @@ def test_sample_by_loss_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--sample-by-loss", value]
     _expect_error(argv, tmp_path, capsys, "sample_by_loss", "between 0")
+
+
+@pytest.mark.parametrize("value", ["-1", "101", "nan"])
+def test_interface_weight_out_of_range(tmp_path, capsys, value):
+    images, labels = _dataset(tmp_path)
+    argv = [*_train(images, labels, tmp_path / "m.pt"), "--interface-weight", value]
+    _expect_error(argv, tmp_path, capsys, "interface_weight", "between 0")

@@ -163,3 +163,19 @@ def test_sampler_draws_images_with_a_high_loss_more_often():
     off.batch()
     off.report_losses(np.array([1.0, 1.0, 30.0]))
     np.testing.assert_allclose(off.p, 1 / 3)
+
+
+def test_interface_weight_reaches_the_boundary_channel_only():
+    lab = np.zeros((64, 64), np.int32)
+    lab[10:40, 10:32] = 1
+    lab[10:40, 32:54] = 2
+    img = np.where(lab > 0, 50.0, 10.0).astype(np.float32)
+    img[:, 31:33] = 30.0
+    kwargs = dict(normalisation=Normalisation())
+    plain = prepare_samples([img], [lab], **kwargs)
+    heavy = prepare_samples([img], [lab], interface_weight=4.0, **kwargs)
+    a = PatchSampler(plain, 64, 1, 2, seed=0, augment=False).batch()[2][0]
+    b = PatchSampler(heavy, 64, 1, 2, seed=0, augment=False).batch()[2][0]
+    np.testing.assert_array_equal(a[0], b[0])  # foreground loss unchanged
+    assert (b[1][10:40, 30:34] == 5).all() and (a[1][10:40, 30:34] == 1).all()
+    assert b[1].sum() == a[1].sum() + 4 * 30 * 4

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.targets import border_weights, check_labels, is_binary_mask, make_targets
+from napari_unet.core.targets import (
+    border_weights,
+    check_labels,
+    interfaces,
+    is_binary_mask,
+    make_targets,
+)
 
 
 def two_touching():
@@ -86,3 +92,40 @@ def test_large_label_values_are_kept():
     lab[6:9, 6:9] = 70001
     t = make_targets(lab)
     assert set(np.unique(t.instances)) == {0, 70000, 70001}
+
+
+def test_interfaces_mark_where_objects_touch_not_their_outer_edge():
+    lab = np.zeros((8, 14), int)
+    lab[1:7, 1:7] = 1
+    lab[1:7, 7:13] = 2  # touches 1 along x = 6 | 7
+    lab[1:4, 13] = 0
+    band = interfaces(lab, 1)
+    assert band[1:7, 6].all() and band[1:7, 7].all()  # both sides of the contact
+    assert band.sum() == 12
+    wide = interfaces(lab, 2)
+    assert wide[1:7, 5:9].all() and wide.sum() == 24
+    assert not wide[lab == 0].any()
+    apart = np.zeros((8, 14), int)
+    apart[1:7, 1:6] = 1
+    apart[1:7, 7:13] = 2  # a background column between them
+    assert not interfaces(apart, 2).any()
+
+
+def test_interface_weight_weighs_the_boundary_loss_where_objects_touch():
+    lab = np.zeros((8, 14), int)
+    lab[1:7, 1:7] = 1
+    lab[1:7, 7:13] = 2
+    assert make_targets(lab).boundary_weight is None  # off by default
+    t = make_targets(lab, interface_weight=9.0)
+    w = t.boundary_weight
+    assert w.dtype == np.float32 and w.shape == lab.shape
+    assert (w[1:7, 5:9] == 10).all()
+    assert (w[:, :5] == 1).all() and (w[:, 9:] == 1).all() and (w[lab == 0] == 1).all()
+    # a binary mask does not say where objects meet: nothing is weighted
+    merged = (lab > 0).astype(np.uint8)
+    merged[1:3, 13] = 1
+    merged[5:7, 13] = 1  # a second object apart from the first: boundaries unsupervised
+    merged[3:5, 13] = 0
+    merged[:, 12] = 0
+    binary = make_targets(merged, interface_weight=9.0)
+    assert not binary.boundary_valid and (binary.boundary_weight == 1).all()

@@ -212,6 +212,7 @@ def prepare_samples(
     border_weight: float = 0.0,
     border_sigma: float = 5.0,
     boundary_width: int = 1,
+    interface_weight: float = 0.0,
     max_fg_index: int = 20_000,
     seed: int = 0,
     in_channels: int | None = None,
@@ -228,7 +229,7 @@ def prepare_samples(
     normalisation : Normalisation
     names : sequence of str, optional
         Names used in messages (layer or file names).
-    sparse, border_weight, border_sigma, boundary_width
+    sparse, border_weight, border_sigma, boundary_width, interface_weight
         See :func:`napari_unet.core.targets.make_targets`.
     max_fg_index : int
         At most this many foreground pixel positions are kept per sample for
@@ -298,6 +299,7 @@ def prepare_samples(
                 boundary_width=boundary_width,
                 border_weight=border_weight,
                 border_sigma=border_sigma,
+                interface_weight=interface_weight,
             )
             fg = np.flatnonzero(t.foreground)
             if fg.size > max_fg_index:
@@ -428,7 +430,10 @@ class PatchSampler:
         valid = t.valid[sl].astype(np.float32)
         if t.weight is not None:
             valid = valid * t.weight[sl]
-        wts = [valid, valid * float(t.boundary_valid)][: self.n_outputs]
+        bvalid = valid * float(t.boundary_valid)
+        if t.boundary_weight is not None and self.n_outputs > 1:
+            bvalid = bvalid * t.boundary_weight[sl]
+        wts = [valid, bvalid][: self.n_outputs]
         ph, pw = P - img.shape[-2], P - img.shape[-1]
         if ph or pw:  # image smaller than the patch: mirror the image, ignore the padding
             mode = "reflect" if ph < img.shape[-2] and pw < img.shape[-1] else "symmetric"

@@ -66,6 +66,9 @@ class TrainConfig:
     border_weight, border_sigma : float
         ``w0`` and ``sigma`` of the border weights (0 disables them; "weighted_bce"
         uses 10 when 0).
+    interface_weight : float
+        Extra weight of the boundary output's loss within 2 pixels of where two objects
+        touch (see :func:`napari_unet.core.targets.make_targets`); 0 = off.
     patch_size, batch_size : int
         Training patches.
     augment : bool
@@ -130,6 +133,7 @@ class TrainConfig:
     loss: str = "bce_dice"
     border_weight: float = 0.0
     border_sigma: float = 5.0
+    interface_weight: float = 0.0
     patch_size: int = 128
     batch_size: int = 8
     augment: bool = True
@@ -192,6 +196,10 @@ class TrainConfig:
         if not 0 <= self.sample_by_loss <= 4:
             raise NapariUnetError(
                 f"sample_by_loss must be between 0 (off) and 4, got {self.sample_by_loss}."
+            )
+        if not (np.isfinite(self.interface_weight) and 0 <= self.interface_weight <= 100):
+            raise NapariUnetError(
+                f"interface_weight must be between 0 (off) and 100, got {self.interface_weight}."
             )
         if not 0 <= self.ema < 1:
             raise NapariUnetError(f"ema must be in [0, 1) (0 = off), got {self.ema}.")
@@ -641,6 +649,7 @@ def iter_train(
         border_weight=border_weight,
         border_sigma=config.border_sigma,
         boundary_width=config.boundary_width,
+        interface_weight=config.interface_weight,
         seed=config.seed,
         in_channels=init.in_channels if init is not None else None,
     )
