@@ -8,7 +8,11 @@ be compared, and one picked, without looking at the test images.
 Each model predicts with its own default settings (those fitted at the end of its
 training, as ``napari-unet predict`` uses them).
 
-Usage: python bench/validation_score.py NAME=MODEL.pt [NAME=MODEL.pt ...] [--out NAME]
+With ``--flips`` each model is also scored with test-time augmentation (``napari-unet
+predict --flips``: the mean of the tiles' probabilities as they are and mirrored three ways),
+as a second row ``NAME+flips``, timed side by side with the plain prediction.
+
+Usage: python bench/validation_score.py NAME=MODEL.pt [NAME=MODEL.pt ...] [--flips] [--out NAME]
 Prints a table and writes bench/results/validation_score.json (or --out).
 """
 
@@ -35,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="NAME=MODEL.pt")
     ap.add_argument("--out", default="validation_score")
+    ap.add_argument("--flips", action="store_true", help="also score with test-time flips")
     ap.add_argument(
         "--data",
         default=os.environ.get("NAPARI_UNET_DATA", str(HERE.parent.parent / "shared" / "data")),
@@ -49,15 +54,21 @@ def main() -> None:
     gts = [read_labels(root / "masks" / f"{i}.tif") for i in ids]
     results = {}
     print(f"{'model':12s} {'kind':18s} {'n':>3s} {'f1':>6s} {'dsb':>6s}")
+    runs = []
     for spec in args.models:
         name, _, path = spec.partition("=")
+        runs.append((name, path, False))
+        if args.flips:
+            runs.append((f"{name}+flips", path, True))
+    for name, path, flips in runs:
         bundle = load_checkpoint(path)
-        cfg = PredictConfig.for_model(bundle)
+        cfg = PredictConfig.for_model(bundle, flips=flips)
         t0 = time.perf_counter()
         preds = [predict(bundle, img, channel_axis=-1, config=cfg).labels for img in images]
         seconds = time.perf_counter() - t0
         entry = {
             "model": path,
+            "flips": flips,
             "threshold": cfg.threshold,
             "h": cfg.h,
             "steps": bundle.meta.get("steps"),

@@ -367,7 +367,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise NapariUnetError(f"--h must be 0 (off) or positive, got {given['h']}.")
         given["h"] = None
     # the model's fitted threshold and split depth, unless given here
-    cfg = PredictConfig.for_model(bundle, split=not args.no_split, **given)
+    cfg = PredictConfig.for_model(bundle, split=not args.no_split, flips=args.flips, **given)
     tuned = tuned_settings(bundle.meta)
     fitted = [k for k in ("threshold", "h") if k in tuned and getattr(cfg, k) == tuned[k]]
     if fitted:
@@ -697,6 +697,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--images", required=True, help="folder or glob of images")
     q.add_argument("--out", required=True, help="folder for <stem>.tif label images")
     q.add_argument("--no-split", action="store_true", help="do not split touching objects")
+    q.add_argument(
+        "--flips",
+        action="store_true",
+        help="test-time augmentation: average the tiles' predictions as they are and mirrored "
+        "three ways (about 4x slower)",
+    )
     q.add_argument(
         "--save-probabilities",
         action="store_true",

@@ -515,3 +515,14 @@ def test_interface_weight_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--interface-weight", value]
     _expect_error(argv, tmp_path, capsys, "interface_weight", "between 0")
+
+
+def test_predict_with_flips_writes_other_probabilities(tmp_path, capsys, model):
+    images, _ = _dataset(tmp_path)
+    base = ["predict", "--model", str(model), "--images", str(images), "--save-probabilities"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*base, "--out", str(tmp_path / "flips"), "--flips"]) == 0
+    plain = tifffile.imread(tmp_path / "plain" / "a_probabilities.tif")
+    flips = tifffile.imread(tmp_path / "flips" / "a_probabilities.tif")
+    assert flips.shape == plain.shape and np.abs(flips - plain).max() > 1e-4
+    assert tifffile.imread(tmp_path / "flips" / "a.tif").shape == plain.shape[-2:]

@@ -413,3 +413,47 @@ def test_training_with_a_weight_average_keeps_the_average(data, tmp_path):
 def test_weight_average_decay_is_checked(value):
     with pytest.raises(NapariUnetError, match="ema must be in"):
         TrainConfig(ema=value).validate()
+
+
+def test_flips_average_the_four_mirrored_predictions():
+    import torch
+
+    from napari_unet.core.data import Normalisation
+    from napari_unet.core.model import UNet, UNetSpec
+    from napari_unet.core.predict import FLIPS, infer_tiles
+
+    torch.manual_seed(0)
+    model = UNet(UNetSpec(in_channels=1, out_channels=2, depth=2, base_channels=4)).eval()
+    tile = np.random.default_rng(0).random((1, 32, 48)).astype(np.float32)
+    args = (Normalisation(), np.zeros(1, np.float32), np.ones(1, np.float32), torch.device("cpu"))
+    plain = infer_tiles(model, [tile], *args)[0]
+    averaged = infer_tiles(model, [tile], *args, flips=True)[0]
+    by_hand = np.mean(
+        [
+            np.flip(
+                infer_tiles(model, [np.flip(tile, [a - 1 for a in axes]).copy()], *args)[0],
+                [a - 1 for a in axes],
+            )
+            for axes in FLIPS
+        ],
+        axis=0,
+    )
+    assert len(FLIPS) == 4
+    np.testing.assert_allclose(averaged, by_hand, atol=1e-6)
+    assert np.abs(averaged - plain).max() > 1e-3  # an untrained model is not symmetric
+    # so the averaged prediction of a mirrored tile is the mirrored averaged prediction
+    mirrored = infer_tiles(model, [tile[:, ::-1, :].copy()], *args, flips=True)[0]
+    np.testing.assert_allclose(mirrored[:, ::-1, :], averaged, atol=1e-6)
+
+
+def test_predict_with_flips(trained):
+    img, lab = nuclei_image(seed=11)
+    cpu = PredictConfig(device="cpu")
+    plain = predict_probabilities(trained.bundle, img, config=cpu)
+    flipped = predict_probabilities(
+        trained.bundle, img, config=PredictConfig(device="cpu", flips=True)
+    )
+    assert flipped.shape == plain.shape and 0 < np.abs(flipped - plain).max() < 0.5
+    res = predict(trained.bundle, img, config=PredictConfig(device="cpu", flips=True))
+    assert res.settings["flips"] is True
+    assert evaluate([lab], [res.labels])["f1"] > 0.5

@@ -276,6 +276,18 @@ def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, 
     assert "threshold 0.05, split depth 1 px" in predict_w.status.text()
     assert not error_messages()
 
+    plain = np.array(viewer.layers["fluo_mixed_probability"].data)
+    predict_w.flips.setChecked(True)  # test-time flips reach the prediction
+    click(qtbot, predict_w.predict_button)
+    wait_idle(qtbot, predict_w)
+    cfg = PredictConfig(tile_size=128, threshold=0.05, h=predict_w.h.value() or None, flips=True)
+    expected = predict(bundle, image, config=cfg)
+    np.testing.assert_array_equal(viewer.layers["fluo_mixed_labels"].data, expected.labels)
+    flipped = np.asarray(viewer.layers["fluo_mixed_probability"].data)
+    np.testing.assert_allclose(flipped, expected.probabilities["foreground"], atol=1e-6)
+    assert np.abs(flipped - plain).max() > 1e-4
+    assert not error_messages()
+
 
 def test_predict_errors_are_notified_and_change_nothing(viewer, qtbot, tmp_path):
     from tests._gui_helpers import tiny_model_file

@@ -247,7 +247,9 @@ def _predict_block(
             tiles.append((tx0, block[:, rows[:, None], cols[None, :]].astype(np.float32)))
         for b in range(0, len(tiles), bs):
             chunk = tiles[b : b + bs]
-            prob = infer_tiles(model, [t for _, t in chunk], norm, lo, hi, device)
+            prob = infer_tiles(
+                model, [t for _, t in chunk], norm, lo, hi, device, flips=config.flips
+            )
             for (tx0, _), p in zip(chunk, prob, strict=True):
                 # the part of this tile inside the core
                 a0, a1 = max(ty0, y0), min(ty0 + th, y1)

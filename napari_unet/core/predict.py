@@ -79,6 +79,10 @@ class PredictConfig:
         Objects smaller than this (pixels) are removed.
     fill_holes : bool
         Fill holes inside objects.
+    flips : bool
+        Test-time augmentation: each tile is also predicted mirrored left-right,
+        top-bottom and both, and the four probability maps are averaged. About
+        4 times slower.
     """
 
     tile_size: int = 512
@@ -93,6 +97,7 @@ class PredictConfig:
     h: float | None = 1.0
     min_size: int = 20
     fill_holes: bool = True
+    flips: bool = False
 
     def to_dict(self) -> dict:
         """Return a JSON-able dict."""
@@ -259,23 +264,46 @@ def shrink_for_memory(config: PredictConfig, multiple: int, device_text: str) ->
     )
 
 
+#: Axes mirrored by test-time augmentation (``flips``): none, x, y, both.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
 def infer_tiles(
-    model, tiles: list[np.ndarray], norm: Normalisation, lo: np.ndarray, hi: np.ndarray, device
+    model,
+    tiles: list[np.ndarray],
+    norm: Normalisation,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    device,
+    flips: bool = False,
 ) -> np.ndarray:
-    """Return the probabilities ``(B, K, h, w)`` of raw tiles ``(C, h, w)`` in one pass.
+    """Return the probabilities ``(B, K, h, w)`` of raw tiles ``(C, h, w)``.
 
     The tiles are normalised with the model's ranges `lo`, `hi`; channels-last on CUDA and
-    CPU, mixed precision on CUDA. Whole-image and dask prediction both use this.
+    CPU, mixed precision on CUDA. With `flips`, the mean of the probabilities of the tiles
+    as they are and mirrored along x, y and both (each mapped back). Whole-image and dask
+    prediction both use this.
     """
     import torch
 
     x = np.stack(tiles)
     x = norm.apply(x.transpose(1, 0, 2, 3), lo, hi).transpose(1, 0, 2, 3)
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    if device.type != "mps":
-        xt = xt.contiguous(memory_format=torch.channels_last)
+
+    def run(t):
+        if device.type != "mps":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(model(t).float())
+
     with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
-        return torch.sigmoid(model(xt).float()).cpu().numpy()
+        if not flips:
+            return run(xt).cpu().numpy()
+        total = None
+        for axes in FLIPS:
+            p = run(torch.flip(xt, axes) if axes else xt)
+            p = torch.flip(p, axes) if axes else p
+            total = p if total is None else total + p
+        return (total / len(FLIPS)).cpu().numpy()
 
 
 def _predict_2d(
@@ -326,7 +354,9 @@ def _predict_2d(
             if stop is not None and stop.is_set():
                 return None
             chunk = tiles[b : b + config.batch_size]
-            prob = infer_tiles(model, [t for _, t in chunk], norm, lo, hi, device)
+            prob = infer_tiles(
+                model, [t for _, t in chunk], norm, lo, hi, device, flips=config.flips
+            )
             for (x0, _), p in zip(chunk, prob, strict=True):
                 a = x0 - x_lo
                 acc[:, :, a : a + tw] += p * weight
