@@ -13,7 +13,11 @@ bench/results/dsb_unet_vs_otsu.json.
 The split (bench/splits/dsb2018_{train,test}_ids.txt) is fixed: 10% of the images of each
 kind, drawn once with seed 2018; it is never used for tuning.
 
-Usage: python bench/dsb_unet_vs_otsu.py [--minutes 10] [--data ../shared/data]
+A candidate default is trained with one extra option and its results kept apart with
+``--tag NAME --train-args "..."`` (files ``..._<M>min_<NAME>``).
+
+Usage: python bench/dsb_unet_vs_otsu.py [--minutes 10] [--seed N] [--tag NAME --train-args "..."]
+[--model MODEL.pt] [--data ../shared/data]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -109,7 +114,13 @@ def main() -> None:
         type=int,
         help="train with this seed (default: the trainer's, 0); results go to ..._seed<N> files",
     )
+    ap.add_argument("--tag", help="name of a variant: results go to ..._<M>min_<TAG> files")
+    ap.add_argument(
+        "--train-args", default="", help='extra options for napari-unet train, e.g. "--lr 5e-4"'
+    )
     args = ap.parse_args()
+    if args.train_args and not args.tag:
+        ap.error("--train-args needs --tag, so that the defaults' results are not overwritten")
     data = Path(args.data)
     root = data / "dsb2018_stage1_train"
     train, test, kinds = make_split(data)
@@ -120,6 +131,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="napari-unet-bench-"))
     tag = f"{args.minutes:g}min" + (f"_seed{args.seed}" if args.seed is not None else "")
+    tag += f"_{args.tag}" if args.tag else ""
     model = Path(args.model) if args.model else RESULTS / f"dsb_default_{tag}.pt"
     t_train = None
     if not args.model:
@@ -138,6 +150,7 @@ def main() -> None:
             str(args.minutes),
             "--overwrite",
             *(["--seed", str(args.seed)] if args.seed is not None else []),
+            *shlex.split(args.train_args),
         )
         t_train = time.perf_counter() - t0
     pred = work / "unet"
@@ -180,6 +193,8 @@ def main() -> None:
         "device": b.meta.get("device"),
         "train_minutes_budget": args.minutes,
         "seed": args.seed if args.seed is not None else 0,
+        "train_args": args.train_args,
+        "model": str(model),
         "train_wall_s": None if t_train is None else round(t_train, 1),
         "train_steps": b.meta.get("steps"),
         "validations": len(hist),

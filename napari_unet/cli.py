@@ -218,6 +218,7 @@ def _train_locked(
         "polarity": args.polarity,
         "sample_by_loss": args.sample_by_loss,
         "interface_weight": args.interface_weight,
+        "zoom": args.zoom,
         "ema": args.ema,
     }
     for k, v in overrides.items():
@@ -661,6 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="labels are partial: 0 = not annotated, 1 = background, 2.. = objects",
     )
     t.add_argument("--border-weight", type=float, help="UNet-paper border weight w0 (0 = off)")
+    t.add_argument(
+        "--zoom",
+        type=float,
+        help="scale augmentation: resize patches by up to 1 + ZOOM either way (0 = off)",
+    )
     t.add_argument(
         "--interface-weight",
         type=float,

@@ -526,3 +526,10 @@ def test_predict_with_flips_writes_other_probabilities(tmp_path, capsys, model):
     flips = tifffile.imread(tmp_path / "flips" / "a_probabilities.tif")
     assert flips.shape == plain.shape and np.abs(flips - plain).max() > 1e-4
     assert tifffile.imread(tmp_path / "flips" / "a.tif").shape == plain.shape[-2:]
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan"])
+def test_zoom_out_of_range(tmp_path, capsys, value):
+    images, labels = _dataset(tmp_path)
+    argv = [*_train(images, labels, tmp_path / "m.pt"), "--zoom", value]
+    _expect_error(argv, tmp_path, capsys, "zoom must be between", "0 (off)")

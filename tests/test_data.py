@@ -179,3 +179,31 @@ def test_interface_weight_reaches_the_boundary_channel_only():
     np.testing.assert_array_equal(a[0], b[0])  # foreground loss unchanged
     assert (b[1][10:40, 30:34] == 5).all() and (a[1][10:40, 30:34] == 1).all()
     assert b[1].sum() == a[1].sum() + 4 * 30 * 4
+
+
+def test_zoom_resizes_patches_and_rebuilds_thin_boundaries():
+    from scipy import ndimage as ndi
+
+    lab = np.zeros((120, 120), np.int32)
+    lab[30:90, 30:90] = 1  # one 60-pixel square: its size in a patch shows the zoom
+    img = np.where(lab > 0, 80.0, 10.0).astype(np.float32)
+    s = prepare_samples([img], [lab], normalisation=Normalisation())
+    plain = PatchSampler(s, 48, 64, 2, seed=0, fg_fraction=1.0)
+    zoomed = PatchSampler(s, 48, 64, 2, seed=0, fg_fraction=1.0, zoom=1.0)
+    px, py, pw = plain.batch()
+    x, y, w = zoomed.batch()
+    assert x.shape == px.shape and y.shape == py.shape and w.shape == pw.shape
+    # the image and its targets stay aligned: the bright square is the foreground
+    assert np.corrcoef(x[:, 0].ravel(), y[:, 0].ravel())[0, 1] > 0.9
+    # the boundary is rebuilt after resizing: the one-pixel rim of the (single) object
+    for fg, bnd in zip(y[:, 0] > 0.5, y[:, 1] > 0.5, strict=True):
+        rim = fg & ~ndi.binary_erosion(fg, border_value=1)
+        np.testing.assert_array_equal(bnd, rim)
+
+    # the 60-pixel square never fits in a 48-pixel patch, unless the patch was zoomed out
+    def whole(fg):
+        return fg.any() and not (fg[0].any() or fg[-1].any() or fg[:, 0].any() or fg[:, -1].any())
+
+    assert not any(whole(fg) for fg in py[:, 0] > 0.5)
+    assert any(whole(fg) for fg in y[:, 0] > 0.5)
+    assert (w > 0).all() and (pw > 0).all()

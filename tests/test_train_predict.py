@@ -179,6 +179,18 @@ def test_binary_masks_train_a_semantic_model(data):
     assert list(res.probabilities) == ["foreground"]
 
 
+def test_a_semantic_model_is_validated_on_objects_when_the_labels_are_instances(data):
+    r = train(*data, TrainConfig(epochs=2, targets="semantic", **TINY))
+    assert r.bundle.outputs == ["foreground"]
+    scores = [h for h in r.history if "f1" in h]
+    assert scores and all(h["score"] == h["f1"] for h in scores)
+    # binary masks do not say where touching objects meet: scored by pixels (Dice)
+    masks = [(lab > 0).astype(np.uint8) for lab in data[1]]
+    r = train(data[0], masks, TrainConfig(epochs=2, targets="semantic", **TINY))
+    validated = [h for h in r.history if "dice" in h]
+    assert validated and all("f1" not in h and h["score"] == h["dice"] for h in validated)
+
+
 def test_sparse_annotation_trains(data):
     img, lab = data[0][0], data[1][0].copy()
     sparse = np.zeros_like(lab)

@@ -338,6 +338,11 @@ class PatchSampler:
     by_loss : float
         How strongly images whose patches have a high training loss are drawn more
         often (0 = never): see :meth:`report_losses`.
+    zoom : float
+        Scale augmentation (with ``augment``): each patch is cut from a window
+        ``1 / z`` times its size and resized, ``z`` drawn log-uniformly from
+        ``[1 / (1 + zoom), 1 + zoom]``; the targets are rebuilt from the resized
+        instance labels, so boundaries stay one band thick. 0 = off.
 
     Images are drawn with probability proportional to the square root of their area,
     times ``(loss / median loss) ** by_loss`` (clipped to 1/4 .. 4) once the losses of
@@ -360,6 +365,7 @@ class PatchSampler:
         augment: bool = True,
         seed: int = 0,
         by_loss: float = 0.0,
+        zoom: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.patch = int(patch_size)
@@ -368,6 +374,7 @@ class PatchSampler:
         self.fg_fraction = fg_fraction
         self.augment = augment
         self.by_loss = float(by_loss)
+        self.zoom = float(zoom)
         self.rng = np.random.default_rng(seed)
         areas = np.array([s.shape[0] * s.shape[1] for s in self.samples], dtype=np.float64)
         p = np.sqrt(areas)
@@ -405,9 +412,8 @@ class PatchSampler:
         p = self.base_p * factor
         self.p = p / p.sum()
 
-    def _crop_origin(self, s: Sample) -> tuple[int, int]:
+    def _crop_origin(self, s: Sample, P: int) -> tuple[int, int]:
         h, w = s.shape
-        P = self.patch
         if s.fg_index.size and self.rng.random() < self.fg_fraction:
             c = int(s.fg_index[self.rng.integers(s.fg_index.size)])
             cy, cx = divmod(c, w)
@@ -421,8 +427,14 @@ class PatchSampler:
         return y, x
 
     def _one(self, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.augment and self.zoom > 0 and s.targets.instances is not None:
+            limit = np.log1p(self.zoom)
+            z = float(np.exp(self.rng.uniform(-limit, limit)))
+            window = int(round(self.patch / z))
+            if window != self.patch and window >= 4:
+                return self._zoomed(s, window)
         P = self.patch
-        y, x = self._crop_origin(s)
+        y, x = self._crop_origin(s, P)
         sl = (slice(y, y + P), slice(x, x + P))
         img = s.image[(slice(None),) + sl]
         t = s.targets
@@ -444,14 +456,56 @@ class PatchSampler:
         tgt_a = np.stack(tgt).astype(np.float32)
         w_a = np.stack(wts).astype(np.float32)
         if self.augment:
-            k = int(self.rng.integers(4))
-            flip = bool(self.rng.integers(2))
-            img, tgt_a, w_a = (_geom(a, k, flip) for a in (img, tgt_a, w_a))
-            c = img.shape[0]
-            scale = self.rng.uniform(0.75, 1.25, size=(c, 1, 1)).astype(np.float32)
-            shift = self.rng.uniform(-0.15, 0.15, size=(c, 1, 1)).astype(np.float32)
-            img = img * scale + shift
+            return self._augment(img, tgt_a, w_a)
         return img, tgt_a, w_a
+
+    def _zoomed(self, s: Sample, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return a patch cut from a ``window``-pixel square and resized to the patch size."""
+        from scipy import ndimage as ndi
+
+        from napari_unet.core.targets import _boundary
+
+        P = self.patch
+        y, x = self._crop_origin(s, window)
+        sl = (slice(y, y + window), slice(x, x + window))
+        t = s.targets
+        img = s.image[(slice(None),) + sl]
+        inst = t.instances[sl]
+        valid = t.valid[sl].astype(np.float32)
+        if t.weight is not None:
+            valid = valid * t.weight[sl]
+        bweight = t.boundary_weight[sl] if t.boundary_weight is not None else None
+        ph, pw = window - img.shape[-2], window - img.shape[-1]
+        if ph or pw:  # image smaller than the window: mirror it, ignore the padding
+            mode = "reflect" if ph < img.shape[-2] and pw < img.shape[-1] else "symmetric"
+            img = np.pad(img, ((0, 0), (0, ph), (0, pw)), mode=mode)
+            inst = np.pad(inst, ((0, ph), (0, pw)))
+            valid = np.pad(valid, ((0, ph), (0, pw)))
+            if bweight is not None:
+                bweight = np.pad(bweight, ((0, ph), (0, pw)), constant_values=1)
+        f = P / window
+        img = ndi.zoom(img.astype(np.float32), (1, f, f), order=1, grid_mode=True, mode="nearest")
+        inst = ndi.zoom(inst, f, order=0, grid_mode=True, mode="nearest")
+        valid = ndi.zoom(valid, f, order=0, grid_mode=True, mode="nearest")
+        fg = (inst != 0).astype(np.float32)
+        bvalid = valid * float(t.boundary_valid)
+        if bweight is not None and self.n_outputs > 1:
+            bvalid = bvalid * ndi.zoom(bweight, f, order=0, grid_mode=True, mode="nearest")
+        bnd = _boundary(inst, t.boundary_width).astype(np.float32)
+        tgt_a = np.stack([fg, bnd][: self.n_outputs])
+        w_a = np.stack([valid, bvalid][: self.n_outputs]).astype(np.float32)
+        return self._augment(img, tgt_a, w_a)
+
+    def _augment(
+        self, img: np.ndarray, tgt_a: np.ndarray, w_a: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = int(self.rng.integers(4))
+        flip = bool(self.rng.integers(2))
+        img, tgt_a, w_a = (_geom(a, k, flip) for a in (img, tgt_a, w_a))
+        c = img.shape[0]
+        scale = self.rng.uniform(0.75, 1.25, size=(c, 1, 1)).astype(np.float32)
+        shift = self.rng.uniform(-0.15, 0.15, size=(c, 1, 1)).astype(np.float32)
+        return img * scale + shift, tgt_a, w_a
 
     def batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return images ``(B, C, P, P)``, targets and loss weights ``(B, K, P, P)``."""

@@ -64,6 +64,8 @@ class Targets:
         near where two objects touch, 1 elsewhere; None when not requested.
     instances : (M, N) ndarray of int or None
         The objects as instance labels (after the sparse/binary conventions).
+    boundary_width : int
+        Width of the boundary band, in pixels.
     """
 
     foreground: np.ndarray
@@ -73,6 +75,7 @@ class Targets:
     weight: np.ndarray | None = None
     instances: np.ndarray | None = None
     boundary_weight: np.ndarray | None = None
+    boundary_width: int = 1
 
 
 def check_labels(labels: np.ndarray, *, name: str = "labels") -> np.ndarray:
@@ -301,4 +304,5 @@ def make_targets(
         weight=weight,
         instances=inst,
         boundary_weight=boundary_weight,
+        boundary_width=int(boundary_width),
     )

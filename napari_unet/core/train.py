@@ -73,6 +73,9 @@ class TrainConfig:
         Training patches.
     augment : bool
         Flips, 90-degree rotations, intensity jitter.
+    zoom : float
+        Scale augmentation (with ``augment``): patches are resized by a factor drawn
+        log-uniformly from ``[1 / (1 + zoom), 1 + zoom]``; 0 = off.
     fg_fraction : float
         Share of patches centred on an object.
     sample_by_loss : float
@@ -137,6 +140,7 @@ class TrainConfig:
     patch_size: int = 128
     batch_size: int = 8
     augment: bool = True
+    zoom: float = 0.0
     fg_fraction: float = 0.5
     sample_by_loss: float = 0.0
     ema: float = 0.0
@@ -201,6 +205,10 @@ class TrainConfig:
             raise NapariUnetError(
                 f"interface_weight must be between 0 (off) and 100, got {self.interface_weight}."
             )
+        if not (np.isfinite(self.zoom) and 0 <= self.zoom <= 1):
+            raise NapariUnetError(
+                f"zoom must be between 0 (off) and 1 (sizes from half to double), got {self.zoom}."
+            )
         if not 0 <= self.ema < 1:
             raise NapariUnetError(f"ema must be in [0, 1) (0 = off), got {self.ema}.")
         if not 0 <= self.fg_fraction <= 1:
@@ -218,7 +226,8 @@ class TrainProgress:
     loss : float or None
         Training loss of this step.
     validation : dict or None
-        On "validation": ``val_loss``, ``dice``, ``f1`` (instance models), ``score``.
+        On "validation": ``val_loss``, ``dice``, ``f1`` (when the labels are instance
+        labels: objects as predicted, split, against the true ones), ``score``.
     elapsed : float
         Seconds since training started.
     fraction : float
@@ -559,14 +568,16 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
         gf = t.foreground.astype(bool) & valid
         inter += float(np.logical_and(pf, gf).sum())
         card += float(pf.sum() + gf.sum())
-        if n_outputs > 1 and t.instances is not None and valid.all():
+        # objects are scored where the labels say where touching objects meet (a model
+        # without a boundary output splits them by the distance transform)
+        if (n_outputs > 1 or t.boundary_valid) and t.instances is not None and valid.all():
             pred = labels_from_output(prob, bundle.outputs, cfg)
             mt = match_objects(t.instances, pred, thresholds=(0.5,))
             tp, fp, fn = tp + int(mt.tp[0]), fp + int(mt.fp[0]), fn + int(mt.fn[0])
         else:
             instance_ok = False
     out = {"val_loss": float(np.mean(losses)), "dice": (2 * inter + 1e-9) / (card + 1e-9)}
-    if n_outputs > 1 and instance_ok:
+    if instance_ok:
         out["f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
         out["score"] = out["f1"]
     else:
@@ -718,6 +729,7 @@ def iter_train(
         augment=config.augment,
         seed=config.seed if distributed is None else distributed.seed(config.seed),
         by_loss=config.sample_by_loss,
+        zoom=config.zoom,
     )
     if config.steps_per_epoch:
         steps_per_epoch = int(config.steps_per_epoch)
