@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--flips",
         action="store_true",
         help="test-time augmentation: average the tiles' predictions as they are and mirrored "
-        "three ways (about 4x slower)",
+        "three ways (3 to 4 times slower)",
     )
     q.add_argument(
         "--save-probabilities",

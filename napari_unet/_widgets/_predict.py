@@ -202,7 +202,7 @@ class PredictWidget(QWidget):
         self.fill_holes = QCheckBox("Fill holes in nuclei")
         self.fill_holes.setChecked(d.fill_holes)
         adv_form.addRow(self.fill_holes)
-        self.flips = QCheckBox("Average over flips (about 4x slower)")
+        self.flips = QCheckBox("Average over flips (3 to 4 times slower)")
         self.flips.setChecked(d.flips)
         self.flips.setToolTip(
             "Test-time augmentation: also predict each tile mirrored three ways and average. "

@@ -144,32 +144,11 @@ def _object_labels(labels: np.ndarray, sparse: bool) -> tuple[np.ndarray, np.nda
     return inst, valid, True
 
 
-def _boundary(inst: np.ndarray, width: int = 1) -> np.ndarray:
-    """Pixels of an object whose 4-neighbourhood holds another value (band of ``width``)."""
-    from scipy import ndimage as ndi
+def _edge_band(inst: np.ndarray, width: int, objects_only: bool) -> np.ndarray:
+    """Object pixels whose 4-neighbourhood holds another value, grown to ``width``.
 
-    b = np.zeros(inst.shape, dtype=bool)
-    pad = np.pad(inst, 1, mode="edge")
-    c = pad[1:-1, 1:-1]
-    for sl in (
-        (slice(None, -2), slice(1, -1)),
-        (slice(2, None), slice(1, -1)),
-        (slice(1, -1), slice(None, -2)),
-        (slice(1, -1), slice(2, None)),
-    ):
-        b |= pad[sl] != c
-    b &= inst != 0
-    if width > 1:
-        b = ndi.binary_dilation(b, iterations=width - 1) & (inst != 0)
-    return b
-
-
-def interfaces(inst: np.ndarray, width: int = 1) -> np.ndarray:
-    """Object pixels within ``width`` pixels of a pixel of *another* object (not background).
-
-    Where two objects touch; the band covers both sides. ``width`` 1 gives the two
-    pixel rows that meet (4-neighbourhood), each further step grows the band by one
-    pixel into each object.
+    With ``objects_only`` the other value must be another object (not background).
+    The image border counts as more of the same pixel.
     """
     from scipy import ndimage as ndi
 
@@ -183,11 +162,26 @@ def interfaces(inst: np.ndarray, width: int = 1) -> np.ndarray:
         (slice(1, -1), slice(2, None)),
     ):
         other = pad[sl]
-        b |= (other != c) & (other != 0)
+        b |= ((other != c) & (other != 0)) if objects_only else (other != c)
     b &= inst != 0
     if width > 1 and b.any():
         b = ndi.binary_dilation(b, iterations=width - 1) & (inst != 0)
     return b
+
+
+def _boundary(inst: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of an object whose 4-neighbourhood holds another value (band of ``width``)."""
+    return _edge_band(inst, width, objects_only=False)
+
+
+def interfaces(inst: np.ndarray, width: int = 1) -> np.ndarray:
+    """Object pixels within ``width`` pixels of a pixel of *another* object (not background).
+
+    Where two objects touch; the band covers both sides. ``width`` 1 gives the two
+    pixel rows that meet (4-neighbourhood), each further step grows the band by one
+    pixel into each object.
+    """
+    return _edge_band(inst, width, objects_only=True)
 
 
 def border_weights(inst: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
