@@ -6,7 +6,9 @@ and split depth (21 settings scored). It keeps time free for this in the budget,
 in predictions of the fit's images (``napari_unet.core.train.FIT_PER_PASS`` for the
 fit). This script measures those parts on the 60 DSB 2018 validation images (seed 0, as
 bench/validation_score.py; the test ids are not touched) and on the 11 of them that each
-validation scores, with a trained model, repeated, and reports medians.
+validation scores, with a trained model, repeated, and reports medians. The fit is
+timed twice in each repeat, side by side: on one thread and on the threads the trainer
+uses (``napari_unet.core.tune.fit_threads()``).
 
 Usage: python bench/fit_cost.py MODEL.pt [--repeats 3]
 Prints a table and writes bench/results/fit_cost.json.
@@ -31,7 +33,7 @@ def main() -> None:
     from napari_unet.core.data import Normalisation, prepare_samples
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.predict import PredictConfig, labels_from_output
-    from napari_unet.core.tune import score_labels, tune_postprocessing
+    from napari_unet.core.tune import fit_threads, score_labels, tune_postprocessing
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -60,15 +62,22 @@ def main() -> None:
         "device": "CPU",
         "torch_threads": torch.get_num_threads(),
         "FIT_PER_PASS": T.FIT_PER_PASS,
+        "fit_threads": fit_threads(),
         "sets": {},
     }
     print(
         f"{'images':>17s} {'Mpx':>5s} {'validate':>9s} {'predict':>8s} {'score':>6s} "
-        f"{'fit 21':>7s} {'(score+fit)/predict':>20s}"
+        f"{'fit 1 thr':>9s} {'fit':>6s} {'(score+fit)/predict':>20s}  ({fit_threads()} threads)"
     )
     for name, ss in (("validation subset", subset), ("all held back", samples)):
         inst = [s.targets.instances for s in ss]
-        times: dict[str, list[float]] = {"validate": [], "predict": [], "score": [], "fit": []}
+        times: dict[str, list[float]] = {
+            "validate": [],
+            "predict": [],
+            "score": [],
+            "fit_1_thread": [],
+            "fit": [],
+        }
         for _ in range(args.repeats):
             t = time.perf_counter()
             T._validate(bundle, ss, loss_fn, device, len(bundle.outputs))
@@ -82,8 +91,12 @@ def main() -> None:
             )
             times["score"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            tune_postprocessing(probs, inst, bundle.outputs)
+            one = tune_postprocessing(probs, inst, bundle.outputs, workers=1)
+            times["fit_1_thread"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            threaded = tune_postprocessing(probs, inst, bundle.outputs)
             times["fit"].append(time.perf_counter() - t)
+            assert threaded == one, "the threaded fit chose differently"
         med = {k: statistics.median(v) for k, v in times.items()}
         px = sum(s.shape[0] * s.shape[1] for s in ss)
         ratio = (med["score"] + med["fit"]) / med["predict"]
@@ -93,11 +106,13 @@ def main() -> None:
             "seconds": times,
             "median_s": med,
             "fit_per_predict": ratio,
+            "fit_per_predict_1_thread": (med["score"] + med["fit_1_thread"]) / med["predict"],
+            "fit_speedup": med["fit_1_thread"] / med["fit"],
             "predict_per_validate": med["predict"] / med["validate"],
         }
         print(
             f"{name:>17s} {px / 1e6:5.1f} {med['validate']:9.2f} {med['predict']:8.2f} "
-            f"{med['score']:6.2f} {med['fit']:7.2f} {ratio:20.2f}"
+            f"{med['score']:6.2f} {med['fit_1_thread']:9.2f} {med['fit']:6.2f} {ratio:20.2f}"
         )
     result["loadavg_start"], result["loadavg_end"] = la0, loadavg()
     result["machine"] = machine()

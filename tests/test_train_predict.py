@@ -348,23 +348,32 @@ def test_the_fit_ends_by_its_deadline_with_the_images_it_could_use(trained):
     assert late["n_images"] == 1 and late["weights"]["weights"] in ("best", "last")
 
 
-def test_the_fit_takes_at_most_its_share_of_a_time_budget():
+def test_the_fit_takes_at_most_its_share_of_a_time_budget(monkeypatch):
     from types import SimpleNamespace
 
-    from napari_unet.core.train import FIT_PER_PASS, TUNE_SHARE, _tune_plan
+    from napari_unet.core import tune
+    from napari_unet.core.train import TUNE_SHARE, _fit_per_pass, _tune_plan
 
     held_back = [SimpleNamespace(shape=(100, 100)) for _ in range(10)]
     val = held_back[:2]  # the subset scored at each validation: 20,000 px in 2 s
     # no time budget, or plenty: all held-back images, predicted twice and fitted
-    per_image = 2.0 + FIT_PER_PASS  # validations' worth of time per 2 images
+    per_image = 2.0 + _fit_per_pass()  # validations' worth of time per 2 images
     assert _tune_plan(val, 20_000, held_back, 2.0, None) == (held_back, 5 * per_image)
     assert _tune_plan(val, 20_000, held_back, 2.0, 1e6) == (held_back, 5 * per_image)
-    # each image costs (2 + FIT_PER_PASS) s: the budget allows 5 images
-    budget = 5 * per_image / TUNE_SHARE
+    # each image costs (2 + fit) s: the budget allows 5 images
+    budget = 5.5 * per_image / TUNE_SHARE  # 5 images and a half
     kept, cost = _tune_plan(val, 20_000, held_back, 2.0, budget)
     assert kept == held_back[:5] and cost == pytest.approx(2.5 * per_image)
     # a short budget: the validation subset, predicted once
-    assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 1.0 + FIT_PER_PASS)
+    assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 1.0 + _fit_per_pass())
+    # the fit's threads shorten the time kept for it, down to its serial part
+    monkeypatch.setattr(tune, "fit_threads", lambda *a: 1)
+    one = _tune_plan(val, 20_000, held_back, 2.0, None)[1]
+    monkeypatch.setattr(tune, "fit_threads", lambda *a: 4)
+    four = _tune_plan(val, 20_000, held_back, 2.0, None)[1]
+    assert one == pytest.approx(5 * (2.0 + _fit_per_pass(1)))
+    assert _fit_per_pass(1) > _fit_per_pass(2) > _fit_per_pass(4) > 0.25 * _fit_per_pass(1)
+    assert four < one
 
 
 def test_weight_average_follows_the_weights_and_swaps_back():

@@ -424,12 +424,27 @@ class _Ema:
         self.state = cur
 
 
-#: Time of fitting the prediction settings to a set of images (scoring 21 pairs of
-#: threshold and split depth, and the default settings for the choice of weights), in
-#: units of the time it takes to predict them once. Measured by bench/fit_cost.py on
-#: DSB 2018 with a 2-core CPU: 2.8 on the 60 validation images, 4.0 on the 11 of the
-#: subset; the deadline given to :func:`_tune` catches what this misjudges.
+#: Time of fitting the prediction settings to a set of images on one thread (scoring 21
+#: pairs of threshold and split depth, and the default settings for the choice of
+#: weights), in units of the time it takes to predict them once. Measured by
+#: bench/fit_cost.py on DSB 2018 with a 2-core CPU: 2.8 on the 60 validation images, 3.9
+#: on the 11 of the subset; the deadline given to :func:`_tune` catches what this
+#: misjudges.
 FIT_PER_PASS = 3.0
+#: Share of that time which the fit's threads divide between them
+#: (:func:`napari_unet.core.tune.fit_threads`): bench/fit_cost.py measured two threads
+#: fitting 1.6 times as fast as one, which is this share by Amdahl's law.
+FIT_PARALLEL_SHARE = 0.75
+
+
+def _fit_per_pass(threads: int | None = None) -> float:
+    """:data:`FIT_PER_PASS` for a fit on `threads` threads (the fit's own if None)."""
+    if threads is None:
+        from napari_unet.core.tune import fit_threads
+
+        threads = fit_threads()
+    share = FIT_PARALLEL_SHARE
+    return FIT_PER_PASS * (1.0 - share + share / max(1, int(threads)))
 
 
 class _Stopped(Exception):
@@ -447,14 +462,15 @@ def _tune_plan(
     budget: then as many as fit, or the validation subset (predicted once).
     """
     per_px = val_seconds / max(val_px, 1)
-    cost = 2.0 + FIT_PER_PASS  # in predictions of the fit's images
+    fit = _fit_per_pass()
+    cost = 2.0 + fit  # in predictions of the fit's images
     allowed = float("inf")
     if budget_s and per_px > 0:
         allowed = TUNE_SHARE * budget_s / (cost * per_px)
     kept = _first_pixels(tune_all, len(tune_all), int(min(allowed, 2**62)))
     kept_px = sum(v.shape[0] * v.shape[1] for v in kept)
     if kept_px <= val_px:  # no more than the subset: predict once, no choice of weights
-        return val, 1.0 + FIT_PER_PASS
+        return val, 1.0 + fit
     return kept, cost * kept_px / max(val_px, 1)
 
 
@@ -497,13 +513,13 @@ def _tune(
     at the default settings and the better one is kept in the model; the settings are
     then fitted to it. With `deadline` (a :func:`time.perf_counter` value), the fit
     uses as many of the `val` images, in order, as it can finish by then (at least one;
-    see :data:`FIT_PER_PASS`). Raises :class:`_Stopped` when `stop` is set (the model
+    see :func:`_fit_per_pass`). Raises :class:`_Stopped` when `stop` is set (the model
     then holds the best weights).
     """
     from napari_unet.core.predict import PredictConfig, labels_from_output
     from napari_unet.core.tune import score_labels, tune_postprocessing
 
-    after = FIT_PER_PASS + (1.0 if last_state is not None else 0.0)
+    after = _fit_per_pass() + (1.0 if last_state is not None else 0.0)
     probs = _val_set_probabilities(bundle, val, device, stop, deadline, after)
     val = list(val[: len(probs)])
     instances = [s.targets.instances for s in val]
@@ -756,11 +772,11 @@ def iter_train(
     val_px = sum(v.shape[0] * v.shape[1] for v in val_s)
     # The end of the run predicts the fit's images (twice when they are more than the
     # validation subset: best-validated and final weights) and fits the settings
-    # (FIT_PER_PASS times as long as predicting them once). tune_cost is that time in
+    # (_fit_per_pass() times as long as predicting them once). tune_cost is that time in
     # validations, kept free in the budget; both are updated after each validation, when
     # its cost is known. The fit itself is given the budget's end as its deadline.
     tune_s = val_s
-    tune_cost = 1.0 + FIT_PER_PASS if tune else 0.0
+    tune_cost = 1.0 + _fit_per_pass() if tune else 0.0
     save_error: str | None = None
     best_score: float | None = None
     best_state = None
