@@ -23,6 +23,7 @@ __all__ = [
     "SPLIT_DEPTHS",
     "TUNE_MAX_PIXELS",
     "MAX_FIT_THREADS",
+    "fit_threads",
     "score_labels",
     "tune_postprocessing",
     "tuned_settings",
