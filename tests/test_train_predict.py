@@ -46,6 +46,9 @@ def test_training_learns_and_reports(trained):
     # the loss goes down
     assert r.history[-1]["train_loss"] < 0.8 * r.history[0]["train_loss"]
     assert r.best_score == max(h["score"] for h in r.history)
+    # each validation says how much of its time went to predicting (the unit in which
+    # the time kept free for the end-of-training fit is counted)
+    assert all(0 <= h["predict_seconds"] <= h["val_seconds"] for h in r.history)
     meta = r.bundle.meta
     assert meta["normalisation"]["mode"] == "percentile"
     assert meta["train_config"]["epochs"] == 8

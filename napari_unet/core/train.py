@@ -452,16 +452,18 @@ class _Stopped(Exception):
 
 
 def _tune_plan(
-    val: list[Sample], val_px: int, tune_all: list[Sample], val_seconds: float, budget_s
+    val: list[Sample], val_px: int, tune_all: list[Sample], predict_seconds: float, budget_s
 ) -> tuple[list[Sample], float]:
-    """Choose the images of the end-of-training fit and its cost in validations.
+    """Choose the images of the end-of-training fit and its cost.
 
-    All held-back images (`tune_all`) unless, at the cost per pixel of the last
-    validation (about that of predicting), predicting them twice (best-validated and
-    final weights) and fitting would take more than :data:`TUNE_SHARE` of a time
-    budget: then as many as fit, or the validation subset (predicted once).
+    `predict_seconds` is the time the last validation spent predicting the subset `val`
+    (`val_px` pixels); the cost returned is in those units. All held-back images
+    (`tune_all`) are taken unless, at that cost per pixel, predicting them twice
+    (best-validated and final weights) and fitting would take more than
+    :data:`TUNE_SHARE` of a time budget: then as many as fit, or the validation subset
+    (predicted once).
     """
-    per_px = val_seconds / max(val_px, 1)
+    per_px = predict_seconds / max(val_px, 1)
     fit = _fit_per_pass()
     cost = 2.0 + fit  # in predictions of the fit's images
     allowed = float("inf")
@@ -568,8 +570,11 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
     losses, inter, card, tp, fp, fn = [], 0.0, 0.0, 0, 0, 0
     instance_ok = True
     bundle.model.eval()
+    predict_s = 0.0
     for s in val:
+        t_pred = time.perf_counter()
         prob, cfg = _val_probabilities(bundle, s, cfg, device)
+        predict_s += time.perf_counter() - t_pred
         t = s.targets
         tgt = np.stack([t.foreground, t.boundary][:n_outputs]).astype(np.float32)
         w = t.valid.astype(np.float32)
@@ -593,6 +598,7 @@ def _validate(bundle: ModelBundle, val: Sequence[Sample], loss_fn, device, n_out
         else:
             instance_ok = False
     out = {"val_loss": float(np.mean(losses)), "dice": (2 * inter + 1e-9) / (card + 1e-9)}
+    out["predict_seconds"] = predict_s
     if instance_ok:
         out["f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
         out["score"] = out["f1"]
@@ -773,8 +779,9 @@ def iter_train(
     # The end of the run predicts the fit's images (twice when they are more than the
     # validation subset: best-validated and final weights) and fits the settings
     # (_fit_per_pass() times as long as predicting them once). tune_cost is that time in
-    # validations, kept free in the budget; both are updated after each validation, when
-    # its cost is known. The fit itself is given the budget's end as its deadline.
+    # predictions of the validation subset; it is kept free in the budget, with one more
+    # validation. Both are updated after each validation, when its cost is known. The
+    # fit itself is given the budget's end as its deadline.
     tune_s = val_s
     tune_cost = 1.0 + _fit_per_pass() if tune else 0.0
     save_error: str | None = None
@@ -786,7 +793,7 @@ def iter_train(
     step = epoch = 0
     losses: list[float] = []
     t0 = time.perf_counter()
-    last_val_s = 0.0
+    last_val_s = last_pred_s = 0.0
 
     def fraction(elapsed: float) -> float:
         f_time = elapsed / budget_s if budget_s else 0.0
@@ -816,7 +823,8 @@ def iter_train(
             ema.swap(model)
 
     def _run_validation() -> dict:
-        nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s, tune_s, tune_cost
+        nonlocal best_score, best_state, safe_state, bad_epochs, last_val_s, last_pred_s
+        nonlocal tune_s, tune_cost
         tv = time.perf_counter()
         entry = {
             "step": step,
@@ -836,8 +844,14 @@ def iter_train(
         safe_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         last_val_s = time.perf_counter() - tv
         entry["val_seconds"] = round(last_val_s, 2)
+        # the fit's cost is counted in predictions of the subset (bench/fit_cost.py's
+        # unit), not in validations, which also score the predictions
+        pred_s = entry.get("predict_seconds")
+        last_pred_s = last_val_s if pred_s is None else min(float(pred_s), last_val_s)
+        if pred_s is not None:
+            entry["predict_seconds"] = round(last_pred_s, 2)
         if tune:
-            tune_s, tune_cost = _tune_plan(val_s, val_px, tune_all, last_val_s, budget_s)
+            tune_s, tune_cost = _tune_plan(val_s, val_px, tune_all, last_pred_s, budget_s)
         entry["elapsed"] = time.perf_counter() - t0
         history.append(entry)
         losses.clear()
@@ -967,7 +981,7 @@ def iter_train(
                 stopped = "epochs"
                 break
             # keep time for the last validation (and the fitting of the prediction settings)
-            over = bool(budget_s and elapsed + last_val_s * (1 + tune_cost) >= budget_s)
+            over = bool(budget_s and elapsed + last_val_s + last_pred_s * tune_cost >= budget_s)
             if distributed is not None and budget_s:
                 over = bool(distributed.agree_max([over])[0])
             if over:
