@@ -154,6 +154,25 @@ def test_time_budget(data):
     assert r.bundle.meta["postprocess"]["n_images"] == 1
 
 
+def test_early_stopping_only_when_asked(data, monkeypatch):
+    import napari_unet.core.train as train_mod
+
+    # a score that never improves after the first validation
+    def flat(*args, **kwargs):
+        return {"val_loss": 1.0, "dice": 0.5, "score": 0.5, "predict_seconds": 0.0}
+
+    monkeypatch.setattr(train_mod, "_validate", flat)
+    cfg = dict(epochs=6, tune_postprocessing=False, **TINY)
+    assert TrainConfig().patience is None  # the default trains to the end
+    r = train(*data, TrainConfig(**cfg))
+    assert r.stopped == "epochs" and len(r.history) == 6
+    r = train(*data, TrainConfig(patience=2, **cfg))
+    assert r.stopped == "early_stopping" and len(r.history) == 3 and r.steps == 30
+    for bad in (-1, 1.5):
+        with pytest.raises(NapariUnetError, match="patience"):
+            TrainConfig(patience=bad).validate()
+
+
 def test_divergence_keeps_a_finite_model(data):
     r = train(*data, TrainConfig(epochs=50, lr=1e12, **TINY))
     assert r.stopped == "diverged"
