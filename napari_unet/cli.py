@@ -218,6 +218,7 @@ def _train_locked(
         "polarity": args.polarity,
         "sample_by_loss": args.sample_by_loss,
         "interface_weight": args.interface_weight,
+        "contact_gap": args.contact_gap,
         "zoom": args.zoom,
         "ema": args.ema,
     }
@@ -671,6 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--interface-weight",
         type=float,
         help="extra loss weight of the boundary output where two objects touch (0 = off)",
+    )
+    t.add_argument(
+        "--contact-gap",
+        type=int,
+        help="pixels on each side of where two objects touch left out of the foreground "
+        "target, so that the network learns to draw touching objects apart (0 = off)",
     )
     t.add_argument(
         "--polarity",

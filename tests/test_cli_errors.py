@@ -533,3 +533,10 @@ def test_zoom_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--zoom", value]
     _expect_error(argv, tmp_path, capsys, "zoom must be between", "0 (off)")
+
+
+@pytest.mark.parametrize("value", ["-1", "6"])
+def test_contact_gap_out_of_range(tmp_path, capsys, value):
+    images, labels = _dataset(tmp_path)
+    argv = [*_train(images, labels, tmp_path / "m.pt"), "--contact-gap", value]
+    _expect_error(argv, tmp_path, capsys, "contact_gap must be", "0 (off)")

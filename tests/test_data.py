@@ -207,3 +207,23 @@ def test_zoom_resizes_patches_and_rebuilds_thin_boundaries():
     assert not any(whole(fg) for fg in py[:, 0] > 0.5)
     assert any(whole(fg) for fg in y[:, 0] > 0.5)
     assert (w > 0).all() and (pw > 0).all()
+
+
+def test_zoomed_patches_keep_the_contact_gap():
+    from scipy import ndimage as ndi
+
+    lab = np.zeros((96, 96), np.int32)
+    lab[20:76, 10:48] = 1
+    lab[20:76, 48:86] = 2  # touch along x = 47 | 48
+    img = np.where(lab > 0, 80.0, 10.0).astype(np.float32)
+    s = prepare_samples([img], [lab], normalisation=Normalisation(), contact_gap=1)
+    assert not s[0].targets.foreground[:, 47:49].any()
+    assert s[0].targets.foreground[20:76, 10:47].all()
+    sampler = PatchSampler(s, 96, 1, 2, seed=0, zoom=0.5)
+    sampler._crop_origin = lambda sample, window: (0, 0)  # no random crop or flips here
+    sampler._augment = lambda img, tgt, w: (img, tgt, w)
+    for window in (96, 64):  # the same size, and enlarged 1.5 times
+        _, y, _ = sampler._zoomed(s[0], window)
+        fg = y[0] > 0.5
+        assert ndi.label(fg)[1] == 2  # the resized objects stay apart
+        assert (y[1] > 0.5).any()

@@ -129,3 +129,23 @@ def test_interface_weight_weighs_the_boundary_loss_where_objects_touch():
     merged[:, 12] = 0
     binary = make_targets(merged, interface_weight=9.0)
     assert not binary.boundary_valid and (binary.boundary_weight == 1).all()
+
+
+def test_contact_gap_parts_touching_objects_in_the_foreground_target():
+    lab = np.zeros((8, 14), int)
+    lab[1:7, 1:7] = 1
+    lab[1:7, 7:13] = 2  # touches 1 along x = 6 | 7
+    plain = make_targets(lab)
+    assert plain.contact_gap == 0 and plain.foreground[1:7, 1:13].all()  # off by default
+    t = make_targets(lab, contact_gap=1)
+    fg = t.foreground.astype(bool)
+    assert t.contact_gap == 1
+    assert not fg[:, 6:8].any()  # a 2-pixel gap: one pixel of each object
+    assert fg[1:7, 1:6].all() and fg[1:7, 8:13].all()  # the rest, outer edges included
+    # the other targets are unchanged: the boundary still marks the interface
+    np.testing.assert_array_equal(t.boundary, plain.boundary)
+    np.testing.assert_array_equal(t.instances, plain.instances)
+    assert not make_targets(lab, contact_gap=2).foreground[:, 5:9].any()
+    # a binary mask does not say where objects touch: no gap
+    binary = make_targets((lab > 0).astype(np.uint8), contact_gap=1)
+    assert binary.foreground[1:7, 1:13].all()

@@ -213,6 +213,7 @@ def prepare_samples(
     border_sigma: float = 5.0,
     boundary_width: int = 1,
     interface_weight: float = 0.0,
+    contact_gap: int = 0,
     max_fg_index: int = 20_000,
     seed: int = 0,
     in_channels: int | None = None,
@@ -229,7 +230,7 @@ def prepare_samples(
     normalisation : Normalisation
     names : sequence of str, optional
         Names used in messages (layer or file names).
-    sparse, border_weight, border_sigma, boundary_width, interface_weight
+    sparse, border_weight, border_sigma, boundary_width, interface_weight, contact_gap
         See :func:`napari_unet.core.targets.make_targets`.
     max_fg_index : int
         At most this many foreground pixel positions are kept per sample for
@@ -300,6 +301,7 @@ def prepare_samples(
                 border_weight=border_weight,
                 border_sigma=border_sigma,
                 interface_weight=interface_weight,
+                contact_gap=contact_gap,
             )
             fg = np.flatnonzero(t.foreground)
             if fg.size > max_fg_index:
@@ -463,7 +465,7 @@ class PatchSampler:
         """Return a patch cut from a ``window``-pixel square and resized to the patch size."""
         from scipy import ndimage as ndi
 
-        from napari_unet.core.targets import _boundary
+        from napari_unet.core.targets import _boundary, interfaces
 
         P = self.patch
         y, x = self._crop_origin(s, window)
@@ -487,7 +489,10 @@ class PatchSampler:
         img = ndi.zoom(img.astype(np.float32), (1, f, f), order=1, grid_mode=True, mode="nearest")
         inst = ndi.zoom(inst, f, order=0, grid_mode=True, mode="nearest")
         valid = ndi.zoom(valid, f, order=0, grid_mode=True, mode="nearest")
-        fg = (inst != 0).astype(np.float32)
+        fg = inst != 0
+        if t.contact_gap > 0 and t.boundary_valid and fg.any():
+            fg &= ~interfaces(inst, t.contact_gap)
+        fg = fg.astype(np.float32)
         bvalid = valid * float(t.boundary_valid)
         if bweight is not None and self.n_outputs > 1:
             bvalid = bvalid * ndi.zoom(bweight, f, order=0, grid_mode=True, mode="nearest")

@@ -69,6 +69,10 @@ class TrainConfig:
     interface_weight : float
         Extra weight of the boundary output's loss within 2 pixels of where two objects
         touch (see :func:`napari_unet.core.targets.make_targets`); 0 = off.
+    contact_gap : int
+        Pixels on each side of where two objects touch that the foreground target
+        leaves out, so touching objects are apart in it (see
+        :func:`napari_unet.core.targets.make_targets`); 0 = off.
     patch_size, batch_size : int
         Training patches.
     augment : bool
@@ -143,6 +147,7 @@ class TrainConfig:
     border_weight: float = 0.0
     border_sigma: float = 5.0
     interface_weight: float = 0.0
+    contact_gap: int = 0
     patch_size: int = 128
     batch_size: int = 8
     augment: bool = True
@@ -210,6 +215,11 @@ class TrainConfig:
         if not (np.isfinite(self.interface_weight) and 0 <= self.interface_weight <= 100):
             raise NapariUnetError(
                 f"interface_weight must be between 0 (off) and 100, got {self.interface_weight}."
+            )
+        if int(self.contact_gap) != self.contact_gap or not 0 <= self.contact_gap <= 5:
+            raise NapariUnetError(
+                f"contact_gap must be a whole number of pixels from 0 (off) to 5, got "
+                f"{self.contact_gap!r}."
             )
         if not (np.isfinite(self.zoom) and 0 <= self.zoom <= 1):
             raise NapariUnetError(
@@ -694,6 +704,7 @@ def iter_train(
         border_sigma=config.border_sigma,
         boundary_width=config.boundary_width,
         interface_weight=config.interface_weight,
+        contact_gap=int(config.contact_gap),
         seed=config.seed,
         in_channels=init.in_channels if init is not None else None,
     )
