@@ -377,9 +377,9 @@ def test_the_fit_takes_at_most_its_share_of_a_time_budget(monkeypatch):
     from napari_unet.core.train import TUNE_SHARE, _fit_per_pass, _tune_plan
 
     held_back = [SimpleNamespace(shape=(100, 100)) for _ in range(10)]
-    val = held_back[:2]  # the subset scored at each validation: 20,000 px in 2 s
+    val = held_back[:2]  # the subset scored at each validation: 20,000 px predicted in 2 s
     # no time budget, or plenty: all held-back images, predicted twice and fitted
-    per_image = 2.0 + _fit_per_pass()  # validations' worth of time per 2 images
+    per_image = 2.0 + _fit_per_pass()  # cost per 2 images, in predictions of the subset
     assert _tune_plan(val, 20_000, held_back, 2.0, None) == (held_back, 5 * per_image)
     assert _tune_plan(val, 20_000, held_back, 2.0, 1e6) == (held_back, 5 * per_image)
     # each image costs (2 + fit) s: the budget allows 5 images

@@ -465,7 +465,7 @@ class PatchSampler:
         """Return a patch cut from a ``window``-pixel square and resized to the patch size."""
         from scipy import ndimage as ndi
 
-        from napari_unet.core.targets import _boundary, interfaces
+        from napari_unet.core.targets import _boundary, _foreground
 
         P = self.patch
         y, x = self._crop_origin(s, window)
@@ -489,10 +489,7 @@ class PatchSampler:
         img = ndi.zoom(img.astype(np.float32), (1, f, f), order=1, grid_mode=True, mode="nearest")
         inst = ndi.zoom(inst, f, order=0, grid_mode=True, mode="nearest")
         valid = ndi.zoom(valid, f, order=0, grid_mode=True, mode="nearest")
-        fg = inst != 0
-        if t.contact_gap > 0 and t.boundary_valid and fg.any():
-            fg &= ~interfaces(inst, t.contact_gap)
-        fg = fg.astype(np.float32)
+        fg = _foreground(inst, t.contact_gap, t.boundary_valid).astype(np.float32)
         bvalid = valid * float(t.boundary_valid)
         if bweight is not None and self.n_outputs > 1:
             bvalid = bvalid * ndi.zoom(bweight, f, order=0, grid_mode=True, mode="nearest")

@@ -177,6 +177,19 @@ def _boundary(inst: np.ndarray, width: int = 1) -> np.ndarray:
     return _edge_band(inst, width, objects_only=False)
 
 
+def _foreground(inst: np.ndarray, contact_gap: int = 0, touching_known: bool = True) -> np.ndarray:
+    """Object pixels, less ``contact_gap`` pixels each side of where two objects touch.
+
+    The gap is left only when the labels say where objects touch (``touching_known``:
+    not for binary masks). :func:`make_targets` and the zoomed patches of
+    :class:`napari_unet.core.data.PatchSampler` both build the foreground target here.
+    """
+    fg = inst != 0
+    if contact_gap > 0 and touching_known and fg.any():
+        fg &= ~interfaces(inst, int(contact_gap))
+    return fg
+
+
 def interfaces(inst: np.ndarray, width: int = 1) -> np.ndarray:
     """Object pixels within ``width`` pixels of a pixel of *another* object (not background).
 
@@ -286,8 +299,6 @@ def make_targets(
     inst, valid, boundary_valid = _object_labels(labels, sparse)
     fg = inst != 0
     bnd = _boundary(inst, boundary_width) if fg.any() else np.zeros_like(fg)
-    if contact_gap > 0 and boundary_valid and fg.any():
-        fg = fg & ~interfaces(inst, int(contact_gap))
     weight = None
     if border_weight > 0:
         weight = (
@@ -303,7 +314,7 @@ def make_targets(
                 interface_weight
             )
     return Targets(
-        foreground=fg.astype(np.uint8),
+        foreground=_foreground(inst, contact_gap, boundary_valid).astype(np.uint8),
         boundary=bnd.astype(np.uint8),
         valid=valid.astype(np.uint8),
         boundary_valid=boundary_valid,

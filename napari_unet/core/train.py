@@ -119,11 +119,11 @@ class TrainConfig:
     patience : int or None
         Early stopping after this many validations without improvement; None (the
         default) trains to the end of the budget or the epochs: the learning rate
-        decays over all of it, and the end of training keeps the better of the
-        best-validated and the final weights. On DSB 2018 the default of 10 used
-        before stopped both runs it ended (90 minutes; 30 minutes at batch size 4)
-        while they were still improving: their final weights beat the best-validated
-        ones on all held-back images (see docs/benchmarks.md).
+        decays over all of it, and the end-of-training fit (``tune_postprocessing``)
+        keeps the better of the best-validated and the final weights. On DSB 2018 the
+        default of 10 used before stopped both runs it ended (90 minutes; 30 minutes
+        at batch size 4) while they were still improving: their final weights beat
+        the best-validated ones on all held-back images (see docs/benchmarks.md).
     device : str
         "auto" (CUDA, then MPS, then CPU), "cuda", "mps" or "cpu".
     amp : bool or None
@@ -868,8 +868,8 @@ def iter_train(
         entry["val_seconds"] = round(last_val_s, 2)
         # the fit's cost is counted in predictions of the subset (bench/fit_cost.py's
         # unit), not in validations, which also score the predictions
-        pred_s = entry.get("predict_seconds")
-        last_pred_s = last_val_s if pred_s is None else min(float(pred_s), last_val_s)
+        pred_s = entry.get("predict_seconds")  # not reduced under torchrun (no fit there)
+        last_pred_s = last_val_s if pred_s is None else float(pred_s)
         if pred_s is not None:
             entry["predict_seconds"] = round(last_pred_s, 2)
         if tune:
