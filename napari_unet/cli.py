@@ -145,6 +145,9 @@ def _drain(gen, on_progress):
             return e.value
 
 
+MEASUREMENTS_CSV = "measurements.csv"
+
+
 # ---------------------------------------------------------------- train
 def _config_from_json(path: str) -> dict:
     """Read a ``train_config.json``: TrainConfig fields with values of the right types."""
@@ -379,13 +382,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"({' and '.join('split depth' if k == 'h' else k for k in fitted)} fitted on the "
             "model's validation images)"
         )
+    if args.measure and (zarr_input or args.scheduler):
+        raise NapariUnetError(
+            "--measure is not available with --scheduler or zarr input: run "
+            "`napari-unet measure --labels OUT --images IMAGES --out table.csv` afterwards."
+        )
+    if not args.measure and (args.pixel_size is not None or args.unit or args.axes != "auto"):
+        raise NapariUnetError("--pixel-size, --unit and --axes go with --measure.")
+    _pixel_size_option(args)
     if zarr_input or args.scheduler:
         with _dask_scheduler(args.scheduler) as scheduler:
             if zarr_input:
                 return _predict_zarr(args, bundle, files[0], out, cfg, scheduler)
             return _predict_files_dask(args, bundle, files, out, cfg, scheduler)
     targets = [out / f"{f.stem}.tif" for f in files]
-    _refuse_existing(targets, out, args.overwrite)
+    csv_path = out / MEASUREMENTS_CSV if args.measure else None
+    _refuse_existing(targets + ([csv_path] if csv_path else []), out, args.overwrite)
+    tables: list[tuple[str, dict]] = []
     bar = _Progress("predict")
     t0 = time.perf_counter()
     with _StopOnSigint() as stop:
@@ -409,6 +422,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for note in res.notes:
                 _info(f"\nnote: {f.name}: {note}")
             write_labels_tiff(target, res.labels, overwrite=True)
+            if csv_path is not None:
+                tables.append(
+                    _measure_file(target, f, args, labels=res.labels, image=img, channel_axis=ax)
+                )
             if args.save_probabilities:
                 import tifffile
 
@@ -424,6 +441,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     )
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
     _info(f"wrote {len(files)} label image(s) to {out}")
+    if csv_path is not None:
+        from napari_unet.core.measure import write_measurements_csv
+
+        path, rows = write_measurements_csv(csv_path, tables, overwrite=True)
+        _info(f"measured {rows} object(s): {path}")
     return 0
 
 
@@ -607,6 +629,106 @@ def cmd_export_rle(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- measure
+def _pixel_size_option(args: argparse.Namespace) -> tuple[tuple[float, float] | None, str | None]:
+    """``--pixel-size S [S]`` and ``--unit``: (Y, X) size and unit, or (None, None)."""
+    if args.pixel_size is None:
+        if args.unit is not None:
+            raise NapariUnetError("--unit needs --pixel-size (the size of one pixel in it).")
+        return None, None
+    values = list(args.pixel_size)
+    if len(values) not in (1, 2):
+        raise NapariUnetError(
+            f"--pixel-size takes one value or two (Y X), got {len(values)}: {values}."
+        )
+    if not all(v > 0 and v < float("inf") for v in values):
+        raise NapariUnetError(f"--pixel-size must be positive, got {values}.")
+    size = (values[0], values[-1])
+    return size, args.unit or "um"
+
+
+def _measure_file(
+    label_path: Path,
+    image_path: Path | None,
+    args: argparse.Namespace,
+    labels=None,
+    image=None,
+    channel_axis: int | None = None,
+) -> tuple[str, dict]:
+    """Measure one label file (its image, if any); returns (name, table)."""
+    from napari_unet.core.io import read_calibration, read_image, read_labels
+    from napari_unet.core.measure import measure_labels
+
+    file_axes, file_size, file_unit = read_calibration(label_path)
+    if labels is None:
+        labels = read_labels(label_path)
+    axes = None if args.axes == "auto" else args.axes
+    if axes is None and file_axes and file_axes in ("YX", "ZYX", "TYX", "TZYX"):
+        if len(file_axes) == labels.ndim:
+            axes = file_axes
+    size, unit = _pixel_size_option(args)
+    if size is None and image_path is not None:
+        _, size, unit = read_calibration(image_path)
+    if size is None:
+        size, unit = file_size, file_unit
+    if image is None and image_path is not None:
+        image = read_image(image_path)
+    scale = None
+    if size is not None:
+        from napari_unet.core.measure import default_axes
+
+        n_spatial = len((axes or default_axes(labels.ndim)).lstrip("T"))
+        scale = (size[0],) * (n_spatial - 2) + tuple(size)
+    try:
+        table = measure_labels(
+            labels, image, axes=axes, channel_axis=channel_axis, scale=scale, unit=unit
+        )
+    except NapariUnetError as exc:
+        raise NapariUnetError(f"{label_path.name}: {exc}") from exc
+    from napari_unet.core.io import _label_key, _stem
+
+    return (_stem(image_path) if image_path else _label_key(label_path)[0]), table
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Measure every object of label images into one CSV: ``napari-unet measure``."""
+    from napari_unet.core.io import check_writable_folder, list_image_files, pair_images_and_labels
+    from napari_unet.core.measure import table_rows, write_measurements_csv
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".csv":
+        raise NapariUnetError(f"--out must name a .csv file, got {out}.")
+    if out.is_dir():
+        raise NapariUnetError(f"--out {out} is a folder: give a file name ending in .csv.")
+    if out.exists() and not args.overwrite:
+        raise NapariUnetError(
+            f"{out} exists; pass --overwrite to replace it, or choose another --out."
+        )
+    _pixel_size_option(args)  # bad values: refuse before reading anything
+    check_writable_folder(out.parent)
+    labels = list_image_files(args.labels)
+    if args.images:
+        pairs, _ = pair_images_and_labels(list_image_files(args.images), labels)
+        paired = {lab for _, lab in pairs}
+        alone = [lab for lab in labels if lab not in paired]
+        if alone:
+            raise NapariUnetError(
+                f"{len(alone)} label file(s) have no image in {args.images}, e.g. {alone[0].name}; "
+                "name each label file like its image (a.png -> a.tif or a_labels.tif), or leave "
+                "out --images to measure without intensities."
+            )
+        jobs = [(lab, img) for img, lab in pairs]
+    else:
+        jobs = [(lab, None) for lab in labels]
+    tables = [_measure_file(lab, img, args) for lab, img in jobs]
+    path, rows = write_measurements_csv(out, tables, overwrite=args.overwrite)
+    empty = [name for name, t in tables if table_rows(t) == 0]
+    if empty:
+        _info(f"note: {len(empty)} label image(s) hold no objects, e.g. {empty[0]}")
+    _info(f"measured {rows} object(s) in {len(tables)} image(s): {path}")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on the sample data: ``napari-unet demo``."""
@@ -620,6 +742,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_headless_demo(out=Path(args.out), minutes=args.minutes, log=_info)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _add_measure_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--axes",
+        default="auto",
+        choices=["auto", "YX", "ZYX", "TYX", "TZYX"],
+        help="what the label images' axes are: a z-stack (ZYX) is measured in 3D, a time "
+        "series (TYX) per frame; auto: from the TIFF's metadata, else 3D = ZYX",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        nargs="+",
+        metavar="SIZE",
+        help="pixel size (one value, or Y X) for calibrated columns; default: from the "
+        "TIFF's metadata, else none (pixels only)",
+    )
+    parser.add_argument("--unit", help="unit of --pixel-size (default um)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -721,6 +862,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write <stem>_probabilities.tif (float32, one plane per output)",
     )
+    q.add_argument(
+        "--measure",
+        action="store_true",
+        help=f"also write {MEASUREMENTS_CSV} in --out: one row per object (area, position, "
+        "shape, intensity of each channel), with the image name in a column",
+    )
+    _add_measure_options(q)
     q.add_argument("--ids-file")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--tile-size", type=int)
@@ -793,6 +941,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=cmd_export_rle)
+
+    m = sub.add_parser(
+        "measure",
+        help="measure every object (area, position, shape, intensity) into one CSV",
+    )
+    m.add_argument("--labels", required=True, help="folder or glob of label images")
+    m.add_argument(
+        "--images",
+        help="folder or glob of the images, paired with the labels by stem, for the "
+        "intensity columns (mean, max, min per channel)",
+    )
+    m.add_argument("--out", required=True, help="the CSV file to write (one row per object)")
+    _add_measure_options(m)
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    m.set_defaults(func=cmd_measure)
 
     d = sub.add_parser("demo", help="try it on the built-in sample nuclei")
     d.add_argument(

@@ -5,8 +5,11 @@ The workers run in threads, as for a user; tests wait for them with qtbot.
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
+import roifile
 import tifffile
 from qtpy.QtCore import Qt
 
@@ -141,13 +144,35 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
     assert viewer.layers["fluo_dense_labels"] is labels_layer  # predicted again, in place
     assert train.start_button.isEnabled()
 
-    # --- Export every Labels layer and read them back
+    # --- the prediction carries its measurements (napari shows them under the cursor)
+    features = labels_layer.features
+    n_objects = len(np.unique(labels_layer.data)) - 1
+    assert len(features) == n_objects and "mean_intensity" in features
+    assert set(features["index"]) == set(np.unique(labels_layer.data)) - {0}
+    assert len(split_layer.features) == len(np.unique(split_layer.data)) - 1
+
+    # --- Export: napari-unet's layers are ticked, the ground truth is not
+    all_labels = [layer.name for layer in viewer.layers if layer.__class__.__name__ == "Labels"]
+    assert set(predict.export_choices()) == {"fluo_dense_labels", split_layer.name}
+    predict.set_export_choices(all_labels)
+    predict.export_rois.setChecked(True)
     predict.export_folder.value = str(tmp_path / "export")
     click(qtbot, predict.export_button)
+    qtbot.waitUntil(lambda: predict._export_worker is None, timeout=60_000)
+    assert not error_messages()
+    rows = list(csv.DictReader(open(tmp_path / "export" / "measurements.csv", encoding="utf-8")))
     for layer in viewer.layers:
         if layer.__class__.__name__ == "Labels":
             back = tifffile.imread(tmp_path / "export" / f"{layer.name}.tif")
             np.testing.assert_array_equal(back, layer.data)
+            ids = set(np.unique(layer.data)) - {0}
+            zip_file = tmp_path / "export" / f"{layer.name}_rois.zip"
+            assert zip_file.is_file() == bool(ids)  # no objects: no ROI set
+            if ids:
+                rois = roifile.roiread(zip_file)
+                rois = rois if isinstance(rois, list) else [rois]
+                assert len(rois) == len(ids)
+            assert {int(r["label"]) for r in rows if r["image"] == layer.name} == ids
 
 
 def test_stop_ends_training_on_partial_labels_and_keeps_the_best_model(viewer, qtbot, tmp_path):

@@ -247,20 +247,31 @@ def test_export_never_overwrites_and_explains_what_is_wrong(viewer, qtbot, tmp_p
     predict = open_widget(viewer, "Predict")
     folder = tmp_path / "exports ü 名前"  # spaces and non-ASCII characters
     predict.export_folder.value = str(folder)
+    # a layer the user made is not ticked for export: nothing is written
     click(qtbot, predict.export_button)
+    assert "Tick at least one Labels layer" in error_messages()[-1]
+    assert not folder.exists()
+    predict.set_export_choices(["many"])
+    predict.export_measure.setChecked(False)  # 70,000 objects: the label image only
+
+    def export():  # the export runs in a worker: wait for it
+        click(qtbot, predict.export_button)
+        qtbot.waitUntil(lambda: predict._export_worker is None, timeout=60_000)
+
+    export()
     np.testing.assert_array_equal(tifffile.imread(folder / "many.tif"), labels)  # exact
     first = (folder / "many.tif").read_bytes()
 
     viewer.layers["many"].data = labels[::-1].copy()
     before = layer_snapshot(viewer)
     # an existing file is never silently replaced
-    click(qtbot, predict.export_button)
+    export()
     assert "already exist" in error_messages()[-1]
     assert (folder / "many.tif").read_bytes() == first
     # a path under a file cannot be written
     (tmp_path / "a file").write_text("x")
     predict.export_folder.value = str(tmp_path / "a file" / "sub")
-    click(qtbot, predict.export_button)
+    export()
     assert "is a file" in error_messages()[-1]
     # a full disk: the previous file stays as it was
     predict.export_folder.value = str(folder)
@@ -270,7 +281,7 @@ def test_export_never_overwrites_and_explains_what_is_wrong(viewer, qtbot, tmp_p
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io_module.os, "fsync", full)
-    click(qtbot, predict.export_button)
+    export()
     assert "is full" in error_messages()[-1]
     assert (folder / "many.tif").read_bytes() == first
     assert not list(folder.glob(".*.tmp"))

@@ -31,6 +31,8 @@ __all__ = [
     "file_edit",
     "help_label",
     "layer_array",
+    "layer_geometry",
+    "source_image",
     "notify_error",
     "path_value",
     "report_worker_error",
@@ -49,6 +51,59 @@ def layer_array(layer: Layer, *, in_memory: bool = True) -> Any:
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     return np.array(data, copy=True) if in_memory else data
+
+
+def layer_geometry(layer: Layer) -> dict[str, Any]:
+    """Return the axis labels, scale and unit of `layer`, for measuring its objects.
+
+    Read on the main thread and handed to a job (:func:`._jobs.measure_result`), which
+    fits them to the labels it measures.
+    """
+    units = getattr(layer, "units", None)
+    return {
+        "axis_labels": [str(a) for a in getattr(layer, "axis_labels", ())],
+        "scale": tuple(float(v) for v in layer.scale),
+        "unit": str(units[-1]) if units is not None and len(units) else "pixel",
+    }
+
+
+def source_image(viewer: Any, layer: Layer, shape: tuple[int, ...]) -> tuple[Any, int | None]:
+    """Return the image that `layer`'s labels of `shape` belong to, for intensities.
+
+    The image a result was made from (napari-unet's layer metadata, following a split
+    back to its prediction), else the Image layer named like `layer` without a labels
+    suffix (``cells`` for ``cells_labels`` or ``cells_ground_truth``). Returns
+    ``(array, channel_axis)`` when one is open and fits `shape` pixel for pixel,
+    else ``(None, None)``.
+    """
+    from napari.layers import Image
+
+    from napari_unet._widgets._pairs import LABEL_SUFFIXES
+
+    names = []
+    current = layer
+    for _ in range(3):  # split of a prediction of an image
+        info = current.metadata.get(METADATA_KEY) if isinstance(current.metadata, dict) else None
+        source = info.get("source") if isinstance(info, dict) else None
+        if not source or source not in viewer.layers:
+            break
+        names.append(source)
+        current = viewer.layers[source]
+    for suffix in LABEL_SUFFIXES + ("_probability", "_split"):
+        if layer.name.endswith(suffix):
+            names.append(layer.name[: -len(suffix)])
+    for name in names:
+        if name not in viewer.layers or not isinstance(viewer.layers[name], Image):
+            continue
+        image = viewer.layers[name]
+        data = layer_array(image, in_memory=False)
+        if tuple(data.shape) == tuple(shape):
+            return layer_array(image), None
+        if data.ndim == len(shape) + 1:
+            for axis in (-1,) if image.rgb else (-1, 0):
+                if tuple(np.delete(np.array(data.shape), axis)) == tuple(shape):
+                    return layer_array(image), axis
+    return None, None
 
 
 def notify_error(message: str | BaseException) -> None:

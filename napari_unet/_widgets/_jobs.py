@@ -68,6 +68,103 @@ class Predicted:
     bundle: Any
     result: Any
     loaded_from: str | None = None
+    measured: Measured | None = None
+
+
+#: Largest image (in values) whose intensities are measured with a prediction; beyond
+#: it (a huge dask image) the table has size and shape columns only.
+MAX_MEASURED_VALUES = 2**28
+#: Most objects measured with a prediction (about 1 ms each on a 2-core CPU); more are
+#: measured on export only.
+MAX_MEASURED_OBJECTS = 20_000
+
+
+@dataclass
+class Measured:
+    """Labels with their measurements (:func:`measure_result`).
+
+    Attributes
+    ----------
+    labels : ndarray
+    features : dict of str to ndarray or None
+        The table of :func:`napari_unet.core.measure.measure_labels` plus an ``index``
+        column (napari maps label values to rows by it); None when it could not be
+        measured (see `note`).
+    note : str
+        Why there are no features, or what was left out ("" when nothing was).
+    """
+
+    labels: np.ndarray
+    features: dict[str, np.ndarray] | None
+    note: str = ""
+
+
+_TIME_LABELS = {"t", "time", "frame", "frames", "timepoint"}
+
+
+def measure_options(geometry: dict[str, Any] | None, labels_ndim: int) -> dict[str, Any]:
+    """``axes``, ``scale`` and ``unit`` for measuring labels of `labels_ndim` dimensions.
+
+    `geometry` is what :func:`._common.layer_geometry` read from the layer: a 3D result
+    is a time series when the layer's first axis is labelled ``t`` / ``time``, else a
+    z-stack; the pixel size is the layer's scale in its unit, and there are no
+    calibrated columns when the scale is 1 in "pixel" units.
+
+    Examples
+    --------
+    >>> measure_options({"axis_labels": ["t", "y", "x"], "scale": (1, .5, .5),
+    ...                  "unit": "micrometer"}, 3)
+    {'axes': 'TYX', 'scale': (0.5, 0.5), 'unit': 'micrometer'}
+    """
+    geometry = geometry or {}
+    axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels_ndim)
+    names = [a.strip().lower() for a in geometry.get("axis_labels", ())]
+    if labels_ndim == 3 and len(names) >= 3 and names[-3] in _TIME_LABELS:
+        axes = "TYX"
+    n_spatial = len((axes or "YX").lstrip("T"))
+    scale = tuple(geometry.get("scale") or ())[-n_spatial:]
+    unit = str(geometry.get("unit") or "pixel")
+    calibrated = len(scale) == n_spatial and unit != "pixel"
+    return {
+        "axes": axes,
+        "scale": scale if calibrated else None,
+        "unit": unit if calibrated else None,
+    }
+
+
+def measure_result(
+    labels: np.ndarray,
+    image: Any = None,
+    *,
+    channel_axis: int | None = None,
+    measure: dict[str, Any] | None = None,
+) -> Measured:
+    """Measure `labels` (with `image` for intensities) for a result layer's features.
+
+    `measure` is the layer's geometry (:func:`._common.layer_geometry`), fitted to the
+    labels by :func:`measure_options`. A measurement that fails never fails the job:
+    the note says why.
+    """
+    from napari_unet.core.measure import measure_labels
+
+    measure = measure_options(measure, np.ndim(labels))
+    note = ""
+    if image is not None and int(np.prod(image.shape, dtype=np.int64)) > MAX_MEASURED_VALUES:
+        image, note = None, "the image is too large to measure intensities with the prediction"
+    if image is not None:
+        image = np.asarray(image)
+    try:
+        table = measure_labels(
+            labels,
+            image,
+            axes=measure.get("axes"),
+            channel_axis=channel_axis,
+            scale=measure.get("scale"),
+            unit=measure.get("unit"),
+        )
+    except NapariUnetError as error:
+        return Measured(labels, None, f"the objects were not measured: {error}")
+    return Measured(labels, {"index": table["label"], **table}, note)
 
 
 @dataclass
@@ -179,11 +276,13 @@ def predict_job(
     config: dict[str, Any],
     bundle_path: str | None = None,
     stop: threading.Event | None = None,
+    measure: dict[str, Any] | None = None,
 ) -> Generator[Any, None, Predicted]:
     """Predict with :func:`napari_unet.core.predict.iter_predict`.
 
     Loads the model from `bundle_path` when `bundle` is None. Yields PredictProgress;
-    returns :class:`Predicted` (its ``result`` is None when stopped).
+    returns :class:`Predicted` (its ``result`` is None when stopped), with the objects
+    measured (:func:`measure_result`) when `measure` is given.
     """
     from napari_unet.core.predict import PredictConfig, iter_predict
 
@@ -202,7 +301,19 @@ def predict_job(
     else:
         cfg = PredictConfig(**settings)
     result = yield from iter_predict(bundle, image, channel_axis=axis, config=cfg, stop=stop)
-    return Predicted(bundle, result, loaded_from)
+    measured = None
+    if result is not None and measure is not None:
+        n = int(result.labels.max()) if result.labels.size else 0
+        if n > MAX_MEASURED_OBJECTS:
+            measured = Measured(
+                result.labels,
+                None,
+                f"{n} objects are too many to measure with every prediction: tick "
+                "'Measure' under Export to write their measurements",
+            )
+        else:
+            measured = measure_result(result.labels, image, channel_axis=axis, measure=measure)
+    return Predicted(bundle, result, loaded_from, measured)
 
 
 @reraise_runtime_errors
@@ -217,6 +328,7 @@ def retrain_job(
     rgb: bool,
     predict_config: dict[str, Any],
     stop: threading.Event | None = None,
+    measure: dict[str, Any] | None = None,
 ) -> Generator[Any, None, Retrained]:
     """Fine-tune `bundle` on the training set, then predict `image` again.
 
@@ -229,7 +341,7 @@ def retrain_job(
     if stop is not None and stop.is_set():
         return Retrained(trained, Predicted(trained.bundle, None))
     predicted = yield from predict_job(
-        trained.bundle, image, rgb=rgb, config=predict_config, stop=stop
+        trained.bundle, image, rgb=rgb, config=predict_config, stop=stop, measure=measure
     )
     return Retrained(trained, predicted)
 
@@ -246,6 +358,22 @@ def split_job(
     """
     yield "splitting"
     return split_array(data, from_probability=from_probability, params=params)
+
+
+def split_and_measure_job(
+    data: np.ndarray,
+    *,
+    from_probability: bool,
+    params: dict[str, Any],
+    image: np.ndarray | None = None,
+    channel_axis: int | None = None,
+    measure: dict[str, Any] | None = None,
+) -> Generator[str, None, Measured]:
+    """Split like :func:`split_job`, then measure the objects (:func:`measure_result`)."""
+    yield "splitting"
+    labels = split_array(data, from_probability=from_probability, params=params)
+    yield "measuring"
+    return measure_result(labels, image, channel_axis=channel_axis, measure=measure)
 
 
 def split_array(data: np.ndarray, *, from_probability: bool, params: dict[str, Any]) -> np.ndarray:
@@ -271,3 +399,126 @@ def split_array(data: np.ndarray, *, from_probability: bool, params: dict[str, A
         min_size=params["min_size"],
         fill_holes=params["fill_holes"],
     )
+
+
+@dataclass
+class ExportItem:
+    """One Labels layer to export, read on the main thread.
+
+    Attributes
+    ----------
+    name : str
+        The layer name (the ``image`` column of the measurements).
+    labels : ndarray
+    meta : dict
+        ``scale`` and ``units`` of the layer, for the TIFF's pixel size.
+    geometry : dict
+        :func:`._common.layer_geometry` of the layer, for measuring.
+    image : ndarray or None
+        The image the labels were made from (intensity columns), if it is open.
+    channel_axis : int or None
+        Its channel axis.
+    """
+
+    name: str
+    labels: np.ndarray
+    meta: dict[str, Any]
+    geometry: dict[str, Any]
+    image: np.ndarray | None = None
+    channel_axis: int | None = None
+
+
+MEASUREMENTS_CSV = "measurements.csv"
+
+
+def export_job(
+    items: Sequence[ExportItem],
+    folder: Any,
+    *,
+    tiff: bool = True,
+    rois: bool = False,
+    measure: bool = False,
+    overwrite: bool = False,
+) -> Generator[str, None, list[Any]]:
+    """Write label TIFFs, ImageJ ROI sets and one measurements CSV into `folder`.
+
+    Files: ``<name>.tif``, ``<name>_rois.zip`` (one polygon per object, for Fiji's ROI
+    Manager) and ``measurements.csv`` (one row per object and layer). Every target is
+    checked before anything is written: when one exists and `overwrite` is off, nothing
+    is written. A layer without objects gets no ROI set. Yields what it is writing;
+    returns the files written.
+    """
+    from pathlib import Path
+
+    from napari_unet._writer import export_labels
+    from napari_unet.core.export import safe_stems
+    from napari_unet.core.io import check_writable_folder
+
+    if not items:
+        raise NapariUnetError("Pick at least one Labels layer to export.")
+    if not (tiff or rois or measure):
+        raise NapariUnetError("Tick what to export: label images, ImageJ ROIs or measurements.")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NapariUnetError(f"{folder} is a file, not a folder: choose a folder.")
+    stems = safe_stems([item.name for item in items])
+    targets = []
+    if tiff:
+        targets += [folder / f"{stem}.tif" for stem in stems]
+    if rois:
+        targets += [folder / f"{stem}_rois.zip" for stem in stems]
+    if measure:
+        targets.append(folder / MEASUREMENTS_CSV)
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise NapariUnetError(
+            f"{len(existing)} file(s) already exist in {folder}: {', '.join(existing[:5])}"
+            + (", ..." if len(existing) > 5 else "")
+            + ". Choose another folder or tick overwrite; nothing was written."
+        )
+    empty = [item.name for item in items if not np.any(item.labels)]
+    if rois and len(empty) == len(items) and not (tiff or measure):
+        raise NapariUnetError(
+            f"Labels layer(s) {', '.join(empty)} hold no objects: there are no ROIs to "
+            "write. Paint or predict objects first; nothing was written."
+        )
+    check_writable_folder(folder)
+    written: list[Path] = []
+    if tiff:
+        yield "writing label images"
+        written += export_labels(
+            ((stem, item.labels, item.meta) for stem, item in zip(stems, items, strict=True)),
+            folder,
+            overwrite=overwrite,
+        )
+    if rois:
+        from napari_unet.core.rois import write_roi_zip
+
+        for stem, item in zip(stems, items, strict=True):
+            if item.name in empty:  # no objects, no ROI set (the summary says so)
+                continue
+            yield f"writing ImageJ ROIs of {item.name}"
+            axes = measure_options(item.geometry, item.labels.ndim)["axes"]
+            path, _ = write_roi_zip(
+                folder / f"{stem}_rois.zip",
+                item.labels,
+                axes=axes if axes in ("ZYX", "TYX") else None,
+                overwrite=overwrite,
+            )
+            written.append(path)
+    if measure:
+        from napari_unet.core.measure import write_measurements_csv
+
+        tables = []
+        for item in items:
+            yield f"measuring {item.name}"
+            measured = measure_result(
+                item.labels, item.image, channel_axis=item.channel_axis, measure=item.geometry
+            )
+            if measured.features is None:
+                raise NapariUnetError(f"{item.name}: {measured.note}")
+            table = {k: v for k, v in measured.features.items() if k != "index"}
+            tables.append((item.name, table))
+        path, _ = write_measurements_csv(folder / MEASUREMENTS_CSV, tables, overwrite=overwrite)
+        written.append(path)
+    return written

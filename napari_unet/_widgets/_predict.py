@@ -11,7 +11,11 @@ Three parts, each a thin adapter over the core:
   current model is fine-tuned on the whole set for a short time
   (:func:`napari_unet.core.train.iter_train` with ``init``), and the image is predicted
   again.
-* **Export** writes every Labels layer to a folder as TIFF (:mod:`napari_unet._writer`).
+* **Export** writes the Labels layers the user ticks to a folder: label TIFFs
+  (:mod:`napari_unet._writer`), ImageJ ROI sets for Fiji and one measurements CSV.
+
+Predicted (and re-predicted) labels carry their objects' measurements as the layer's
+``features`` (:mod:`napari_unet.core.measure`): napari shows them under the cursor.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -46,16 +52,25 @@ from napari_unet._widgets._common import (
     file_edit,
     help_label,
     layer_array,
+    layer_geometry,
     notify_error,
     path_value,
     report_worker_error,
     scrollable_layout,
     show_info,
+    source_image,
 )
 from napari_unet._widgets._common import (
     spin_box as _spin,
 )
-from napari_unet._widgets._jobs import Predicted, Retrained, predict_job, retrain_job
+from napari_unet._widgets._jobs import (
+    ExportItem,
+    Predicted,
+    Retrained,
+    export_job,
+    predict_job,
+    retrain_job,
+)
 from napari_unet._widgets._session import Session, TrainingPair, session_for
 from napari_unet._widgets._train import DEFAULT_MODEL_DIR
 from napari_unet.core.errors import NapariUnetError
@@ -113,6 +128,7 @@ class PredictWidget(QWidget):
         self._job: dict[str, Any] | None = None
         self._guard: JobGuard | None = None
         self._retrain_count = 0
+        self._export_worker: Any = None
         self._build()
         self._connect()
         self.reset_choices()
@@ -274,16 +290,40 @@ class PredictWidget(QWidget):
 
         export_box = QGroupBox("Export")
         export_layout = QVBoxLayout(export_box)
+        export_layout.addWidget(help_label("Labels layers to export:"))
+        self.export_layers = QListWidget()
+        self.export_layers.setToolTip(
+            "Tick the layers to export. Layers napari-unet made are ticked when they appear; "
+            "ground truth and other layers are not."
+        )
+        self.export_layers.setMaximumHeight(90)
+        export_layout.addWidget(self.export_layers)
         export_form = QFormLayout()
-        self.export_folder = file_edit("d", None, "Folder for the TIFF files (one per layer).")
+        self.export_folder = file_edit("d", None, "Folder for the exported files.")
         export_form.addRow("Folder", self.export_folder.native)
         export_layout.addLayout(export_form)
+        self.export_tiff = QCheckBox("Label images (<layer>.tif, for Fiji and napari)")
+        self.export_tiff.setChecked(True)
+        export_layout.addWidget(self.export_tiff)
+        self.export_rois = QCheckBox("ImageJ ROI sets (<layer>_rois.zip, Fiji's ROI Manager)")
+        self.export_rois.setToolTip(
+            "One polygon ROI per object, named by its label; stacks keep the slice position."
+        )
+        export_layout.addWidget(self.export_rois)
+        self.export_measure = QCheckBox("Measure: one row per object (measurements.csv)")
+        self.export_measure.setChecked(True)
+        self.export_measure.setToolTip(
+            "Area, centroid, bounding box, equivalent diameter, eccentricity, solidity, "
+            "perimeter and the mean / max / min intensity of each channel of the image the "
+            "labels were predicted from; in calibrated units too when the layer has a scale."
+        )
+        export_layout.addWidget(self.export_measure)
         self.export_overwrite = QCheckBox("Overwrite existing files")
         export_layout.addWidget(self.export_overwrite)
-        self.export_button = QPushButton("Export all Labels layers as TIFF")
+        self.export_button = QPushButton("Export")
         self.export_button.setToolTip(
-            "Writes <folder>/<layer name>.tif for every Labels layer (uint16/uint32, "
-            "opens in Fiji/ImageJ)."
+            "Writes the ticked files for every ticked layer; nothing is written when a file "
+            "exists and overwriting is off."
         )
         export_layout.addWidget(self.export_button)
         layout.addWidget(export_box)
@@ -312,6 +352,7 @@ class PredictWidget(QWidget):
         images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
         labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
         _refill(self.image, images)
+        self._refill_export_layers()
         had_corrected = self.corrected.currentText()
         _refill(self.corrected, labels)
         if not had_corrected or had_corrected not in labels:
@@ -391,6 +432,7 @@ class PredictWidget(QWidget):
             config=self.predict_config(),
             bundle_path=path,
             stop=self._stop,
+            measure=layer_geometry(layer),
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -458,6 +500,7 @@ class PredictWidget(QWidget):
             rgb=bool(layer.rgb),
             predict_config=self.predict_config(),
             stop=self._stop,
+            measure=layer_geometry(layer),
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -506,29 +549,96 @@ class PredictWidget(QWidget):
         except NapariUnetError as error:
             notify_error(error)
 
-    def export(self) -> list[Path]:
-        """Write every Labels layer to ``<folder>/<layer name>.tif``; returns the files."""
-        from napari_unet._writer import export_labels
+    def export_choices(self) -> list[str]:
+        """Return the names of the Labels layers ticked for export."""
+        return [
+            self.export_layers.item(i).text()
+            for i in range(self.export_layers.count())
+            if self.export_layers.item(i).checkState() == Qt.CheckState.Checked
+        ]
 
+    def set_export_choices(self, names: list[str]) -> None:
+        """Tick exactly the Labels layers `names` for export."""
+        for i in range(self.export_layers.count()):
+            item = self.export_layers.item(i)
+            item.setCheckState(
+                Qt.CheckState.Checked if item.text() in names else Qt.CheckState.Unchecked
+            )
+
+    def _refill_export_layers(self) -> None:
+        """List the Labels layers; keep ticks, tick new layers that napari-unet made."""
+        ticked = set(self.export_choices())
+        known = {self.export_layers.item(i).text() for i in range(self.export_layers.count())}
+        self.export_layers.clear()
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Labels) or _result_kind(layer) == "split_preview":
+                continue
+            item = QListWidgetItem(layer.name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            made_here = _result_kind(layer) in ("prediction", "split")
+            tick = layer.name in ticked or (layer.name not in known and made_here)
+            item.setCheckState(Qt.CheckState.Checked if tick else Qt.CheckState.Unchecked)
+            self.export_layers.addItem(item)
+
+    def export(self) -> Any:
+        """Export the ticked layers in a worker (see :func:`~._jobs.export_job`).
+
+        Raises
+        ------
+        NapariUnetError
+            Nothing ticked, no folder (nothing is written).
+        """
         folder = path_value(self.export_folder)
         if folder is None:
-            raise NapariUnetError("Choose the folder to export the labels to.")
-        layers = [
-            layer
-            for layer in self.viewer.layers
-            if isinstance(layer, Labels) and _result_kind(layer) != "split_preview"
-        ]
-        written = export_labels(
-            (
-                (layer.name, layer.data, {"scale": layer.scale, "units": layer.units})
-                for layer in layers
-            ),
+            raise NapariUnetError("Choose the folder to export to.")
+        names = self.export_choices()
+        if not names:
+            raise NapariUnetError("Tick at least one Labels layer to export.")
+        items = [self._export_item(self.viewer.layers[name]) for name in names]
+        worker = create_worker(
+            export_job,
+            items,
             folder,
+            tiff=self.export_tiff.isChecked(),
+            rois=self.export_rois.isChecked(),
+            measure=self.export_measure.isChecked(),
             overwrite=self.export_overwrite.isChecked(),
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
         )
-        show_info(f"Exported {len(written)} Labels layer(s) to {folder}.")
-        self.status.setText(f"Exported {len(written)} file(s) to {folder}.")
-        return written
+        worker.yielded.connect(lambda text: self.status.setText(f"Export: {text}..."))
+        empty = [item.name for item in items if not np.any(item.labels)]
+        worker.returned.connect(lambda files: self._on_exported(files, folder, empty))
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_export_finished)
+        self._export_worker = worker
+        self.export_button.setEnabled(False)
+        worker.start()
+        return worker
+
+    def _export_item(self, layer: Labels) -> ExportItem:
+        """Read a Labels layer (and the image it was predicted from) for export."""
+        labels = layer_array(layer)
+        image, axis = source_image(self.viewer, layer, labels.shape)
+        return ExportItem(
+            name=layer.name,
+            labels=labels,
+            meta={"scale": layer.scale, "units": layer.units},
+            geometry=layer_geometry(layer),
+            image=image,
+            channel_axis=axis,
+        )
+
+    def _on_export_finished(self) -> None:
+        self._export_worker = None
+        self._update_buttons()
+
+    def _on_exported(self, files: list[Path], folder: str, empty: list[str]) -> None:
+        text = f"Exported {len(files)} file(s) to {folder}."
+        if empty and self.export_rois.isChecked():
+            text += f" No objects (no ROI set) in: {', '.join(empty)}."
+        show_info(text)
+        self.status.setText(text)
 
     # ---- worker plumbing -----------------------------------------------------------------
     def _start(self, worker: Any, job: dict[str, Any], message: str) -> None:
@@ -580,7 +690,9 @@ class PredictWidget(QWidget):
             if predicted.result is None:
                 self.status.setText("Fine-tuned (stopped); prediction skipped.")
                 return
-            self._add_results(job["layer"], predicted.result, labels_target=target)
+            self._add_results(
+                job["layer"], predicted.result, labels_target=target, measured=predicted.measured
+            )
             self.status.setText(
                 f"Fine-tuned for {getattr(trained, 'steps', '?')} steps on "
                 f"{len(self.session.training_set)} image(s) and predicted again."
@@ -597,7 +709,7 @@ class PredictWidget(QWidget):
             if value.result is None:
                 self.status.setText("Prediction stopped; no layer was changed.")
                 return
-            layers = self._add_results(job["layer"], value.result)
+            layers = self._add_results(job["layer"], value.result, measured=value.measured)
             self.corrected.setCurrentText(layers[-1].name)  # the layer to correct next
             n = int(value.result.labels.max()) if value.result.labels.size else 0
             self.status.setText(
@@ -623,9 +735,16 @@ class PredictWidget(QWidget):
 
     # ---- results -> layers (main thread) ------------------------------------------------
     def _add_results(
-        self, source: Image, result: Any, labels_target: Labels | None = None
+        self,
+        source: Image,
+        result: Any,
+        labels_target: Labels | None = None,
+        measured: Any = None,
     ) -> list[Layer]:
         """Put a PredictResult into ``<source>_probability`` and ``<source>_labels``.
+
+        The labels layer gets the objects' measurements (`measured`, a
+        :class:`~._jobs.Measured`) as its ``features``.
 
         A source image deleted while it was predicted still gets its result layers (with
         its scale and position), and a corrected layer deleted while retraining is not
@@ -670,6 +789,10 @@ class PredictWidget(QWidget):
                     f"{source.name}_labels", result.labels, "labels", source.name, spatial, {}
                 )
             )
+        if measured is not None:
+            out[-1].features = measured.features if measured.features is not None else {}
+            if measured.note:
+                show_warning(measured.note)
         return out
 
     def _put_layer(
@@ -757,7 +880,8 @@ class PredictWidget(QWidget):
         )
         self.clear_button.setEnabled(not running and bool(self.session.training_set))
         self.export_button.setEnabled(
-            any(isinstance(layer, Labels) for layer in self.viewer.layers)
+            self._export_worker is None
+            and any(isinstance(layer, Labels) for layer in self.viewer.layers)
         )
 
 

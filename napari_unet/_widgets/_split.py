@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -30,11 +31,13 @@ from superqt.utils import create_worker
 from napari_unet._widgets._common import (
     help_label,
     layer_array,
+    layer_geometry,
     notify_error,
     report_worker_error,
     scrollable_layout,
+    source_image,
 )
-from napari_unet._widgets._jobs import split_job
+from napari_unet._widgets._jobs import Measured, split_and_measure_job, split_job
 from napari_unet._widgets._predict import result_metadata
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
@@ -224,11 +227,16 @@ class SplitWidget(QWidget):
                 f"{data.dtype}); pick a Labels layer, or the <image>_probability layer "
                 "made by Predict."
             )
+        shape = data.shape[:-1] if isinstance(layer, Image) and layer.rgb else data.shape
+        image, axis = source_image(self.viewer, layer, tuple(shape))
         worker = create_worker(
-            split_job,
+            split_and_measure_job,
             data,
             from_probability=isinstance(layer, Image),
             params=self.params(),
+            image=image,
+            channel_axis=axis,
+            measure=layer_geometry(layer),
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -241,7 +249,8 @@ class SplitWidget(QWidget):
         self.status.setText(f"Splitting {layer.name}...")
         worker.start()
 
-    def _on_apply_returned(self, labels: np.ndarray) -> None:
+    def _on_apply_returned(self, measured: Measured) -> None:
+        labels = measured.labels
         name = self._apply_source or "labels"
         source = self.viewer.layers[name] if name in self.viewer.layers else None
         kwargs: dict[str, Any] = {}
@@ -251,6 +260,10 @@ class SplitWidget(QWidget):
         layer = self.viewer.add_labels(
             labels, name=f"{name}_split", metadata=result_metadata(name, "split"), **kwargs
         )
+        if measured.features is not None:
+            layer.features = measured.features
+        if measured.note:
+            show_warning(measured.note)
         self.session.track_result(layer)
         n = len(np.unique(labels)) - 1 if labels.size else 0
         self.status.setText(f"{n} nuclei in '{layer.name}'.")

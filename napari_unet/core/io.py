@@ -34,6 +34,7 @@ __all__ = [
     "labels_to_rle",
     "list_image_files",
     "pair_images_and_labels",
+    "read_calibration",
     "read_image",
     "read_labels",
     "rle_decode",
@@ -305,6 +306,64 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
                 )
         data = first
     return _as_label_array(data, f"label image {path}")
+
+
+def read_calibration(
+    path: str | os.PathLike[str],
+) -> tuple[str | None, tuple[float, float] | None, str | None]:
+    """Axes, pixel size and unit stored in a TIFF file, where it stores them.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An image or label file. Files other than TIFF store none of these.
+
+    Returns
+    -------
+    axes : str or None
+        tifffile's axis letters of the first series (``"YX"``, ``"ZYX"``, ``"TYX"``,
+        ``"YXS"``, ...), or None.
+    pixel_size : (float, float) or None
+        Pixel size (Y, X) from the resolution tags; None when the file has none or
+        says 1 pixel per unit with no unit.
+    unit : str or None
+        The unit of `pixel_size`: the ImageJ ``unit`` (e.g. ``"um"``, ``"micron"``),
+        or ``"cm"`` / ``"inch"`` from a plain TIFF's resolution unit.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _TIFF_SUFFIXES:
+        return None, None, None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes if tif.series else None
+            page = tif.pages[0]
+            ij = tif.imagej_metadata or {}
+            xres, yres = page.tags.get("XResolution"), page.tags.get("YResolution")
+            res_unit = page.tags.get("ResolutionUnit")
+            res_unit = int(res_unit.value) if res_unit is not None else 1
+    except _READ_ERRORS as exc:
+        raise NapariUnetError(f"cannot read {path}: {exc}.") from exc
+    unit = ij.get("unit")
+    if isinstance(unit, bytes):
+        unit = unit.decode("utf-8", "replace")
+    if unit is None:
+        unit = {2: "inch", 3: "cm"}.get(res_unit)
+    if unit in ("\u00b5m", "\u03bcm", "micron", "microns"):
+        unit = "um"
+    pixel_size = None
+    if xres is not None and yres is not None:
+        try:
+            px = xres.value[1] / xres.value[0]
+            py = yres.value[1] / yres.value[0]
+        except (ZeroDivisionError, TypeError, IndexError):
+            px = py = 0.0
+        if px > 0 and py > 0 and np.isfinite(px) and np.isfinite(py):
+            pixel_size = (float(py), float(px))
+    if unit is None or (pixel_size == (1.0, 1.0) and not ij.get("unit")):
+        pixel_size, unit = None, None
+    elif unit == "cm" and ij.get("unit") is None and pixel_size is not None:
+        pixel_size, unit = (pixel_size[0] * 1e4, pixel_size[1] * 1e4), "um"
+    return axes, pixel_size, unit
 
 
 # --------------------------------------------------------------------------- pairing
