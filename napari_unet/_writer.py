@@ -1,9 +1,15 @@
-"""napari writers: Labels layers to TIFF (File > Save Selected Layer(s)).
+"""napari writers: Labels layers to TIFF or to ImageJ ROI sets (File > Save Selected Layer(s)).
 
-The files are written by :func:`napari_unet.core.io.write_labels_tiff`: zlib-compressed,
-uint16 when the labels fit (uint32 otherwise), ImageJ-compatible, written atomically,
-with the layer's pixel size when it has one. They open in Fiji/ImageJ and read back
-identical with ``tifffile.imread``.
+The TIFF files are written by :func:`napari_unet.core.io.write_labels_tiff`:
+zlib-compressed, uint16 when the labels fit (uint32 otherwise), ImageJ-compatible, written
+atomically, with the layer's pixel size and unit when it has one. They open in Fiji/ImageJ
+and read back identical with ``tifffile.imread``. The ROI sets (``.zip``, one outline per
+object, named by its label id) are written by :func:`napari_unet.core.rois.write_roi_zip`
+and open in Fiji's ROI Manager.
+
+In napari's save dialog these writers are the file types "napari-unet labels TIFF" and
+"napari-unet ImageJ ROI set"; napari preselects the first file type it lists for the
+layer, which is usually napari's own "napari builtins labels" writer.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ _UNIT_ABBREVIATIONS = {
     "µm": "um",
     "nanometer": "nm",
     "millimeter": "mm",
+    "centimeter": "cm",
     "meter": "m",
 }
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_TIME_AXIS_NAMES = frozenset({"t", "time", "frame", "frames"})
 
 
 def _as_array(data: Any) -> np.ndarray:
@@ -38,18 +47,37 @@ def _pixel_size(meta: dict[str, Any]) -> tuple[tuple[float, float] | None, str]:
     """Pixel size (Y, X) and its unit from napari layer attributes, if it has one.
 
     napari's default (scale 1, unit "pixel") means "no calibration": None. A scale other
-    than 1 with no physical unit is taken to be in micrometres.
+    than 1 keeps the layer's unit; without a physical unit that is "pixel" (ImageJ shows
+    e.g. "0.5 pixels" per pixel), never a guessed micrometre.
     """
     scale = meta.get("scale")
     units = meta.get("units")
     unit = str(units[-1]) if units is not None and len(units) else "pixel"
     unit = _UNIT_ABBREVIATIONS.get(unit, unit)
     if scale is None or len(scale) < 2:
-        return None, "um"
+        return None, unit
     size = (float(scale[-2]), float(scale[-1]))
-    if unit == "pixel":
-        return (None, "um") if size == (1.0, 1.0) else (size, "um")
+    if unit == "pixel" and size == (1.0, 1.0):
+        return None, unit
     return size, unit
+
+
+def _stack_axes(meta: dict[str, Any], ndim: int) -> str | None:
+    """Axis letters for a 3-D layer whose first axis is named like time ("TYX"), else None."""
+    labels = meta.get("axis_labels")
+    if ndim == 3 and labels is not None and len(labels) == 3:
+        if str(labels[0]).strip().lower() in _TIME_AXIS_NAMES:
+            return "TYX"
+    return None
+
+
+def _with_suffix(path: str, suffixes: tuple[str, ...]) -> str:
+    """`path`, with the first of `suffixes` appended unless it already ends in one of them.
+
+    napari's save dialog passes the name as typed (or the pre-filled layer name, which has
+    no suffix) to the writer of the chosen file type.
+    """
+    return path if path.lower().endswith(suffixes) else path + suffixes[0]
 
 
 def _safe_stem(name: str) -> str:
@@ -64,11 +92,13 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     Parameters
     ----------
     path : str
-        Target file. napari's save dialog has already asked before overwriting.
+        Target file. napari's save dialog has already asked before overwriting. A name
+        that does not end in ``.tif``/``.tiff`` gets ``.tif`` appended.
     data : (..., Y, X) array-like of int
         The layer data (multiscale: the full-resolution level is written).
     meta : dict
-        napari layer attributes; ``scale`` and ``units`` give the pixel size.
+        napari layer attributes; ``scale`` and ``units`` give the pixel size, a first
+        axis labelled ``t``/``time`` makes a 3-D layer a time series.
 
     Returns
     -------
@@ -77,9 +107,54 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """
     from napari_unet.core.io import write_labels_tiff
 
+    labels = _as_array(data)
     pixel_size, unit = _pixel_size(meta)
     written = write_labels_tiff(
-        path, _as_array(data), pixel_size=pixel_size, unit=unit, overwrite=True
+        _with_suffix(path, _TIFF_SUFFIXES),
+        labels,
+        pixel_size=pixel_size,
+        unit=unit,
+        overwrite=True,
+        axes=_stack_axes(meta, labels.ndim),
+    )
+    return [str(written)]
+
+
+def write_labels_rois(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one Labels layer as an ImageJ ROI set (``.zip``; napari single-layer writer).
+
+    One outline per object (per slice in a stack), named by its label id; see
+    :func:`napari_unet.core.rois.labels_to_rois`. The coordinates are in pixels.
+
+    Parameters
+    ----------
+    path : str
+        Target file. napari's save dialog has already asked before overwriting. A name
+        that does not end in ``.zip`` gets ``.zip`` appended.
+    data : (Y, X) or (Z, Y, X) or (T, Y, X) or (T, Z, Y, X) array-like of int
+        The layer data (multiscale: the full-resolution level is written).
+    meta : dict
+        napari layer attributes; a first axis labelled ``t``/``time`` makes a 3-D layer
+        a time series (ROI names ``t03-0017`` instead of ``z03-0017``).
+
+    Returns
+    -------
+    list of str
+        The path written.
+
+    Raises
+    ------
+    NapariUnetError
+        If the layer holds no objects (nothing is written) or cannot be exported.
+    """
+    from napari_unet.core.rois import write_roi_zip
+
+    labels = _as_array(data)
+    written, _ = write_roi_zip(
+        _with_suffix(path, (".zip",)),
+        labels,
+        axes=_stack_axes(meta, labels.ndim),
+        overwrite=True,
     )
     return [str(written)]
 
@@ -102,7 +177,7 @@ def write_labels_folder(
         The files written.
     """
     folder = Path(path)
-    if folder.suffix.lower() in (".tif", ".tiff"):
+    if folder.suffix.lower() in _TIFF_SUFFIXES:
         folder = folder.with_suffix("")
     return [
         str(p)
@@ -176,9 +251,15 @@ def export_labels(
     written: list[Path] = []
     for target, data, meta in jobs:
         pixel_size, unit = _pixel_size(meta)
+        labels = _as_array(data)
         try:
             path = write_labels_tiff(
-                target, _as_array(data), pixel_size=pixel_size, unit=unit, overwrite=True
+                target,
+                labels,
+                pixel_size=pixel_size,
+                unit=unit,
+                overwrite=True,
+                axes=_stack_axes(meta, labels.ndim),
             )
         except NapariUnetError as error:
             done = f"{len(written)} of {len(jobs)} file(s) were written before: " if written else ""

@@ -46,9 +46,18 @@ def test_sample_data_and_writers(manifest):
 
     keys = [s.key for s in manifest.contributions.sample_data]
     assert keys == list(SAMPLE_NAMES)
-    writers = {tuple(w.layer_types): w for w in manifest.contributions.writers}
-    assert writers[("labels",)].filename_extensions == [".tif", ".tiff"]
-    assert ("labels+",) in writers
+    writers = {w.command: w for w in manifest.contributions.writers}
+    # the TIFF writer first: napari gives a name without a suffix to a plugin's first writer
+    assert list(writers) == [
+        "napari-unet.write_labels",
+        "napari-unet.write_labels_rois",
+        "napari-unet.write_labels_folder",
+    ]
+    assert writers["napari-unet.write_labels"].layer_types == ["labels"]
+    assert writers["napari-unet.write_labels"].filename_extensions == [".tif", ".tiff"]
+    assert writers["napari-unet.write_labels_rois"].layer_types == ["labels"]
+    assert writers["napari-unet.write_labels_rois"].filename_extensions == [".zip"]
+    assert writers["napari-unet.write_labels_folder"].layer_types == ["labels+"]
 
 
 def test_installed_plugin_is_discoverable():
