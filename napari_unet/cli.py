@@ -730,16 +730,42 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- demo
+def _has_display() -> bool:
+    """Whether a window can open: always on macOS and Windows; on Linux, X11 or Wayland."""
+    import os
+
+    if sys.platform in ("darwin", "win32"):
+        return True
+    if os.environ.get("QT_QPA_PLATFORM", "").split(":")[0] in ("offscreen", "minimal", "vnc"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on the sample data: ``napari-unet demo``."""
     if not args.headless:
+        if not _has_display():
+            raise NapariUnetError(
+                "no display found (DISPLAY and WAYLAND_DISPLAY are not set), so napari "
+                "cannot open a window; `napari-unet demo --headless` runs the demo without one."
+            )
         from napari_unet.demo import launch_viewer_demo
 
         launch_viewer_demo()
         return 0
-    from napari_unet.demo import run_headless_demo
+    from napari_unet.demo import demo_outputs, run_headless_demo
 
-    summary = run_headless_demo(out=Path(args.out), minutes=args.minutes, log=_info)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NapariUnetError(f"--out {out} is a file; choose a folder for the demo's outputs.")
+    clash = [p.name for p in demo_outputs(out) if p.exists()]
+    if clash and not args.overwrite:
+        raise NapariUnetError(
+            f"{out} holds an earlier demo's outputs ({', '.join(clash[:3])}"
+            f"{', ...' if len(clash) > 3 else ''}); pass --overwrite to replace them, or "
+            "choose another --out."
+        )
+    summary = run_headless_demo(out=out, minutes=args.minutes, log=_info)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -965,6 +991,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--minutes", type=float, default=1.0, help="training budget (headless)")
     d.add_argument("--out", default="napari-unet-demo", help="output folder (headless)")
+    d.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier demo's outputs in --out"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 

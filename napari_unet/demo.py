@@ -15,6 +15,13 @@ from pathlib import Path
 HELD_OUT = "fluo_small"
 
 
+def demo_outputs(out: Path) -> list[Path]:
+    """Return the files :func:`run_headless_demo` writes into `out`."""
+    from napari_unet.samples import SAMPLE_NAMES
+
+    return [Path(out) / "model.pt"] + [Path(out) / f"{name}.tif" for name in SAMPLE_NAMES]
+
+
 def run_headless_demo(out: Path, minutes: float = 1.0, log: Callable[[str], None] = print) -> dict:
     """Train, predict, split and evaluate on the shipped samples.
 

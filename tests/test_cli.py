@@ -154,3 +154,31 @@ def test_headless_demo(tmp_path):
     assert (tmp_path / "demo" / "model.pt").exists()
     assert len(list((tmp_path / "demo").glob("*.tif"))) == 6
     assert 0 <= summary["held_out"]["f1"] <= 1
+
+
+def test_demo_without_a_display_says_so_in_one_line(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.pop("QT_QPA_PLATFORM", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "demo"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no display" in lines[0] and "--headless" in lines[0]
+
+
+def test_demo_never_overwrites_an_earlier_demo_silently(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "fluo_dense.tif").write_bytes(b"the user's file")
+    assert main(["demo", "--headless", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "earlier demo" in err and "--overwrite" in err
+    assert (out / "fluo_dense.tif").read_bytes() == b"the user's file"
