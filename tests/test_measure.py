@@ -139,6 +139,8 @@ def test_matches_regionprops_on_real_dsb_masks(dsb_small):
             assert t["label"][i] == p.label and t["area"][i] == p.area
             assert t["centroid_y"][i] == pytest.approx(p.centroid[0])
             assert t["solidity"][i] == pytest.approx(p.solidity)
+            assert t["eccentricity"][i] == pytest.approx(p.eccentricity, abs=1e-9)
+            assert t["equivalent_diameter"][i] == pytest.approx(p.equivalent_diameter_area)
             assert t["perimeter"][i] == pytest.approx(p.perimeter)
             mean = p.intensity_mean
             if image.ndim == 3:

@@ -64,7 +64,6 @@ _PROPS_2D = (
     "centroid",
     "bbox",
     "equivalent_diameter_area",
-    "eccentricity",
     "solidity",
     "perimeter",
 )
@@ -135,6 +134,40 @@ def _check_spacing(scale: Sequence[float] | None, n: int) -> tuple[float, ...] |
     return values
 
 
+def _eccentricity(labels: np.ndarray, ids: np.ndarray, top: np.ndarray, left: np.ndarray):
+    """Eccentricity of each object `ids` of a 2D label image, all objects at once.
+
+    The same value as regionprops' ``eccentricity`` (from the eigenvalues of the
+    inertia tensor of the object's pixel coordinates), from per-object sums of the
+    coordinates and their products taken with :func:`numpy.bincount` over the image
+    once, instead of regionprops' moments per object (half of the time of a table).
+    Coordinates are taken from each object's bounding-box corner (`top`, `left`), so
+    the sums stay small.
+    """
+    if not len(ids):
+        return np.zeros(0)
+    flat = labels.ravel()
+    inside = np.flatnonzero(flat)
+    lab = flat[inside]
+    lut = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+    lut[ids] = np.arange(len(ids))
+    k = lut[lab]
+    y = (inside // labels.shape[1] - top[k]).astype(np.float64)
+    x = (inside % labels.shape[1] - left[k]).astype(np.float64)
+    n = np.bincount(k, minlength=len(ids)).astype(np.float64)
+    my = np.bincount(k, y, len(ids)) / n
+    mx = np.bincount(k, x, len(ids)) / n
+    yy = np.bincount(k, y * y, len(ids)) / n - my * my
+    xx = np.bincount(k, x * x, len(ids)) / n - mx * mx
+    xy = np.bincount(k, x * y, len(ids)) / n - mx * my
+    half = (yy + xx) / 2
+    root = np.sqrt(np.maximum(((yy - xx) / 2) ** 2 + xy * xy, 0.0))
+    major, minor = half + root, np.maximum(half - root, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ecc = np.sqrt(np.clip(1.0 - minor / major, 0.0, 1.0))
+    return np.where(major > 0, ecc, 0.0)
+
+
 def _measure_one(
     labels: np.ndarray,
     image: np.ndarray | None,
@@ -168,7 +201,9 @@ def _measure_one(
         out[f"bbox_max_{axis}"] = raw[f"bbox-{k + d}"].astype(np.int64)
     out["equivalent_diameter"] = raw["equivalent_diameter_area"]
     if not three_d:
-        out["eccentricity"] = raw["eccentricity"]
+        out["eccentricity"] = _eccentricity(
+            labels, out["label"], out["bbox_min_y"], out["bbox_min_x"]
+        )
     solidity = np.asarray(raw["solidity"], dtype=np.float64)
     out["solidity"] = np.where(np.isfinite(solidity) & (solidity <= 1.0 + 1e-9), solidity, np.nan)
     if not three_d:
