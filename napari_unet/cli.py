@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command line: train, predict, split, evaluate, export-rle, demo.
+"""The ``napari-unet`` command line: train, predict, split, evaluate, measure, exports, demo.
 
 Every sub-command calls the same core functions as the napari widgets. Problems
 the user can fix are reported as one line on stderr with a non-zero exit
@@ -729,6 +729,76 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export-rois
+def cmd_export_rois(args: argparse.Namespace) -> int:
+    """Write ImageJ ROI sets of label images: ``napari-unet export-rois``."""
+    from napari_unet.core.io import (
+        _label_key,
+        check_writable_folder,
+        list_image_files,
+        read_calibration,
+        read_labels,
+    )
+    from napari_unet.core.rois import write_roi_zip
+
+    files = list_image_files(args.labels)
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() == ".zip":
+        if len(files) != 1:
+            raise NapariUnetError(
+                f"--out {out.name} names one .zip file but --labels matches {len(files)} "
+                "label images; give a folder as --out (one <name>_rois.zip each)."
+            )
+        targets = [out]
+        folder = out.parent
+    else:
+        if out.exists() and not out.is_dir():
+            raise NapariUnetError(
+                f"--out {out} is a file: give a folder, or a name ending in .zip."
+            )
+        names = [_label_key(f)[0] for f in files]
+        seen: dict[str, Path] = {}
+        for name, f in zip(names, files, strict=True):
+            if name.lower() in seen:
+                raise NapariUnetError(
+                    f"{seen[name.lower()].name} and {f.name} would both be written to "
+                    f"{name}_rois.zip; rename one of them or export them separately."
+                )
+            seen[name.lower()] = f
+        targets = [out / f"{name}_rois.zip" for name in names]
+        folder = out
+    _refuse_existing(targets, folder, args.overwrite)
+    check_writable_folder(folder)
+    written, total, empty = [], 0, []
+    try:
+        for f, target in zip(files, targets, strict=True):
+            labels = read_labels(f)
+            if not labels.any():
+                empty.append(f.name)
+                continue
+            axes = None if args.axes == "auto" else args.axes
+            if axes is None:
+                file_axes = read_calibration(f)[0]
+                if file_axes in ("YX", "ZYX", "TYX", "TZYX") and len(file_axes) == labels.ndim:
+                    axes = file_axes
+            try:
+                path, n = write_roi_zip(target, labels, axes=axes, overwrite=args.overwrite)
+            except NapariUnetError as exc:
+                raise NapariUnetError(f"{f.name}: {exc}") from exc
+            written.append(path)
+            total += n
+    except (NapariUnetError, OSError, KeyboardInterrupt):
+        for path in written:  # all or nothing: no half-exported folder to trip the rerun
+            path.unlink(missing_ok=True)
+        raise
+    if empty:
+        _info(
+            f"note: {len(empty)} label image(s) hold no objects and got no ROI set, e.g. {empty[0]}"
+        )
+    _info(f"wrote {total} ROI(s) in {len(written)} ImageJ ROI set(s) to {folder}")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def _has_display() -> bool:
     """Whether a window can open: always on macOS and Windows; on Linux, X11 or Wayland."""
@@ -982,6 +1052,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_options(m)
     m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     m.set_defaults(func=cmd_measure)
+
+    x = sub.add_parser(
+        "export-rois",
+        help="ImageJ / Fiji ROI sets (.zip, one outline per object) of label images",
+    )
+    x.add_argument("--labels", required=True, help="folder or glob of label images")
+    x.add_argument(
+        "--out",
+        required=True,
+        help="folder for <name>_rois.zip files, or one .zip file for one label image",
+    )
+    x.add_argument(
+        "--axes",
+        default="auto",
+        choices=["auto", "YX", "ZYX", "TYX", "TZYX"],
+        help="what a stack's first axes are (ROI positions and names z03-0017 / t03-0017); "
+        "auto: from the TIFF's metadata, else 3D = ZYX",
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace existing .zip files")
+    x.set_defaults(func=cmd_export_rois)
 
     d = sub.add_parser("demo", help="try it on the built-in sample nuclei")
     d.add_argument(

@@ -4,13 +4,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 from skimage.draw import polygon
 
-roifile = pytest.importorskip("roifile")
-
-from napari_unet.core.errors import NapariUnetError  # noqa: E402
-from napari_unet.core.rois import labels_to_rois, write_roi_zip  # noqa: E402
+from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.rois import labels_to_rois, write_roi_zip
 
 
 def rasterise(roi, shape):
@@ -284,3 +283,43 @@ def test_new_folder_is_created(tmp_path):
     labels[1:3, 1:3] = 3
     path, n = write_roi_zip(tmp_path / "a" / "b" / "rois.zip", labels)
     assert path.is_file() and n == 1
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_export_rois(tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.core.io import write_labels_tiff
+
+    labels = np.zeros((3, 40, 40), np.uint16)
+    labels[0, 2:9, 2:9] = 1
+    labels[2, 20:30, 5:15] = 2
+    write_labels_tiff(tmp_path / "in" / "movie.tif", labels, axes="TYX")  # a time series
+    write_labels_tiff(tmp_path / "in" / "cells_labels.tif", labels[0])
+    write_labels_tiff(tmp_path / "in" / "blank.tif", np.zeros((8, 8), np.uint8))
+    out = tmp_path / "rois"
+    args = ["export-rois", "--labels", str(tmp_path / "in"), "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "wrote 3 ROI(s) in 2" in err and "no objects" in err
+    assert sorted(p.name for p in out.iterdir()) == ["cells_rois.zip", "movie_rois.zip"]
+    movie = roifile.roiread(out / "movie_rois.zip")
+    assert [r.name for r in movie] == ["t1-0001", "t3-0002"]  # axes from the TIFF
+    # an existing set is never replaced silently; --overwrite replaces it
+    before = (out / "cells_rois.zip").read_bytes()
+    assert main(args) == 2 and "exist" in capsys.readouterr().err
+    assert (out / "cells_rois.zip").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+    # two inputs that would write one file are refused, naming both
+    (tmp_path / "in" / "cells_labels.png").write_bytes(b"")
+    tifffile.imwrite(tmp_path / "in2.tif", labels[0])
+    assert (
+        main(["export-rois", "--labels", str(tmp_path / "in"), "--out", str(tmp_path / "o2")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "cells_labels.png" in err and "cells_labels.tif" in err
+    assert not (tmp_path / "o2").exists()
+    # one file to one .zip
+    assert main(["export-rois", "--labels", str(tmp_path / "in2.tif"), "--out",
+                 str(tmp_path / "one.zip")]) == 0  # fmt: skip
+    one = roifile.roiread(tmp_path / "one.zip")
+    assert (one if isinstance(one, list) else [one])[0].name == "0001"
