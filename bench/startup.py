@@ -32,6 +32,8 @@ from pathlib import Path
 
 from _common import loadavg, machine, median, python_env, save, xvfb_prefix
 
+from napari_unet import PLUGIN_NAME
+
 WIDGETS = ("Train", "Predict", "Split nuclei")
 ME = str(Path(__file__).resolve())
 
@@ -53,7 +55,7 @@ def _hide_plugin() -> None:
 
     def distributions(**kwargs):
         for dist in original(**kwargs):
-            if (dist.metadata["Name"] or "").lower().replace("_", "-") != "napari-unet":
+            if (dist.metadata["Name"] or "").lower().replace("_", "-") != PLUGIN_NAME:
                 yield dist
 
     md.distributions = distributions
@@ -77,7 +79,7 @@ def child_napari(with_plugin: bool) -> dict:
         "seconds": dt,
         "cpu_seconds": cpu,
         "with_plugin": with_plugin,
-        "plugin_found": "napari-unet" in names,
+        "plugin_found": PLUGIN_NAME in names,
     }
 
 
@@ -90,7 +92,7 @@ def child_widget(first: str) -> dict:
     times = {}
     for name in (first,) + tuple(w for w in WIDGETS if w != first):
         t = time.perf_counter()
-        viewer.window.add_plugin_dock_widget("napari-unet", name)
+        viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name)
         QApplication.processEvents()
         times[name] = time.perf_counter() - t
     torch_loaded = "torch" in sys.modules

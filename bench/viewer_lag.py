@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from _common import dsb_fluo_pairs, loadavg, machine, python_env, save, xvfb_prefix
 
+from napari_unet import PLUGIN_NAME
+
 ME = str(Path(__file__).resolve())
 
 
@@ -85,7 +87,7 @@ def child(seconds: float, idle_seconds: float) -> dict:
     for i, (img, lab) in enumerate(pairs):
         viewer.add_image(img, name=f"image{i}")
         viewer.add_labels(lab, name=f"image{i}_labels")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Train")
     widget.pairs.set_pairs([(f"image{i}", f"image{i}_labels") for i in range(len(pairs))])
     widget.device.setCurrentText("cpu")
     widget.minutes.setValue(max(2.0, 2 * seconds / 60))  # only Stop ends it

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet import PLUGIN_NAME
+
 IMAGES = Path(__file__).resolve().parent / "images"
 WINDOW = (1400, 900)
 
@@ -101,13 +103,13 @@ def main() -> None:
     _wait(lambda: True)
 
     for name in ("fluo_dense", "fluo_crowded", "fluo_mixed"):
-        viewer.open_sample("napari-unet", name)
+        viewer.open_sample(PLUGIN_NAME, name)
     for layer in viewer.layers:
         layer.visible = layer.name.startswith("fluo_dense")
     _shot(viewer, "sample_data.png")
 
     # ---- Train
-    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Train")
     train.pairs.set_pairs(
         [
             ("fluo_dense", "fluo_dense_ground_truth"),
@@ -130,7 +132,7 @@ def main() -> None:
 
     # ---- Predict
     viewer.window.remove_dock_widget(train_dock)  # one widget at a time: more room
-    predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
+    predict_dock, predict = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Predict")
     predict.image.setCurrentText("fluo_dense")
     predict.predict_button.click()
     _wait(lambda: predict._worker is None, widget=predict)
@@ -157,10 +159,10 @@ def main() -> None:
     # ---- Split nuclei, with the live preview
     viewer.window.remove_dock_widget(predict_dock)
     # a binary mask of touching nuclei, as thresholding or another tool gives
-    viewer.open_sample("napari-unet", "he_tissue")
+    viewer.open_sample(PLUGIN_NAME, "he_tissue")
     mask = (viewer.layers["he_tissue_ground_truth"].data > 0).astype(np.uint8)
     viewer.add_labels(mask, name="he_tissue_mask", opacity=0.5)
-    _, split = viewer.window.add_plugin_dock_widget("napari-unet", "Split nuclei")
+    _, split = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Split nuclei")
     split.source.setCurrentText("he_tissue_mask")
     for layer in viewer.layers:
         layer.visible = layer.name == "he_tissue"

@@ -8,4 +8,10 @@ command line in :mod:`napari_unet.cli` and the napari widgets in
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+#: The distribution's name (``pip install``, wheel file names) and the plugin's name in
+#: napari's plugin manager (npe2 requires the manifest's ``name`` to equal it; menus show
+#: the display name "napari-unet"). The name ``napari-unet`` on PyPI belongs to another
+#: project.
+PLUGIN_NAME = "napari-unet-trainer"
+
+__all__ = ["PLUGIN_NAME", "__version__"]

@@ -116,6 +116,7 @@ def launch_viewer_demo(viewer=None, run: bool = True):
     """
     import napari
 
+    from napari_unet import PLUGIN_NAME
     from napari_unet.samples import load_samples
 
     viewer = viewer or napari.Viewer(title="napari-unet demo")
@@ -126,7 +127,7 @@ def launch_viewer_demo(viewer=None, run: bool = True):
     viewer.layers[1].visible = True
     viewer.layers.selection.active = viewer.layers[1]
     for widget in ("Train", "Predict", "Split nuclei"):
-        viewer.window.add_plugin_dock_widget("napari-unet", widget)
+        viewer.window.add_plugin_dock_widget(PLUGIN_NAME, widget)
     if run:
         napari.run()
     return viewer

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-PLUGIN = "napari-unet"
+from napari_unet import PLUGIN_NAME
+
+PLUGIN = PLUGIN_NAME
 
 #: Worker timeouts (ms): generous, the machines running the tests are shared.
 TIMEOUT = 120_000

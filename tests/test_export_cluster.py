@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from qtpy.QtCore import Qt
 
+from napari_unet import PLUGIN_NAME
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.errors import NapariUnetError
@@ -75,8 +76,8 @@ def viewer(make_napari_viewer):
 
 @pytest.mark.gui
 def test_export_train_on_cluster_cli_and_predict_in_napari(viewer, qtbot, tmp_path):
-    viewer.open_sample("napari-unet", "fluo_dense")
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     train = open_widget(viewer, "Train")
     predict = open_widget(viewer, "Predict")
     assert train.export_button.text() == "Export for a cluster..."

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from napari_unet import PLUGIN_NAME
+
 npe2 = pytest.importorskip("npe2")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +23,8 @@ def test_package_manifest_is_the_top_level_one():
 
 def test_manifest_validates_with_imports(manifest):
     manifest.validate_imports()
-    assert manifest.name == "napari-unet"
+    assert manifest.name == PLUGIN_NAME == "napari-unet-trainer"
+    assert manifest.display_name == "napari-unet"
 
 
 def test_widgets_have_the_documented_display_names(manifest):
@@ -49,21 +52,21 @@ def test_sample_data_and_writers(manifest):
     writers = {w.command: w for w in manifest.contributions.writers}
     # the TIFF writer first: napari gives a name without a suffix to a plugin's first writer
     assert list(writers) == [
-        "napari-unet.write_labels",
-        "napari-unet.write_labels_rois",
-        "napari-unet.write_labels_folder",
+        "napari-unet-trainer.write_labels",
+        "napari-unet-trainer.write_labels_rois",
+        "napari-unet-trainer.write_labels_folder",
     ]
-    assert writers["napari-unet.write_labels"].layer_types == ["labels"]
-    assert writers["napari-unet.write_labels"].filename_extensions == [".tif", ".tiff"]
-    assert writers["napari-unet.write_labels_rois"].layer_types == ["labels"]
-    assert writers["napari-unet.write_labels_rois"].filename_extensions == [".zip"]
-    assert writers["napari-unet.write_labels_folder"].layer_types == ["labels+"]
+    assert writers["napari-unet-trainer.write_labels"].layer_types == ["labels"]
+    assert writers["napari-unet-trainer.write_labels"].filename_extensions == [".tif", ".tiff"]
+    assert writers["napari-unet-trainer.write_labels_rois"].layer_types == ["labels"]
+    assert writers["napari-unet-trainer.write_labels_rois"].filename_extensions == [".zip"]
+    assert writers["napari-unet-trainer.write_labels_folder"].layer_types == ["labels+"]
 
 
 def test_installed_plugin_is_discoverable():
     pm = npe2.PluginManager.instance()
     pm.discover()
-    manifest = pm.get_manifest("napari-unet")  # the installed entry point finds it
+    manifest = pm.get_manifest(PLUGIN_NAME)  # the installed entry point finds it
     assert [w.display_name for w in manifest.contributions.widgets] == [
         "Train",
         "Predict",

@@ -48,7 +48,7 @@ def test_wheel_contains_the_manifest_and_sample_data(tmp_path):
         text=True,
     )
     assert r.returncode == 0, r.stderr
-    (wheel,) = tmp_path.glob("napari_unet-*.whl")
+    (wheel,) = tmp_path.glob("napari_unet_trainer-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         manifest = z.read("napari_unet/napari.yaml").decode()
@@ -56,7 +56,7 @@ def test_wheel_contains_the_manifest_and_sample_data(tmp_path):
         eps = z.read(entry_points).decode()
     # the packaged manifest is the top-level one, as a real file
     assert manifest == (ROOT / "napari.yaml").read_text()
-    assert "napari-unet = napari_unet:napari.yaml" in eps
+    assert "napari-unet-trainer = napari_unet:napari.yaml" in eps
     assert "napari-unet = napari_unet.cli:main" in eps
     assert any(n.startswith("napari_unet/sample_data/") and n.endswith(".tif") for n in names)
     from npe2 import PluginManifest

@@ -13,6 +13,7 @@ import roifile
 import tifffile
 from qtpy.QtCore import Qt
 
+from napari_unet import PLUGIN_NAME
 from tests._gui_helpers import (
     assert_unchanged,
     error_messages,
@@ -59,7 +60,7 @@ def test_three_widgets_open_from_the_plugin_menu(viewer):
 
 
 def test_sample_data_menu_opens_image_and_ground_truth(viewer):
-    viewer.open_sample("napari-unet", "he_tissue")
+    viewer.open_sample(PLUGIN_NAME, "he_tissue")
     image, labels = viewer.layers
     assert image.name == "he_tissue" and image.rgb
     assert labels.name == "he_tissue_ground_truth"
@@ -71,8 +72,8 @@ def test_sample_data_menu_opens_image_and_ground_truth(viewer):
 
 def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tmp_path):
     """What a new user does on the sample data, start to end."""
-    viewer.open_sample("napari-unet", "fluo_dense")
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     train = open_widget(viewer, "Train")
     predict = open_widget(viewer, "Predict")
     split = open_widget(viewer, "Split nuclei")
@@ -176,7 +177,7 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
 
 
 def test_stop_ends_training_on_partial_labels_and_keeps_the_best_model(viewer, qtbot, tmp_path):
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     truth = viewer.layers["fluo_small_ground_truth"].data
     partial = np.zeros_like(truth)  # only the top-left quarter is annotated
     partial[:128, :128] = np.where(truth[:128, :128] > 0, truth[:128, :128] + 1, 1)
@@ -203,8 +204,8 @@ def test_stop_ends_training_on_partial_labels_and_keeps_the_best_model(viewer, q
 
 
 def test_training_errors_are_notified_and_change_nothing(viewer, qtbot):
-    viewer.open_sample("napari-unet", "fluo_dense")
-    viewer.open_sample("napari-unet", "he_tissue")
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
+    viewer.open_sample(PLUGIN_NAME, "he_tissue")
     train = open_widget(viewer, "Train")
     make_tiny(train)
     before = layer_snapshot(viewer)
@@ -230,7 +231,7 @@ def test_training_errors_are_notified_and_change_nothing(viewer, qtbot):
 def test_predict_from_model_file_never_replaces_painted_layers(viewer, qtbot, tmp_path):
     from tests._gui_helpers import tiny_model_file
 
-    viewer.open_sample("napari-unet", "fluo_mixed")
+    viewer.open_sample(PLUGIN_NAME, "fluo_mixed")
     predict = open_widget(viewer, "Predict")
     predict.model_choice.setCurrentText("A model file")
     predict.model_path.value = str(tiny_model_file(tmp_path / "tiny.pt"))
@@ -274,7 +275,7 @@ def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, 
     bundle = load_checkpoint(path)
     bundle.meta["postprocess"] = {"threshold": 0.45, "h": 3.0}  # as if fitted by training
     save_checkpoint(bundle, path)
-    viewer.open_sample("napari-unet", "fluo_mixed")
+    viewer.open_sample(PLUGIN_NAME, "fluo_mixed")
     image = np.asarray(viewer.layers["fluo_mixed"].data)
     predict_w = open_widget(viewer, "Predict")
     predict_w.model_choice.setCurrentText("A model file")
@@ -317,7 +318,7 @@ def test_predict_uses_the_models_fitted_settings_unless_unticked(viewer, qtbot, 
 def test_predict_errors_are_notified_and_change_nothing(viewer, qtbot, tmp_path):
     from tests._gui_helpers import tiny_model_file
 
-    viewer.open_sample("napari-unet", "he_cells")
+    viewer.open_sample(PLUGIN_NAME, "he_cells")
     predict = open_widget(viewer, "Predict")
     before = layer_snapshot(viewer)
     predict.model_choice.setCurrentText("A model file")
@@ -390,7 +391,7 @@ def test_split_preview_follows_the_current_slice_and_the_settings(viewer, qtbot)
 
 
 def test_labels_layer_saves_through_the_plugin_writer(viewer, tmp_path):
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     layer = viewer.layers["fluo_small_ground_truth"]
-    layer.save(str(tmp_path / "gt.tif"), plugin="napari-unet")
+    layer.save(str(tmp_path / "gt.tif"), plugin=PLUGIN_NAME)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "gt.tif"), layer.data)

@@ -15,6 +15,7 @@ import tifffile
 import torch
 from qtpy.QtCore import Qt
 
+from napari_unet import PLUGIN_NAME
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.model import UNet
@@ -60,7 +61,7 @@ def watch(worker):
 
 
 def long_training(viewer, tmp_path):
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     train = open_widget(viewer, "Train")
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
     make_tiny(train, epochs=0)
@@ -104,7 +105,7 @@ def test_closing_the_viewer_while_predicting_ends_the_worker(viewer, qtbot, tmp_
 
 
 def test_layers_deleted_while_training_lose_nothing(viewer, qtbot, tmp_path):
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     truth = np.array(viewer.layers["fluo_small_ground_truth"].data, copy=True)
     train = open_widget(viewer, "Train")
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
@@ -121,7 +122,7 @@ def test_layers_deleted_while_training_lose_nothing(viewer, qtbot, tmp_path):
 
 
 def test_layers_deleted_while_predicting_and_retraining(viewer, qtbot, tmp_path):
-    viewer.open_sample("napari-unet", "fluo_dense")
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
     predict = open_widget(viewer, "Predict")
     predict.model_choice.setCurrentText("A model file")
     predict.model_path.value = str(tiny_model_file(tmp_path / "tiny.pt"))
@@ -184,7 +185,7 @@ def memory_limit(monkeypatch):
 
 
 def test_out_of_memory_in_predict_retries_with_smaller_tiles(viewer, qtbot, tmp_path, memory_limit):
-    viewer.open_sample("napari-unet", "fluo_dense")
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
     predict = open_widget(viewer, "Predict")
     predict.model_choice.setCurrentText("A model file")
     predict.model_path.value = str(tiny_model_file(tmp_path / "tiny.pt"))
@@ -200,7 +201,7 @@ def test_out_of_memory_in_predict_retries_with_smaller_tiles(viewer, qtbot, tmp_
 def test_out_of_memory_in_training_continues_with_a_smaller_batch(
     viewer, qtbot, tmp_path, memory_limit
 ):
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     train = open_widget(viewer, "Train")
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
     make_tiny(train)
@@ -224,7 +225,7 @@ def test_full_disk_when_training_keeps_the_model_in_the_session(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io_module.os, "fsync", full)
-    viewer.open_sample("napari-unet", "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
     train = open_widget(viewer, "Train")
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
     make_tiny(train)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_unet import PLUGIN_NAME
 from napari_unet._writer import (
     export_labels,
     write_labels,
@@ -14,7 +15,7 @@ from napari_unet._writer import (
 )
 from napari_unet.core.errors import NapariUnetError
 
-PLUGIN = "napari-unet"
+PLUGIN = PLUGIN_NAME
 # The file types napari's save dialog lists for our writers (manifest display_name
 # after the plugin's display name); the user guide quotes them.
 TIFF_FILTER = "napari-unet labels TIFF (*.tif *.tiff)"

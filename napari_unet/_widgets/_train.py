@@ -130,7 +130,7 @@ class TrainWidget(QWidget):
             2.0,
             step=0.5,
             decimals=1,
-            tip="Training stops after this time (or earlier when it stops improving).",
+            tip="Training stops after this time (earlier only with an early-stopping patience).",
         )
         form.addRow("Training time (min)", self.minutes)
         self.save_path = file_edit(
