@@ -64,9 +64,13 @@ def _save(image: np.ndarray | None, path: Path, *, widget=None) -> None:
     from PIL import Image
 
     if widget is not None:
+        from qtpy.QtWidgets import QScrollArea
+
         from napari_unet._widgets._common import widget_body
 
-        pixmap = widget_body(widget).grab()  # all of it, also the part scrolled away
+        # all of a napari-unet widget, also the part scrolled away; or one part of it
+        part = widget_body(widget) if widget.findChild(QScrollArea) else widget
+        pixmap = part.grab()
         tmp = path.with_suffix(".tmp.png")
         pixmap.save(str(tmp))
         picture = Image.open(tmp).convert("RGB")
@@ -155,6 +159,26 @@ def main() -> None:
     predict.retrain_button.click()
     _wait(lambda: predict._worker is None, widget=predict)
     _shot(viewer, "retrain.png")
+
+    # ---- Measurements under the cursor (the layer's features), then Export
+    labels = viewer.layers["fluo_dense_labels"]
+    table = labels.features
+    biggest = table.sort_values("area").iloc[-1]
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("fluo_dense", "fluo_dense_labels")
+    viewer.layers.selection.active = labels
+    labels.mode = "pan_zoom"
+    viewer.reset_view()
+    viewer.cursor.position = (biggest["centroid_y"], biggest["centroid_x"])
+    viewer.update_status_from_cursor()
+    _wait(lambda: True)
+    _save(viewer.screenshot(canvas_only=False), IMAGES / "measure.png")
+    predict.set_export_choices(["fluo_dense_labels"])
+    predict.export_rois.setChecked(True)
+    predict.export_folder.value = str(work / "export")
+    predict.export_button.click()
+    _wait(lambda: predict._export_worker is None, widget=predict)
+    _save(None, IMAGES / "export.png", widget=predict.export_button.parentWidget())
 
     # ---- Split nuclei, with the live preview
     viewer.window.remove_dock_widget(predict_dock)

@@ -127,3 +127,15 @@ def test_spaces_and_non_ascii_paths(bundle, tmp_path):
     # no temporary files are left behind
     assert [f.name for f in d.iterdir()] == ["noyau 1.pt"]
     assert np.isfinite(sum(float(v.sum()) for v in load_checkpoint(p).model.state_dict().values()))
+
+
+@pytest.mark.parametrize(
+    "content,kind",
+    [(b"II*\x00" + bytes(100), "TIFF image"), (b"\x89PNG\r\n\x1a\n" + bytes(50), "PNG image"),
+     (b"", "empty file")],
+)  # fmt: skip
+def test_images_picked_as_models_are_named(tmp_path, content, kind):
+    path = tmp_path / "picked.tif"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"is an? {kind}, not a model file"):
+        load_checkpoint(path)

@@ -114,6 +114,31 @@ def save_checkpoint(bundle: ModelBundle, path: str | Path, *, overwrite: bool = 
     return path
 
 
+#: First bytes of files people pick by mistake instead of a model.
+_MAGIC = {
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"II+\x00": "a BigTIFF image",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"BM": "a BMP image",
+    b"\x89HDF": "an HDF5 file (Keras / ilastik?)",
+    b"%PDF": "a PDF document",
+}
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """Return what `path` is when its first bytes rule out a PyTorch file, else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if not head:
+        return "an empty file"
+    return None
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Load a model saved by :func:`save_checkpoint` without executing code from the file.
 
@@ -138,6 +163,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Model file {path} does not exist.")
+    kind = _foreign_kind(path)
+    if kind is not None:
+        raise CheckpointError(
+            f"{path} is {kind}, not a model file; choose a .pt file saved by napari-unet."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
