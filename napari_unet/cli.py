@@ -799,6 +799,36 @@ def cmd_export_rois(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- export-bioimageio
+def cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    """Write a model as a bioimage.io package: ``napari-unet export-bioimageio``."""
+    from napari_unet.core.bioimageio import export_bioimageio
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".zip":
+        raise NapariUnetError(f"OUT must name a .zip file, got {out}.")
+    if out.exists() and not args.overwrite:
+        raise NapariUnetError(
+            f"{out} exists; pass --overwrite to replace it, or choose another name."
+        )
+    test_image = None
+    if args.test_image:
+        from napari_unet.core.io import read_image
+
+        test_image = read_image(args.test_image)
+    export_bioimageio(  # its last progress line says what was written and validated
+        args.model,
+        out,
+        name=args.name,
+        description=args.description,
+        authors=args.author or None,
+        test_image=test_image,
+        overwrite=args.overwrite,
+        progress=_info,
+    )
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def _has_display() -> bool:
     """Whether a window can open: always on macOS and Windows; on Linux, X11 or Wayland."""
@@ -1072,6 +1102,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--overwrite", action="store_true", help="replace existing .zip files")
     x.set_defaults(func=cmd_export_rois)
+
+    b = sub.add_parser(
+        "export-bioimageio",
+        help="a model as a bioimage.io package (.zip) for Fiji (deepImageJ), ilastik, ...",
+    )
+    b.add_argument("model", help="a model file saved by napari-unet (.pt)")
+    b.add_argument("out", help="the package to write (.zip)")
+    b.add_argument("--name", help="the model's name in the package (default: from the file)")
+    b.add_argument("--description", help="one sentence on what the model segments")
+    b.add_argument("--author", action="append", help="an author's name (repeat for several)")
+    b.add_argument(
+        "--test-image",
+        help="an image like the training images, for the package's test input and cover "
+        "(default: a built-in sample with the model's channels)",
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
+    b.set_defaults(func=cmd_export_bioimageio)
 
     d = sub.add_parser("demo", help="try it on the built-in sample nuclei")
     d.add_argument(

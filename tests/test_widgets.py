@@ -6,6 +6,8 @@ The workers run in threads, as for a user; tests wait for them with qtbot.
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -78,6 +80,7 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
     predict = open_widget(viewer, "Predict")
     split = open_widget(viewer, "Split nuclei")
 
+    assert not train.bioimageio_button.isEnabled()  # no model yet
     # --- Train on two image + labels pairs, a few steps
     train.pairs.set_pairs(
         [("fluo_dense", "fluo_dense_ground_truth"), ("fluo_small", "fluo_small_ground_truth")]
@@ -101,6 +104,19 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
     assert session.bundle is not None and session.model_info.checkpoint == checkpoint
     assert set(session.training_set) == {"fluo_dense", "fluo_small"}
     assert train.start_button.isEnabled()
+
+    # --- Share the model as a bioimage.io package (Fiji / deepImageJ, ilastik)
+    from napari_unet.core.bioimageio import bioimageio_problem
+
+    if bioimageio_problem() is None:
+        assert train.bioimageio_button.isEnabled()
+        train.export_for_bioimageio(tmp_path / "shared" / "nuclei")  # .zip is added
+        qtbot.waitUntil(lambda: train._bioimageio_worker is None, timeout=120_000)
+        assert not error_messages()
+        with zipfile.ZipFile(tmp_path / "shared" / "nuclei.zip") as z:
+            test_input = np.load(io.BytesIO(z.read("test_input.npy")))
+            assert "weights_torchscript.pt" in z.namelist()
+        assert test_input.shape == (1, 1, 256, 256)  # the first training image
 
     # --- Predict the first image with the session's model
     predict.image.setCurrentText("fluo_dense")
@@ -395,3 +411,36 @@ def test_labels_layer_saves_through_the_plugin_writer(viewer, tmp_path):
     layer = viewer.layers["fluo_small_ground_truth"]
     layer.save(str(tmp_path / "gt.tif"), plugin=PLUGIN_NAME)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "gt.tif"), layer.data)
+
+
+def test_export_measures_a_calibrated_time_series_per_frame(viewer, qtbot, tmp_path):
+    image = np.zeros((3, 40, 50), np.uint16)
+    labels = np.zeros((3, 40, 50), np.uint16)
+    labels[0, 5:15, 5:10] = 1
+    labels[2, 20:30, 30:40] = 2
+    image[labels > 0] = 500
+    geometry = {
+        "scale": (5.0, 0.5, 0.5),
+        "units": ("s", "um", "um"),
+        "axis_labels": ("t", "y", "x"),
+    }
+    viewer.add_image(image, name="movie", **geometry)
+    viewer.add_labels(labels, name="movie_labels", **geometry)
+    predict = open_widget(viewer, "Predict")
+    assert predict.export_choices() == []  # not made by napari-unet: not ticked
+    predict.set_export_choices(["movie_labels"])
+    predict.export_tiff.setChecked(False)
+    predict.export_rois.setChecked(True)
+    predict.export_folder.value = str(tmp_path)
+    click(qtbot, predict.export_button)
+    qtbot.waitUntil(lambda: predict._export_worker is None, timeout=60_000)
+    assert not error_messages()
+    rows = list(csv.DictReader(open(tmp_path / "measurements.csv", encoding="utf-8")))
+    assert [(r["frame"], r["label"], r["area"], r["area_um2"]) for r in rows] == [
+        ("0", "1", "50", "12.5"),
+        ("2", "2", "100", "25"),
+    ]
+    assert {r["mean_intensity"] for r in rows} == {"500"}  # from the image named like it
+    rois = roifile.roiread(tmp_path / "movie_labels_rois.zip")
+    assert [r.name for r in rois] == ["t1-0001", "t3-0002"]
+    assert not (tmp_path / "movie_labels.tif").exists()  # not ticked

@@ -522,3 +522,25 @@ def export_job(
         path, _ = write_measurements_csv(folder / MEASUREMENTS_CSV, tables, overwrite=overwrite)
         written.append(path)
     return written
+
+
+def bioimageio_job(
+    bundle: Any,
+    out: Any,
+    *,
+    test_image: np.ndarray | None = None,
+    channel_axis: int | None = None,
+    name: str | None = None,
+) -> Generator[str, None, Any]:
+    """Write `bundle` as a bioimage.io package (:mod:`napari_unet.core.bioimageio`).
+
+    `test_image` (e.g. a training image, channels at `channel_axis`) becomes the
+    package's test input and cover. napari's save dialog has already asked before
+    replacing `out`. Yields what it is doing; returns the package's path.
+    """
+    from napari_unet.core.bioimageio import export_bioimageio
+
+    yield "exporting"
+    if test_image is not None and channel_axis is not None:
+        test_image = np.moveaxis(np.asarray(test_image), channel_axis, 0)
+    return export_bioimageio(bundle, out, name=name, test_image=test_image, overwrite=True)

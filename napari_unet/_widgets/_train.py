@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
@@ -88,6 +89,7 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.session: Session = session_for(napari_viewer)
         self._worker: Any = None
+        self._bioimageio_worker: Any = None
         self._stop: threading.Event | None = None
         self._started_at = 0.0
         self._pending: tuple | None = None
@@ -223,6 +225,12 @@ class TrainWidget(QWidget):
             "and a torchrun / SLURM script into a folder, to train on a cluster."
         )
         layout.addWidget(self.export_button)
+        self.bioimageio_button = QPushButton("Export for Fiji / bioimage.io...")
+        self.bioimageio_button.setToolTip(
+            "Write the session's model as a bioimage.io model package (.zip): it opens in "
+            "Fiji (deepImageJ), ilastik and other bioimage.io tools, and can be shared."
+        )
+        layout.addWidget(self.bioimageio_button)
 
         self.device_label = QLabel("Device: chosen when training starts")
         layout.addWidget(self.device_label)
@@ -245,6 +253,7 @@ class TrainWidget(QWidget):
         self.start_button.clicked.connect(self._on_start_clicked)
         self.stop_button.clicked.connect(self._on_stop_clicked)
         self.export_button.clicked.connect(self._on_export_clicked)
+        self.bioimageio_button.clicked.connect(self._on_bioimageio_clicked)
         self.start_from.currentTextChanged.connect(self._on_start_from_changed)
         self.pairs.changed.connect(self._update_buttons)
         self.session.busy_changed.connect(self._on_session_busy_changed)
@@ -423,6 +432,81 @@ class TrainWidget(QWidget):
         self.status.setText(f"Exported {len(names)} image(s) for a cluster to {summary.folder}")
         return summary
 
+    def _on_bioimageio_clicked(self) -> None:
+        info = self.session.model_info
+        stem = info.checkpoint.stem if info is not None and info.checkpoint else "nuclei-unet"
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export the session's model as a bioimage.io package",
+            str(Path.home() / f"{stem}.bioimageio.zip"),
+            "bioimage.io model package (*.zip)",
+        )
+        if path:
+            self.export_for_bioimageio(path)
+
+    def export_for_bioimageio(self, path: str | Path) -> Any:
+        """Write the session's model to `path` as a bioimage.io package, in a worker.
+
+        The package's test input is the first image of the session's training set (cropped),
+        else a built-in sample. Returns the worker, or None after showing why not.
+        """
+        from napari_unet._widgets._jobs import bioimageio_job, channel_axis_for
+
+        bundle = self.session.bundle
+        if bundle is None:
+            notify_error("There is no model to export yet: train one first.")
+            return None
+        path = Path(path).expanduser()
+        if path.suffix.lower() != ".zip":
+            path = path.with_name(path.name + ".zip")
+        image, axis = None, None
+        for pair in self.session.training_set.values():
+            shape = tuple(np.shape(pair.image))
+            axis = channel_axis_for(
+                shape, len(shape) == 3 and shape[-1] in (3, 4), bundle.in_channels
+            )
+            if len(shape) - (axis is not None) == 2:  # a 2D image: the package's test input
+                image = pair.image
+                break
+        info = self.session.model_info
+        name = info.checkpoint.stem if info is not None and info.checkpoint else None
+        worker = create_worker(
+            bioimageio_job,
+            bundle,
+            path,
+            test_image=image,
+            channel_axis=axis if image is not None else None,
+            name=name,
+            _start_thread=False,
+            _ignore_errors=True,  # errored is connected below: report_worker_error
+        )
+        worker.returned.connect(self._on_bioimageio_written)
+        worker.errored.connect(self._on_bioimageio_errored)
+        worker.finished.connect(self._on_bioimageio_finished)
+        self._bioimageio_worker = worker
+        self.bioimageio_button.setEnabled(False)
+        self.status.setText(f"Writing the bioimage.io package {path.name}...")
+        worker.start()
+        return worker
+
+    def _on_bioimageio_written(self, path: Path) -> None:
+        from napari.utils.notifications import show_info
+
+        text = (
+            f"Wrote the bioimage.io package {path} (validated). Open it in Fiji with "
+            "deepImageJ (Install model, from a local zip) or in ilastik."
+        )
+        show_info(text)
+        self.status.setText(text)
+
+    def _on_bioimageio_errored(self, error: BaseException) -> None:
+        report_worker_error(error)  # nothing was written (the package is validated first)
+        self.status.setText(f"The bioimage.io export failed: {error}")
+
+    def _on_bioimageio_finished(self) -> None:
+        self._bioimageio_worker = None
+        self._update_buttons()
+
     def _export_pairs(self) -> tuple[list[str], list[Any], list[Any], bool]:
         """Return the selected pairs plus the session's training set (its corrections)."""
         from napari_unet._widgets._session import TrainingPair
@@ -526,6 +610,9 @@ class TrainWidget(QWidget):
         busy = self.session.busy is not None
         self.start_button.setEnabled(not busy and bool(self.pairs.pairs()))
         self.stop_button.setEnabled(running and self._stop is not None and not self._stop.is_set())
+        self.bioimageio_button.setEnabled(
+            self.session.bundle is not None and self._bioimageio_worker is None
+        )
         for settings in (self.pairs, self.sparse, self.model_box, self.advanced):
             settings.setEnabled(not running)
         if busy and not running:
