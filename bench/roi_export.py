@@ -13,46 +13,20 @@ Usage: python bench/roi_export.py [--repeats 5] [--synthetic]
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, loadavg, machine, median, save
+from _common import dsb_tiled, loadavg, machine, median, save
 
 SIZE, TILE, TARGET_OBJECTS = 2048, 256, 1000
 
 
-def dsb_tiled() -> tuple[np.ndarray, str] | None:
-    """Tile real DSB2018 masks into a SIZE x SIZE label image, or None without the data."""
-    import tifffile
-
-    root = DATA / "dsb2018_stage1_train"
-    stats_file = root / "per_image_stats.json"
-    if not stats_file.is_file():
-        return None
-    stats = sorted(json.loads(stats_file.read_text()), key=lambda s: s["id"])
-    chosen = [
-        s
-        for s in stats
-        if s["rgb_equal"] and s["shape"][:2] == [TILE, TILE] and s["overlap_px"] == 0
-    ]
-    labels = np.zeros((SIZE, SIZE), dtype=np.uint16)
-    n, used = 0, 0
-    slots = [(r, c) for r in range(0, SIZE, TILE) for c in range(0, SIZE, TILE)]
-    for s, (r, c) in zip(chosen, slots, strict=False):
-        if n >= TARGET_OBJECTS:
-            break
-        tile = tifffile.imread(root / "masks" / f"{s['id']}.tif")
-        ids = np.unique(tile)
-        ids = ids[ids > 0][: TARGET_OBJECTS - n]
-        lut = np.zeros(int(tile.max()) + 1, dtype=np.uint16)
-        lut[ids] = np.arange(n + 1, n + 1 + len(ids))
-        labels[r : r + TILE, c : c + TILE] = lut[tile]
-        n += len(ids)
-        used += 1
-    return labels, f"{used} DSB2018 greyscale 256x256 masks tiled in {SIZE}x{SIZE}"
+def dsb_tiled_labels() -> tuple[np.ndarray, str] | None:
+    """Real DSB2018 masks tiled into a SIZE x SIZE label image, or None without the data."""
+    tiled = dsb_tiled(SIZE, TILE, TARGET_OBJECTS)
+    return None if tiled is None else (tiled[0], tiled[2])
 
 
 def synthetic() -> tuple[np.ndarray, str]:
@@ -95,7 +69,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--synthetic", action="store_true", help="do not use the DSB2018 masks")
     args = ap.parse_args()
-    made = None if args.synthetic else dsb_tiled()
+    made = None if args.synthetic else dsb_tiled_labels()
     labels, source = made if made is not None else synthetic()
     n_objects = int(len(np.unique(labels)) - 1)
     load_start = loadavg()

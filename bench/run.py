@@ -1,4 +1,4 @@
-"""Run every speed and memory benchmark of issue 5; print a table; write bench/results/latest.json.
+"""Run every speed and memory benchmark (issues 5, 20); print a table; write latest.json.
 
 Each benchmark is its own script (runnable alone) and runs here in a fresh process:
 
@@ -8,6 +8,8 @@ Each benchmark is its own script (runnable alone) and runs here in a fresh proce
     split     bench/split_speed.py     4. split_nuclei vs the scikit-image recipe
     startup   bench/startup.py         5. import, napari start-up, widgets, lazy torch
     memory    bench/memory_after.py    6. RSS before / peak / after training and prediction
+    measure   bench/measure_speed.py   7. measurements of 1,000 objects on 2048x2048
+    rois      bench/roi_export.py      7. ImageJ ROI set of the same 1,000 objects
 
 ``latest.json`` has one key per target (measured value, target, pass/fail, the
 benchmark's own result file) plus the machine and its load average at the start and
@@ -38,6 +40,8 @@ BENCHES = {
     "split": "split_speed.py",
     "startup": "startup.py",
     "memory": "memory_after.py",
+    "measure": "measure_speed.py",
+    "rois": "roi_export.py",
 }
 RESULT_FILES = {
     "train": "train_speed.json",
@@ -46,11 +50,13 @@ RESULT_FILES = {
     "split": "split_speed.json",
     "startup": "startup.json",
     "memory": "memory_after.json",
+    "measure": "measure_speed.json",
+    "rois": "roi_export.json",
 }
 
 
 def _args(name: str, quick: bool) -> list[str]:
-    if name == "split":
+    if name in ("split", "measure", "rois"):
         return ["--repeats", "3" if quick else "5"]
     return ["--quick"] if quick else []
 
@@ -173,6 +179,26 @@ def targets(name: str, r: dict) -> dict:
                     "worst_first_run": r["worst_after_over_before_first_run"],
                 },
                 "target": r["target"],
+                "passed": r["passed"],
+            }
+        }
+    if name == "measure":
+        return {
+            "7_measure_objects": {
+                "value": {"seconds": r["value_s"], "objects": r["objects"]},
+                "target": "1,000 objects of a 2048x2048 image measured in < 1 s",
+                "passed": r["passed"],
+            }
+        }
+    if name == "rois":
+        return {
+            "7_roi_export": {
+                "value": {
+                    "seconds": r["write_roi_zip_s"],
+                    "objects": r["n_objects"],
+                    "iou_min": r["iou_min"],
+                },
+                "target": "ImageJ ROI set of 1,000 objects in < 2 s, every ROI IoU >= 0.9",
                 "passed": r["passed"],
             }
         }

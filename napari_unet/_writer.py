@@ -22,18 +22,9 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.io import TIME_AXIS_NAMES, normalise_unit
 
-_UNIT_ABBREVIATIONS = {
-    "micrometer": "um",
-    "micron": "um",
-    "µm": "um",
-    "nanometer": "nm",
-    "millimeter": "mm",
-    "centimeter": "cm",
-    "meter": "m",
-}
 _TIFF_SUFFIXES = (".tif", ".tiff")
-_TIME_AXIS_NAMES = frozenset({"t", "time", "frame", "frames"})
 
 
 def _as_array(data: Any) -> np.ndarray:
@@ -53,7 +44,7 @@ def _pixel_size(meta: dict[str, Any]) -> tuple[tuple[float, float] | None, str]:
     scale = meta.get("scale")
     units = meta.get("units")
     unit = str(units[-1]) if units is not None and len(units) else "pixel"
-    unit = _UNIT_ABBREVIATIONS.get(unit, unit)
+    unit = normalise_unit(unit)
     if scale is None or len(scale) < 2:
         return None, unit
     size = (float(scale[-2]), float(scale[-1]))
@@ -66,7 +57,7 @@ def _stack_axes(meta: dict[str, Any], ndim: int) -> str | None:
     """Axis letters for a 3-D layer whose first axis is named like time ("TYX"), else None."""
     labels = meta.get("axis_labels")
     if ndim == 3 and labels is not None and len(labels) == 3:
-        if str(labels[0]).strip().lower() in _TIME_AXIS_NAMES:
+        if str(labels[0]).strip().lower() in TIME_AXIS_NAMES:
             return "TYX"
     return None
 
@@ -75,9 +66,19 @@ def _with_suffix(path: str, suffixes: tuple[str, ...]) -> str:
     """`path`, with the first of `suffixes` appended unless it already ends in one of them.
 
     napari's save dialog passes the name as typed (or the pre-filled layer name, which has
-    no suffix) to the writer of the chosen file type.
+    no suffix) to the writer of the chosen file type. The dialog asked before replacing
+    the name it was given, not the one with the suffix added: a file of that name is
+    never replaced.
     """
-    return path if path.lower().endswith(suffixes) else path + suffixes[0]
+    if path.lower().endswith(suffixes):
+        return path
+    target = path + suffixes[0]
+    if Path(target).exists():
+        raise NapariUnetError(
+            f"{Path(target).name} exists already and was not replaced: type the whole name, "
+            f"{Path(target).name}, to replace it (the save dialog then asks), or another name."
+        )
+    return target
 
 
 def _safe_stem(name: str) -> str:

@@ -145,7 +145,7 @@ def _drain(gen, on_progress):
             return e.value
 
 
-MEASUREMENTS_CSV = "measurements.csv"
+from napari_unet.core.measure import MEASUREMENTS_CSV  # noqa: E402 - light (numpy only)
 
 
 # ---------------------------------------------------------------- train
@@ -630,21 +630,44 @@ def cmd_export_rle(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- measure
-def _pixel_size_option(args: argparse.Namespace) -> tuple[tuple[float, float] | None, str | None]:
-    """``--pixel-size S [S]`` and ``--unit``: (Y, X) size and unit, or (None, None)."""
+def _pixel_size_option(args: argparse.Namespace) -> tuple[tuple[float, ...] | None, str | None]:
+    """``--pixel-size`` (X, Y X or Z Y X) and ``--unit``: the size and unit, or (None, None)."""
     if args.pixel_size is None:
         if args.unit is not None:
             raise NapariUnetError("--unit needs --pixel-size (the size of one pixel in it).")
         return None, None
     values = list(args.pixel_size)
-    if len(values) not in (1, 2):
+    if len(values) not in (1, 2, 3):
         raise NapariUnetError(
-            f"--pixel-size takes one value or two (Y X), got {len(values)}: {values}."
+            f"--pixel-size takes one value, two (Y X) or three (Z Y X), got {len(values)}: "
+            f"{values}."
         )
-    if not all(v > 0 and v < float("inf") for v in values):
+    if not all(0 < v < float("inf") for v in values):
         raise NapariUnetError(f"--pixel-size must be positive, got {values}.")
-    size = (values[0], values[-1])
+    size = (values[0], values[0]) if len(values) == 1 else tuple(values)
     return size, args.unit or "um"
+
+
+def _file_axes(path: Path, ndim: int, option: str) -> str | None:
+    """``--axes``, else the axes a TIFF's metadata gives when they fit `ndim`, else None."""
+    from napari_unet.core.io import read_calibration
+    from napari_unet.core.measure import AXES
+
+    if option != "auto":
+        return option
+    axes = read_calibration(path)[0]
+    return axes if axes in AXES and len(axes) == ndim else None
+
+
+def _label_files(pattern: str) -> list[Path]:
+    """Label images in a folder or glob: ``<stem>_probabilities.tif`` (predict's) left out."""
+    from napari_unet.core.io import list_image_files
+
+    files = list_image_files(pattern)
+    kept = [f for f in files if not f.stem.lower().endswith("_probabilities")]
+    if not kept:
+        raise NapariUnetError(f"{pattern} holds probability maps only, no label images.")
+    return kept
 
 
 def _measure_file(
@@ -655,38 +678,43 @@ def _measure_file(
     image=None,
     channel_axis: int | None = None,
 ) -> tuple[str, dict]:
-    """Measure one label file (its image, if any); returns (name, table)."""
-    from napari_unet.core.io import read_calibration, read_image, read_labels
-    from napari_unet.core.measure import measure_labels
+    """Measure one label file (its image, if any); returns (name, table).
 
-    file_axes, file_size, file_unit = read_calibration(label_path)
+    The pixel size is ``--pixel-size``, else the image's, else the label file's (TIFF
+    metadata). A z-stack is calibrated only when its z spacing is known (``--pixel-size
+    Z Y X`` or an ImageJ stack's spacing); otherwise it is measured in voxels, with a note.
+    """
+    from napari_unet.core.io import _label_key, _stem, read_calibration, read_image, read_labels
+    from napari_unet.core.measure import default_axes, measure_labels
+
     if labels is None:
         labels = read_labels(label_path)
-    axes = None if args.axes == "auto" else args.axes
-    if axes is None and file_axes and file_axes in ("YX", "ZYX", "TYX", "TZYX"):
-        if len(file_axes) == labels.ndim:
-            axes = file_axes
+    axes = _file_axes(label_path, labels.ndim, args.axes)
     size, unit = _pixel_size_option(args)
     if size is None and image_path is not None:
         _, size, unit = read_calibration(image_path)
     if size is None:
-        size, unit = file_size, file_unit
+        _, size, unit = read_calibration(label_path)
     if image is None and image_path is not None:
         image = read_image(image_path)
     scale = None
     if size is not None:
-        from napari_unet.core.measure import default_axes
-
         n_spatial = len((axes or default_axes(labels.ndim)).lstrip("T"))
-        scale = (size[0],) * (n_spatial - 2) + tuple(size)
+        if n_spatial == 2:
+            scale = tuple(size[-2:])
+        elif len(size) == 3:
+            scale = tuple(size)
+        else:
+            _info(
+                f"note: {label_path.name} is a z-stack whose z spacing is not known: measured "
+                "in voxels only; give it with --pixel-size Z Y X"
+            )
     try:
         table = measure_labels(
             labels, image, axes=axes, channel_axis=channel_axis, scale=scale, unit=unit
         )
     except NapariUnetError as exc:
         raise NapariUnetError(f"{label_path.name}: {exc}") from exc
-    from napari_unet.core.io import _label_key, _stem
-
     return (_stem(image_path) if image_path else _label_key(label_path)[0]), table
 
 
@@ -706,10 +734,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
         )
     _pixel_size_option(args)  # bad values: refuse before reading anything
     check_writable_folder(out.parent)
-    labels = list_image_files(args.labels)
+    labels = _label_files(args.labels)
     if args.images:
         pairs, _ = pair_images_and_labels(list_image_files(args.images), labels)
-        paired = {lab for _, lab in pairs}
+        paired = {lab for _, lab in pairs} | {img for img, _ in pairs}  # one folder: both
         alone = [lab for lab in labels if lab not in paired]
         if alone:
             raise NapariUnetError(
@@ -731,17 +759,15 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- export-rois
 def cmd_export_rois(args: argparse.Namespace) -> int:
-    """Write ImageJ ROI sets of label images: ``napari-unet export-rois``."""
-    from napari_unet.core.io import (
-        _label_key,
-        check_writable_folder,
-        list_image_files,
-        read_calibration,
-        read_labels,
-    )
-    from napari_unet.core.rois import write_roi_zip
+    """Write ImageJ ROI sets of label images: ``napari-unet export-rois``.
 
-    files = list_image_files(args.labels)
+    Every label image is read and traced before any file is written, so a bad one
+    leaves every earlier ROI set as it was.
+    """
+    from napari_unet.core.io import _label_key, check_writable_folder, read_labels
+    from napari_unet.core.rois import labels_to_rois, write_roi_zip
+
+    files = _label_files(args.labels)
     out = Path(args.out).expanduser()
     if out.suffix.lower() == ".zip":
         if len(files) != 1:
@@ -769,33 +795,27 @@ def cmd_export_rois(args: argparse.Namespace) -> int:
         folder = out
     _refuse_existing(targets, folder, args.overwrite)
     check_writable_folder(folder)
-    written, total, empty = [], 0, []
-    try:
-        for f, target in zip(files, targets, strict=True):
-            labels = read_labels(f)
-            if not labels.any():
-                empty.append(f.name)
-                continue
-            axes = None if args.axes == "auto" else args.axes
-            if axes is None:
-                file_axes = read_calibration(f)[0]
-                if file_axes in ("YX", "ZYX", "TYX", "TZYX") and len(file_axes) == labels.ndim:
-                    axes = file_axes
-            try:
-                path, n = write_roi_zip(target, labels, axes=axes, overwrite=args.overwrite)
-            except NapariUnetError as exc:
-                raise NapariUnetError(f"{f.name}: {exc}") from exc
-            written.append(path)
-            total += n
-    except (NapariUnetError, OSError, KeyboardInterrupt):
-        for path in written:  # all or nothing: no half-exported folder to trip the rerun
-            path.unlink(missing_ok=True)
-        raise
+    traced: list[tuple[Path, Path, list]] = []
+    empty: list[str] = []
+    for f, target in zip(files, targets, strict=True):
+        labels = read_labels(f)
+        try:
+            rois = labels_to_rois(labels, axes=_file_axes(f, labels.ndim, args.axes))
+        except NapariUnetError as exc:
+            raise NapariUnetError(f"{f.name}: {exc} Nothing was written.") from exc
+        if rois:
+            traced.append((f, target, rois))
+        else:
+            empty.append(
+                f.name + (f" (its earlier {target.name} was kept)" if target.exists() else "")
+            )
+    total = 0
+    for _, target, rois in traced:
+        path, n = write_roi_zip(target, None, rois=rois, overwrite=args.overwrite)
+        total += n
     if empty:
-        _info(
-            f"note: {len(empty)} label image(s) hold no objects and got no ROI set, e.g. {empty[0]}"
-        )
-    _info(f"wrote {total} ROI(s) in {len(written)} ImageJ ROI set(s) to {folder}")
+        _info(f"note: {len(empty)} label image(s) hold no objects and got no ROI set: {empty[0]}")
+    _info(f"wrote {total} ROI(s) in {len(traced)} ImageJ ROI set(s) to {folder}")
     return 0
 
 
@@ -804,13 +824,7 @@ def cmd_export_bioimageio(args: argparse.Namespace) -> int:
     """Write a model as a bioimage.io package: ``napari-unet export-bioimageio``."""
     from napari_unet.core.bioimageio import export_bioimageio
 
-    out = Path(args.out).expanduser()
-    if out.suffix.lower() != ".zip":
-        raise NapariUnetError(f"OUT must name a .zip file, got {out}.")
-    if out.exists() and not args.overwrite:
-        raise NapariUnetError(
-            f"{out} exists; pass --overwrite to replace it, or choose another name."
-        )
+    out = Path(args.out).expanduser()  # checked (.zip, exists) before any work
     test_image = None
     if args.test_image:
         from napari_unet.core.io import read_image

@@ -40,7 +40,7 @@ def test_values_by_hand_on_a_rectangle():
     # variances of the pixel coordinates: rows (4^2 - 1) / 12, columns (2^2 - 1) / 12
     assert t["eccentricity"][0] == pytest.approx(math.sqrt(1 - 0.25 / 1.25))
     assert t["solidity"][0] == pytest.approx(1.0)
-    assert t["perimeter"][0] > 0
+    assert t["perimeter"][0] == pytest.approx(8.0)  # skimage's 4-connected contour length
     assert (t["mean_intensity"][0], t["max_intensity"][0], t["min_intensity"][0]) == (3.5, 7, 0)
     assert not any(k.endswith("um2") for k in t)  # no pixel size: pixels only
 
@@ -205,3 +205,52 @@ def test_cli_predict_measure_writes_one_table(tmp_path, capsys):
     assert "exist" in capsys.readouterr().err
     assert main([str(a) for a in ["predict", "--model", model, "--images", tmp_path / "img",
                                   "--out", tmp_path / "p2", "--pixel-size", "1"]]) == 2  # fmt: skip
+
+
+def test_huge_label_ids_are_measured_without_huge_memory():
+    labels = np.zeros((64, 64), np.uint32)
+    labels[2:5, 2:5] = 50_000_000
+    labels[10:20, 10:15] = 7
+    labels[30:40, 30:40] = 4_000_000_000
+    t = measure_labels(labels, labels.astype(np.float64))
+    assert t["label"].tolist() == [7, 50_000_000, 4_000_000_000]
+    assert t["area"].tolist() == [50, 9, 100]
+    assert t["mean_intensity"].tolist() == [7, 50_000_000, 4_000_000_000]
+
+
+def test_cli_calibrates_a_z_stack_only_with_its_z_spacing(tmp_path, capsys):
+    labels = np.zeros((5, 20, 20), np.uint16)
+    labels[1:4, 5:15, 5:15] = 1  # 300 voxels
+    tifffile.imwrite(
+        tmp_path / "stack.tif",
+        labels,
+        imagej=True,
+        resolution=(2.0, 2.0),  # 0.5 um pixels
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "\\u00B5m"},  # as Fiji writes it
+    )
+    out = tmp_path / "t.csv"
+    assert main(["measure", "--labels", str(tmp_path / "stack.tif"), "--out", str(out)]) == 0
+    (row,) = _rows(out)
+    assert row["volume"] == "300"
+    assert float(row["volume_um3"]) == pytest.approx(300 * 2.0 * 0.5 * 0.5)
+    assert float(row["centroid_z_um"]) == pytest.approx(2.0 * 2.0)
+    # a y/x size alone does not calibrate a z-stack: voxels only, and a note says why
+    args = ["measure", "--labels", str(tmp_path / "stack.tif"), "--out", str(out), "--overwrite"]
+    assert main(args + ["--pixel-size", "0.5", "0.5"]) == 0
+    assert "z spacing is not known" in capsys.readouterr().err
+    assert "volume_um3" not in _rows(out)[0]
+    assert main(args + ["--pixel-size", "3", "0.5", "0.5"]) == 0
+    assert float(_rows(out)[0]["volume_um3"]) == pytest.approx(300 * 3 * 0.25)
+
+
+def test_cli_measure_in_a_predict_output_folder_and_a_shared_folder(tmp_path):
+    labels, image = _rectangle()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image)
+    write_labels_tiff(folder / "a_labels.tif", labels)
+    tifffile.imwrite(folder / "a_labels_probabilities.tif", np.zeros((2, 8, 10), np.float32))
+    out = tmp_path / "t.csv"
+    args = ["measure", "--labels", str(folder), "--images", str(folder), "--out", str(out)]
+    assert main(args) == 0  # the image is not a label file, the probabilities are skipped
+    assert [r["image"] for r in _rows(out)] == ["a"]

@@ -323,3 +323,23 @@ def test_cli_export_rois(tmp_path, capsys):
                  str(tmp_path / "one.zip")]) == 0  # fmt: skip
     one = roifile.roiread(tmp_path / "one.zip")
     assert (one if isinstance(one, list) else [one])[0].name == "0001"
+
+
+def test_cli_export_rois_checks_every_input_before_replacing_anything(tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.core.io import write_labels_tiff
+
+    good = np.zeros((20, 20), np.uint16)
+    good[2:8, 2:8] = 1
+    write_labels_tiff(tmp_path / "in" / "a.tif", good)
+    out = tmp_path / "rois"
+    assert main(["export-rois", "--labels", str(tmp_path / "in"), "--out", str(out)]) == 0
+    before = (out / "a_rois.zip").read_bytes()
+    tifffile.imwrite(tmp_path / "in" / "b.tif", np.full((20, 20), 0.5, np.float32))
+    good[10:15, 10:15] = 2
+    write_labels_tiff(tmp_path / "in" / "a.tif", good, overwrite=True)
+    args = ["export-rois", "--labels", str(tmp_path / "in"), "--out", str(out), "--overwrite"]
+    assert main(args) == 2
+    assert "b.tif" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["a_rois.zip"]
+    assert (out / "a_rois.zip").read_bytes() == before  # the earlier set, untouched

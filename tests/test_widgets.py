@@ -145,7 +145,9 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
 
     # --- Correct the prediction with the brush (programmatically) and retrain
     truth = viewer.layers["fluo_dense_ground_truth"].data
+    assert labels_layer.features.shape[1] > 0
     labels_layer.data_setitem(np.nonzero(truth > 0), truth[truth > 0])  # a big correction
+    assert labels_layer.features.shape[1] == 0  # painted: the predicted measurements go
     corrected = np.array(labels_layer.data, copy=True)
     assert not session.is_replaceable(labels_layer)  # painted: now the user's
     assert predict.corrected.currentText() == "fluo_dense_labels"  # offered after predicting
@@ -429,7 +431,6 @@ def test_export_measures_a_calibrated_time_series_per_frame(viewer, qtbot, tmp_p
     predict = open_widget(viewer, "Predict")
     assert predict.export_choices() == []  # not made by napari-unet: not ticked
     predict.set_export_choices(["movie_labels"])
-    predict.export_tiff.setChecked(False)
     predict.export_rois.setChecked(True)
     predict.export_folder.value = str(tmp_path)
     click(qtbot, predict.export_button)
@@ -443,4 +444,16 @@ def test_export_measures_a_calibrated_time_series_per_frame(viewer, qtbot, tmp_p
     assert {r["mean_intensity"] for r in rows} == {"500"}  # from the image named like it
     rois = roifile.roiread(tmp_path / "movie_labels_rois.zip")
     assert [r.name for r in rois] == ["t1-0001", "t3-0002"]
-    assert not (tmp_path / "movie_labels.tif").exists()  # not ticked
+    from napari_unet.core.io import read_calibration
+
+    axes, size, unit = read_calibration(tmp_path / "movie_labels.tif")
+    assert (axes, size, unit) == ("TYX", (0.5, 0.5), "um")  # a time series, calibrated
+    # a layer that cannot be exported leaves the folder as it was
+    viewer.add_labels(np.ones((2, 2, 2, 4, 4, 4), np.uint8), name="six_d")
+    predict.set_export_choices(["movie_labels", "six_d"])
+    predict.export_overwrite.setChecked(True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    click(qtbot, predict.export_button)
+    qtbot.waitUntil(lambda: predict._export_worker is None, timeout=60_000)
+    assert "six_d" in error_messages()[-1] and "Nothing was written" in error_messages()[-1]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

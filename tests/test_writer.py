@@ -221,3 +221,22 @@ def test_save_dialog_with_our_roi_file_type(tmp_path, monkeypatch, viewer_with_l
     expected = tmp_path / "cells_labels.zip"
     assert sorted(tmp_path.iterdir()) == [expected]
     assert [r.name for r in roifile.roiread(expected)] == ["0001", "0002"]
+
+
+def test_a_suffix_added_by_the_writer_never_replaces_a_file_unasked(tmp_path):
+    from napari_unet._writer import write_labels, write_labels_rois
+
+    labels = np.zeros((8, 8), np.uint16)
+    labels[2:5, 2:5] = 1
+    (tmp_path / "cells.tif").write_bytes(b"the user's file")
+    (tmp_path / "cells.zip").write_bytes(b"the user's set")
+    # the dialog asked about "cells" (what was typed), not about "cells.tif"
+    with pytest.raises(NapariUnetError, match="cells.tif exists already"):
+        write_labels(str(tmp_path / "cells"), labels, {})
+    with pytest.raises(NapariUnetError, match="cells.zip exists already"):
+        write_labels_rois(str(tmp_path / "cells"), labels, {})
+    assert (tmp_path / "cells.tif").read_bytes() == b"the user's file"
+    assert (tmp_path / "cells.zip").read_bytes() == b"the user's set"
+    # the whole name, confirmed by the dialog, is replaced
+    write_labels(str(tmp_path / "cells.tif"), labels, {})
+    assert tifffile.imread(tmp_path / "cells.tif").max() == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "help_label",
     "layer_array",
     "layer_geometry",
+    "set_features",
     "source_image",
     "notify_error",
     "path_value",
@@ -65,6 +67,30 @@ def layer_geometry(layer: Layer) -> dict[str, Any]:
         "scale": tuple(float(v) for v in layer.scale),
         "unit": str(units[-1]) if units is not None and len(units) else "pixel",
     }
+
+
+_WATCHED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def set_features(layer: Layer, features: dict[str, Any] | None) -> None:
+    """Attach measurements to a result layer; they are dropped when the user paints on it.
+
+    The table describes the labels as predicted: once a stroke changes them it would
+    show stale areas and intensities under the cursor (and nothing for new objects), so
+    the first paint event clears it. Export measures the layer as it is then.
+    """
+    layer = getattr(layer, "__wrapped__", layer)  # napari's plugin proxy is made anew each time
+    layer.features = features if features is not None else {}
+    if layer not in _WATCHED:
+        _WATCHED.add(layer)
+        ref = weakref.ref(layer)
+        layer.events.paint.connect(lambda event: _drop_features(ref))
+
+
+def _drop_features(ref: weakref.ref) -> None:
+    layer = ref()
+    if layer is not None and layer.features.shape[1]:
+        layer.features = {}
 
 
 def source_image(viewer: Any, layer: Layer, shape: tuple[int, ...]) -> tuple[Any, int | None]:

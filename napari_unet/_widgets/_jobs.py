@@ -74,9 +74,9 @@ class Predicted:
 #: Largest image (in values) whose intensities are measured with a prediction; beyond
 #: it (a huge dask image) the table has size and shape columns only.
 MAX_MEASURED_VALUES = 2**28
-#: Most objects measured with a prediction (about 1 ms each on a 2-core CPU); more are
-#: measured on export only.
-MAX_MEASURED_OBJECTS = 20_000
+#: Most objects measured with a prediction (about 1 ms each on a 2-core CPU, so at
+#: most about 5 s more); more are measured on export only.
+MAX_MEASURED_OBJECTS = 5_000
 
 
 @dataclass
@@ -99,9 +99,6 @@ class Measured:
     note: str = ""
 
 
-_TIME_LABELS = {"t", "time", "frame", "frames", "timepoint"}
-
-
 def measure_options(geometry: dict[str, Any] | None, labels_ndim: int) -> dict[str, Any]:
     """``axes``, ``scale`` and ``unit`` for measuring labels of `labels_ndim` dimensions.
 
@@ -116,10 +113,16 @@ def measure_options(geometry: dict[str, Any] | None, labels_ndim: int) -> dict[s
     ...                  "unit": "micrometer"}, 3)
     {'axes': 'TYX', 'scale': (0.5, 0.5), 'unit': 'micrometer'}
     """
+    from napari_unet.core.io import TIME_AXIS_NAMES
+    from napari_unet.core.measure import default_axes
+
     geometry = geometry or {}
-    axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels_ndim)
+    try:
+        axes: str | None = default_axes(labels_ndim)
+    except NapariUnetError:  # measure_labels says what is wrong
+        axes = None
     names = [a.strip().lower() for a in geometry.get("axis_labels", ())]
-    if labels_ndim == 3 and len(names) >= 3 and names[-3] in _TIME_LABELS:
+    if labels_ndim == 3 and len(names) >= 3 and names[-3] in TIME_AXIS_NAMES:
         axes = "TYX"
     n_spatial = len((axes or "YX").lstrip("T"))
     scale = tuple(geometry.get("scale") or ())[-n_spatial:]
@@ -304,6 +307,8 @@ def predict_job(
     measured = None
     if result is not None and measure is not None:
         n = int(result.labels.max()) if result.labels.size else 0
+        if n > MAX_MEASURED_OBJECTS:  # ids may skip values: count the objects
+            n = len(np.unique(result.labels)) - int(bool(np.any(result.labels == 0)))
         if n > MAX_MEASURED_OBJECTS:
             measured = Measured(
                 result.labels,
@@ -418,6 +423,8 @@ class ExportItem:
         The image the labels were made from (intensity columns), if it is open.
     channel_axis : int or None
         Its channel axis.
+    note : str
+        Why there is no image (no intensity columns), or "".
     """
 
     name: str
@@ -426,9 +433,15 @@ class ExportItem:
     geometry: dict[str, Any]
     image: np.ndarray | None = None
     channel_axis: int | None = None
+    note: str = ""
 
 
-MEASUREMENTS_CSV = "measurements.csv"
+@dataclass
+class Exported:
+    """What :func:`export_job` wrote, and what the user should know about it."""
+
+    files: list[Any]
+    notes: list[str]
 
 
 def export_job(
@@ -439,20 +452,22 @@ def export_job(
     rois: bool = False,
     measure: bool = False,
     overwrite: bool = False,
-) -> Generator[str, None, list[Any]]:
+) -> Generator[str, None, Exported]:
     """Write label TIFFs, ImageJ ROI sets and one measurements CSV into `folder`.
 
     Files: ``<name>.tif``, ``<name>_rois.zip`` (one polygon per object, for Fiji's ROI
     Manager) and ``measurements.csv`` (one row per object and layer). Every target is
     checked before anything is written: when one exists and `overwrite` is off, nothing
-    is written. A layer without objects gets no ROI set. Yields what it is writing;
-    returns the files written.
+    is written; every layer is traced and measured before the first file is written,
+    so a layer that cannot be exported leaves the folder as it was. A layer without
+    objects gets no ROI set. Yields what it is doing; returns an :class:`Exported`.
     """
     from pathlib import Path
 
     from napari_unet._writer import export_labels
     from napari_unet.core.export import safe_stems
     from napari_unet.core.io import check_writable_folder
+    from napari_unet.core.measure import MEASUREMENTS_CSV
 
     if not items:
         raise NapariUnetError("Pick at least one Labels layer to export.")
@@ -483,45 +498,62 @@ def export_job(
             "write. Paint or predict objects first; nothing was written."
         )
     check_writable_folder(folder)
-    written: list[Path] = []
-    if tiff:
-        yield "writing label images"
-        written += export_labels(
-            ((stem, item.labels, item.meta) for stem, item in zip(stems, items, strict=True)),
-            folder,
-            overwrite=overwrite,
-        )
+    notes = [item.note for item in items if item.note and measure]
+    # everything that can fail on the data is done before the first file is written
+    traced: dict[str, list] = {}
     if rois:
-        from napari_unet.core.rois import write_roi_zip
+        from napari_unet.core.rois import labels_to_rois
 
         for stem, item in zip(stems, items, strict=True):
             if item.name in empty:  # no objects, no ROI set (the summary says so)
                 continue
-            yield f"writing ImageJ ROIs of {item.name}"
+            yield f"tracing the objects of {item.name}"
             axes = measure_options(item.geometry, item.labels.ndim)["axes"]
-            path, _ = write_roi_zip(
-                folder / f"{stem}_rois.zip",
-                item.labels,
-                axes=axes if axes in ("ZYX", "TYX") else None,
-                overwrite=overwrite,
-            )
-            written.append(path)
+            try:
+                traced[stem] = labels_to_rois(item.labels, axes=axes)
+            except NapariUnetError as error:
+                raise NapariUnetError(f"{item.name}: {error} Nothing was written.") from error
+    tables = []
     if measure:
-        from napari_unet.core.measure import write_measurements_csv
-
-        tables = []
         for item in items:
             yield f"measuring {item.name}"
             measured = measure_result(
                 item.labels, item.image, channel_axis=item.channel_axis, measure=item.geometry
             )
             if measured.features is None:
-                raise NapariUnetError(f"{item.name}: {measured.note}")
-            table = {k: v for k, v in measured.features.items() if k != "index"}
-            tables.append((item.name, table))
-        path, _ = write_measurements_csv(folder / MEASUREMENTS_CSV, tables, overwrite=overwrite)
-        written.append(path)
-    return written
+                raise NapariUnetError(f"{item.name}: {measured.note} Nothing was written.")
+            if measured.note:
+                notes.append(f"{item.name}: {measured.note}")
+            tables.append((item.name, {k: v for k, v in measured.features.items() if k != "index"}))
+    written: list[Path] = []
+    try:
+        if tiff:
+            yield "writing label images"
+            written += export_labels(
+                ((stem, item.labels, item.meta) for stem, item in zip(stems, items, strict=True)),
+                folder,
+                overwrite=overwrite,
+            )
+        if rois:
+            from napari_unet.core.rois import write_roi_zip
+
+            yield "writing ImageJ ROI sets"
+            for stem, rois_of_layer in traced.items():
+                path, _ = write_roi_zip(
+                    folder / f"{stem}_rois.zip", None, rois=rois_of_layer, overwrite=overwrite
+                )
+                written.append(path)
+        if measure:
+            from napari_unet.core.measure import write_measurements_csv
+
+            path, _ = write_measurements_csv(folder / MEASUREMENTS_CSV, tables, overwrite=overwrite)
+            written.append(path)
+    except NapariUnetError as error:  # e.g. a full disk: say what is there
+        done = ", ".join(p.name for p in written)
+        raise NapariUnetError(
+            f"{error}" + (f" Written before: {done}." if done else " Nothing was written.")
+        ) from error
+    return Exported(written, notes)
 
 
 def bioimageio_job(

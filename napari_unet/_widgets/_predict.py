@@ -57,6 +57,7 @@ from napari_unet._widgets._common import (
     path_value,
     report_worker_error,
     scrollable_layout,
+    set_features,
     show_info,
     source_image,
 )
@@ -608,7 +609,7 @@ class PredictWidget(QWidget):
         )
         worker.yielded.connect(lambda text: self.status.setText(f"Export: {text}..."))
         empty = [item.name for item in items if not np.any(item.labels)]
-        worker.returned.connect(lambda files: self._on_exported(files, folder, empty))
+        worker.returned.connect(lambda exported: self._on_exported(exported, folder, empty))
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_export_finished)
         self._export_worker = worker
@@ -620,24 +621,34 @@ class PredictWidget(QWidget):
         """Read a Labels layer (and the image it was predicted from) for export."""
         labels = layer_array(layer)
         image, axis = source_image(self.viewer, layer, labels.shape)
+        note = ""
+        if image is None:
+            note = (
+                f"no open image fits '{layer.name}' pixel for pixel, so it has no intensity "
+                "columns (open the image it was made from, named like it)"
+            )
         return ExportItem(
             name=layer.name,
             labels=labels,
-            meta={"scale": layer.scale, "units": layer.units},
+            meta={"scale": layer.scale, "units": layer.units, "axis_labels": layer.axis_labels},
             geometry=layer_geometry(layer),
             image=image,
             channel_axis=axis,
+            note=note,
         )
 
     def _on_export_finished(self) -> None:
         self._export_worker = None
         self._update_buttons()
 
-    def _on_exported(self, files: list[Path], folder: str, empty: list[str]) -> None:
-        text = f"Exported {len(files)} file(s) to {folder}."
+    def _on_exported(self, exported: Any, folder: str, empty: list[str]) -> None:
+        text = f"Exported {len(exported.files)} file(s) to {folder}."
         if empty and self.export_rois.isChecked():
             text += f" No objects (no ROI set) in: {', '.join(empty)}."
         show_info(text)
+        if exported.notes:
+            show_warning("; ".join(exported.notes))
+            text += " Note: " + "; ".join(exported.notes)
         self.status.setText(text)
 
     # ---- worker plumbing -----------------------------------------------------------------
@@ -790,7 +801,7 @@ class PredictWidget(QWidget):
                 )
             )
         if measured is not None:
-            out[-1].features = measured.features if measured.features is not None else {}
+            set_features(out[-1], measured.features)
             if measured.note:
                 show_warning(measured.note)
         return out

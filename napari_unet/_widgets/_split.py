@@ -35,6 +35,7 @@ from napari_unet._widgets._common import (
     notify_error,
     report_worker_error,
     scrollable_layout,
+    set_features,
     source_image,
 )
 from napari_unet._widgets._jobs import Measured, split_and_measure_job, split_job
@@ -260,8 +261,7 @@ class SplitWidget(QWidget):
         layer = self.viewer.add_labels(
             labels, name=f"{name}_split", metadata=result_metadata(name, "split"), **kwargs
         )
-        if measured.features is not None:
-            layer.features = measured.features
+        set_features(layer, measured.features)
         if measured.note:
             show_warning(measured.note)
         self.session.track_result(layer)

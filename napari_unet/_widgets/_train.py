@@ -456,9 +456,17 @@ class TrainWidget(QWidget):
         if bundle is None:
             notify_error("There is no model to export yet: train one first.")
             return None
+        from napari_unet.core.bioimageio import default_model_name
+
         path = Path(path).expanduser()
-        if path.suffix.lower() != ".zip":
+        if path.suffix.lower() != ".zip":  # the dialog asked about the name without .zip
             path = path.with_name(path.name + ".zip")
+            if path.exists():
+                notify_error(
+                    f"{path.name} exists already and was not replaced: choose it by its "
+                    "whole name to replace it, or another name."
+                )
+                return None
         image, axis = None, None
         for pair in self.session.training_set.values():
             shape = tuple(np.shape(pair.image))
@@ -469,7 +477,8 @@ class TrainWidget(QWidget):
                 image = pair.image
                 break
         info = self.session.model_info
-        name = info.checkpoint.stem if info is not None and info.checkpoint else None
+        stem = info.checkpoint.stem if info is not None and info.checkpoint else "nuclei"
+        name = default_model_name(stem)  # a name bioimage.io accepts, from the file's
         worker = create_worker(
             bioimageio_job,
             bundle,

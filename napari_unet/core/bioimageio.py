@@ -25,8 +25,11 @@ What napari-unet does to an image before and after the network is expressed in
 the package as follows: the per-image, per-channel percentile normalisation is
 the spec's own ``scale_range`` preprocessing; the bright-background inversion
 (``polarity="auto"``), which the spec cannot express, is done inside the exported
-model, as is the sigmoid, so the outputs are probability maps in [0, 1], equal to
-napari-unet's to within floating-point rounding.
+model, as is the sigmoid, so the outputs are probability maps in [0, 1]. On an image
+predicted in one piece they equal napari-unet's to within floating-point rounding (the
+tests check 1e-4); tools that tile or pad differently, and napari-unet's subsampled
+percentiles on very large images, make them differ a little (up to 0.02 was seen at
+tile borders with bioimageio.core).
 
 ``bioimageio.spec`` (a dependency of napari-unet; see :func:`bioimageio_problem` for
 the pydantic versions that work with it) is imported only when exporting; torch too.
@@ -407,6 +410,17 @@ def _import_spec():
     from bioimageio.spec.model import v0_5
 
     return v0_5
+
+
+def default_model_name(text: str) -> str:
+    """Return a name bioimage.io accepts, made from `text` (e.g. a model file's stem).
+
+    Examples
+    --------
+    >>> default_model_name("nuc.v1"), default_model_name("Zellkerne_é")
+    ('nuc-v1', 'Zellkerne_')
+    """
+    return _check_name(None, text)
 
 
 def _check_name(name: str | None, default: str) -> str:

@@ -27,12 +27,14 @@ from napari_unet.core.errors import NapariUnetError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "TIME_AXIS_NAMES",
     "LABEL_STEM_SUFFIXES",
     "atomic_write",
     "check_writable_folder",
     "file_lock",
     "labels_to_rle",
     "list_image_files",
+    "normalise_unit",
     "pair_images_and_labels",
     "read_calibration",
     "read_image",
@@ -308,6 +310,48 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
     return _as_label_array(data, f"label image {path}")
 
 
+#: napari axis labels that name a time axis (a 3D layer is then a time series).
+TIME_AXIS_NAMES = frozenset({"t", "time", "frame", "frames", "timepoint", "timepoints"})
+
+_UNIT_NAMES = {
+    "micrometer": "um",
+    "micrometre": "um",
+    "micron": "um",
+    "microns": "um",
+    "\u00b5m": "um",
+    "\u03bcm": "um",
+    "\\u00b5m": "um",  # ImageJ writes the micro sign as this escape
+    "nanometer": "nm",
+    "nanometre": "nm",
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "centimeter": "cm",
+    "centimetre": "cm",
+    "meter": "m",
+    "metre": "m",
+    "pixels": "pixel",
+    "px": "pixel",
+}
+
+
+def normalise_unit(unit: object) -> str:
+    r"""Return the short name of a length unit: "um" for micrometer, micron, µm, ...
+
+    napari's pint units ("micrometer"), ImageJ's units ("micron", "\\u00B5m") and
+    plain text all map to one name; "pixel" (napari's default) stays "pixel", and an
+    unknown unit is returned as it is (stripped).
+
+    Examples
+    --------
+    >>> normalise_unit("micrometer"), normalise_unit("\\u00B5m"), normalise_unit(None)
+    ('um', 'um', 'pixel')
+    """
+    if unit is None:
+        return "pixel"
+    text = str(unit).strip()
+    return _UNIT_NAMES.get(text.lower(), text) or "pixel"
+
+
 def read_calibration(
     path: str | os.PathLike[str],
 ) -> tuple[str | None, tuple[float, float] | None, str | None]:
@@ -323,12 +367,13 @@ def read_calibration(
     axes : str or None
         tifffile's axis letters of the first series (``"YX"``, ``"ZYX"``, ``"TYX"``,
         ``"YXS"``, ...), or None.
-    pixel_size : (float, float) or None
-        Pixel size (Y, X) from the resolution tags; None when the file has none or
-        says 1 pixel per unit with no unit.
+    pixel_size : (float, float) or (float, float, float) or None
+        Pixel size (Y, X) from the resolution tags, or (Z, Y, X) when the file is an
+        ImageJ stack with a slice spacing; None when the file has none or says 1 pixel
+        per unit with no unit.
     unit : str or None
-        The unit of `pixel_size`: the ImageJ ``unit`` (e.g. ``"um"``, ``"micron"``),
-        or ``"cm"`` / ``"inch"`` from a plain TIFF's resolution unit.
+        The unit of `pixel_size` (:func:`normalise_unit`): the ImageJ ``unit``, or
+        ``"cm"`` / ``"inch"`` from a plain TIFF's resolution unit.
     """
     path = Path(path)
     if path.suffix.lower() not in _TIFF_SUFFIXES:
@@ -348,8 +393,8 @@ def read_calibration(
         unit = unit.decode("utf-8", "replace")
     if unit is None:
         unit = {2: "inch", 3: "cm"}.get(res_unit)
-    if unit in ("\u00b5m", "\u03bcm", "micron", "microns"):
-        unit = "um"
+    if unit is not None:
+        unit = normalise_unit(unit)
     pixel_size = None
     if xres is not None and yres is not None:
         try:
@@ -363,6 +408,9 @@ def read_calibration(
         pixel_size, unit = None, None
     elif unit == "cm" and ij.get("unit") is None and pixel_size is not None:
         pixel_size, unit = (pixel_size[0] * 1e4, pixel_size[1] * 1e4), "um"
+    spacing = ij.get("spacing")
+    if pixel_size is not None and isinstance(spacing, (int, float)) and spacing > 0:
+        pixel_size = (float(spacing),) + pixel_size  # the ImageJ slice spacing: Z
     return axes, pixel_size, unit
 
 

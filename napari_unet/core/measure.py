@@ -48,11 +48,15 @@ from napari_unet.core.errors import NapariUnetError
 
 __all__ = [
     "AXES",
+    "MEASUREMENTS_CSV",
     "default_axes",
     "measure_labels",
     "table_rows",
     "write_measurements_csv",
 ]
+
+#: The file name napari-unet gives a measurements table next to its exports.
+MEASUREMENTS_CSV = "measurements.csv"
 
 #: Label layouts :func:`measure_labels` knows: 2D, a z-stack, a time series,
 #: a time series of z-stacks.
@@ -70,6 +74,8 @@ _PROPS_2D = (
 _PROPS_3D = ("label", "area", "centroid", "bbox", "equivalent_diameter_area", "solidity")
 _INTENSITY = ("intensity_mean", "intensity_max", "intensity_min")
 _NO_UNIT = {"", "pixel", "pixels", "px", "none"}
+#: Label ids above this are renumbered for measuring (and given back in the table).
+_MAX_DIRECT_ID = 2**20
 
 
 def default_axes(ndim: int) -> str:
@@ -91,13 +97,13 @@ def default_axes(ndim: int) -> str:
 
 def _unit_suffix(unit: str | None) -> str | None:
     """Column suffix for `unit` ("um" for micrometre), or None for pixels."""
+    from napari_unet.core.io import normalise_unit
+
     if unit is None:
         return None
-    text = str(unit).strip()
+    text = normalise_unit(unit)
     if text.lower() in _NO_UNIT:
         return None
-    text = {"micrometer": "um", "micron": "um", "µm": "um", "μm": "um"}.get(text.lower(), text)
-    text = {"nanometer": "nm", "millimeter": "mm", "meter": "m"}.get(text.lower(), text)
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or None
 
 
@@ -304,6 +310,21 @@ def measure_labels(
         )
     if image is not None:
         image = _image_channels_last(image, labels.shape, channel_axis)
+    ids = None
+    if labels.size and int(labels.max()) > _MAX_DIRECT_ID:
+        # regionprops sizes its per-object lists by the largest id: number the objects
+        # 1..n for measuring and give them their ids back in the table
+        ids, inverse = np.unique(labels, return_inverse=True)
+        labels = inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)
+        ids = ids if ids[0] == 0 else np.concatenate([[0], ids])
+    table = _measure_axes(labels, image, axes, scale, unit)
+    if ids is not None:
+        table["label"] = ids[table["label"]].astype(np.int64)
+    return table
+
+
+def _measure_axes(labels, image, axes: str, scale, unit) -> dict[str, np.ndarray]:
+    """Measure checked `labels` of layout `axes`: in 2D or 3D, or per frame."""
     spatial = axes.lstrip("T")
     spacing = _check_spacing(scale, len(spatial))
     suffix = _unit_suffix(unit)

@@ -283,10 +283,11 @@ def labels_to_rois(labels: np.ndarray, *, axes: str | None = None) -> list[roifi
 
 def write_roi_zip(
     path: str | os.PathLike[str],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     *,
     axes: str | None = None,
     overwrite: bool = False,
+    rois: list | None = None,
 ) -> tuple[Path, int]:
     """Write the objects of a label image as an ImageJ ROI set (``.zip``), atomically.
 
@@ -303,6 +304,10 @@ def write_roi_zip(
         Axis letters, see :func:`labels_to_rois`.
     overwrite : bool, optional
         Replace an existing file. Default False.
+    rois : list of roifile.ImagejRoi, optional
+        The ROIs of `labels` from :func:`labels_to_rois`, when they were traced
+        beforehand (an export of several files checks every input before writing any);
+        `labels` and `axes` are then not used.
 
     Returns
     -------
@@ -338,7 +343,8 @@ def write_roi_zip(
             f"use e.g. {path.with_name(path.name + '.zip').name}."
         )
     _check_overwrite(path, overwrite)
-    rois = labels_to_rois(labels, axes=axes)
+    if rois is None:  # else: traced beforehand (labels_to_rois), e.g. for several files
+        rois = labels_to_rois(labels, axes=axes)
     if not rois:
         raise NapariUnetError(
             f"the labels (shape {np.shape(labels)}) hold no objects: there are no ROIs to "
