@@ -168,7 +168,12 @@ def main() -> None:
         layer.visible = layer.name in ("fluo_dense", "fluo_dense_labels")
     viewer.layers.selection.active = labels
     labels.mode = "pan_zoom"
+    viewer.window._qt_window.resize(*WINDOW)
+    _wait(lambda: True)
     viewer.reset_view()
+    _wait(lambda: True)
+    # as when the mouse rests on the biggest nucleus: its measurements in the status bar
+    viewer.mouse_over_canvas = True
     viewer.cursor.position = (biggest["centroid_y"], biggest["centroid_x"])
     viewer.update_status_from_cursor()
     _wait(lambda: True)
