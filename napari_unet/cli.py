@@ -281,6 +281,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume = None
     if args.config:
         _config_from_json(args.config)  # bad settings: refuse before reading images
+    if out.is_dir():
+        raise NapariUnetError(
+            f"--out {out} is a folder: give the model file to write, e.g. {out / 'model.pt'}."
+        )
     if (
         out.exists()
         and not args.overwrite
@@ -315,7 +319,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.save_error is not None:
         raise NapariUnetError(f"the trained model could not be saved: {result.save_error}")
     if result.checkpoint is None:
-        raise NapariUnetError("training ended before any model could be saved (stopped at once?).")
+        why = {"user": "it was stopped", "diverged": "the loss became NaN or infinite"}.get(
+            result.stopped, f"it ended ({result.stopped})"
+        )
+        kept = f"; {out} was left as it was" if out.exists() else ""
+        raise NapariUnetError(
+            f"no model was saved: {why} after {result.steps} step(s), before a model could "
+            f"be kept{kept}."
+        )
     _info(f"best model ({result.stopped}, score {result.best_score}) saved to {result.checkpoint}")
     return 0
 
@@ -622,9 +633,22 @@ def cmd_export_rle(args: argparse.Namespace) -> int:
     """Write a DSB2018 run-length CSV: ``napari-unet export-rle``."""
     from napari_unet.core.io import list_image_files, read_labels, write_rle_csv
 
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise NapariUnetError(f"--out {out} is a folder: give the CSV file to write.")
+    if out.exists() and not args.overwrite:
+        raise NapariUnetError(f"{out} exists; pass --overwrite to replace it.")
     files = list_image_files(args.labels)
+    seen: dict[str, Path] = {}
+    for f in files:  # the CSV has one block per image id: two files may not share one
+        if f.stem in seen:
+            raise NapariUnetError(
+                f"{seen[f.stem].name} and {f.name} would both be image id {f.stem!r} in the "
+                "CSV; keep one of them."
+            )
+        seen[f.stem] = f
     items = {f.stem: read_labels(f) for f in files}
-    write_rle_csv(args.out, items, overwrite=args.overwrite)
+    write_rle_csv(out, items, overwrite=args.overwrite)
     _info(f"wrote run-length encodings of {len(items)} image(s) to {args.out}")
     return 0
 

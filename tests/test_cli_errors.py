@@ -540,3 +540,35 @@ def test_contact_gap_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--contact-gap", value]
     _expect_error(argv, tmp_path, capsys, "contact_gap must be", "0 (off)")
+
+
+def test_train_out_that_is_a_folder_is_refused_before_training(tmp_path, capsys):
+    images, labels = _dataset(tmp_path)
+    (tmp_path / "models").mkdir()
+    argv = _train(images, labels, tmp_path / "models") + ["--overwrite"]
+    _expect_error(argv, tmp_path, capsys, "is a folder", "model.pt")
+
+
+def test_no_model_saved_is_said_and_the_old_file_kept(tmp_path, capsys):
+    images, labels = _dataset(tmp_path)
+    old = tmp_path / "old.pt"
+    old.write_bytes(b"an earlier model")
+    argv = _train(images, labels, old) + ["--overwrite", "--lr", "inf", "--patch-size", "32"]
+    argv += ["--depth", "2", "--base-channels", "4", "--batch-size", "2"]
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no model was saved" in err and "NaN or infinite" in err and "left as it was" in err
+    assert "saved to" not in err
+    assert old.read_bytes() == b"an earlier model"
+
+
+def test_export_rle_refuses_a_folder_and_two_files_of_one_id(tmp_path, capsys):
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", _labels())
+    (tmp_path / "out").mkdir()
+    argv = ["export-rle", "--labels", tmp_path / "lab", "--out", tmp_path / "out", "--overwrite"]
+    _expect_error(argv, tmp_path, capsys, "is a folder")
+    iio.imwrite(tmp_path / "lab" / "a.png", _labels().astype(np.uint8))
+    argv = ["export-rle", "--labels", tmp_path / "lab", "--out", tmp_path / "x.csv"]
+    _expect_error(argv, tmp_path, capsys, "a.png", "a.tif")

@@ -282,7 +282,9 @@ class TrainResult:
     best_score : float or None
     stopped : {"budget", "epochs", "early_stopping", "user", "diverged"}
     checkpoint : Path or None
-        Where the best model was saved.
+        Where this run saved the best model; None when it wrote none (stopped or
+        diverged before a model was kept, or the disk was full), even if an older file
+        is there.
     device : str
     steps : int
     notes : list of str
@@ -807,6 +809,7 @@ def iter_train(
     tune_s = val_s
     tune_cost = 1.0 + _fit_per_pass() if tune else 0.0
     save_error: str | None = None
+    saved = False  # this run wrote the model file (an older file at ckpt does not count)
     best_score: float | None = None
     best_state = None
     safe_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -824,7 +827,7 @@ def iter_train(
 
     def try_save() -> bool:
         """Write the best model; a full disk is noted, training goes on."""
-        nonlocal save_error
+        nonlocal save_error, saved
         try:
             save_checkpoint(bundle, ckpt)
         except NapariUnetError as error:
@@ -833,6 +836,7 @@ def iter_train(
             save_error = str(error)
             return False
         save_error = None
+        saved = True
         return True
 
     def run_validation() -> dict:
@@ -1102,7 +1106,7 @@ def iter_train(
         history=history,
         best_score=best_score,
         stopped=stopped,
-        checkpoint=ckpt if ckpt is not None and ckpt.exists() and save_error is None else None,
+        checkpoint=ckpt if ckpt is not None and saved and save_error is None else None,
         device=dev_text,
         steps=step,
         notes=notes,
