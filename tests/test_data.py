@@ -227,3 +227,17 @@ def test_zoomed_patches_keep_the_contact_gap():
         fg = y[0] > 0.5
         assert ndi.label(fg)[1] == 2  # the resized objects stay apart
         assert (y[1] > 0.5).any()
+
+
+def test_one_nan_in_a_large_image_and_float64_overflow_are_found():
+    from napari_unet.core.data import Normalisation
+    from napari_unet.core.errors import NapariUnetError
+
+    big = np.random.default_rng(0).random((1, 2100, 2100), dtype=np.float32)
+    big[0, 5, 7] = np.nan  # beyond the 4-Mpixel subsample the percentiles use
+    with pytest.raises(NapariUnetError, match=r"NaN or infinite values \(1 of 4410000"):
+        Normalisation().ranges(big)
+    huge = np.ones((1, 64, 64))
+    huge[0, 1, 1] = 1e300  # finite, but not as float32: not "NaN or infinite"
+    with pytest.raises(NapariUnetError, match=r"values up to 1e\+300.*rescale"):
+        Normalisation().ranges(huge)

@@ -84,6 +84,7 @@ class Normalisation:
         ``polarity="auto"`` inverts, each channel's pair comes back swapped
         (low > high), which :meth:`apply` maps to ``1 - x``.
         """
+        _check_finite(image)
         c = image.shape[0]
         n = int(np.prod(image.shape[1:]))
         step = max(1, int(np.ceil(np.sqrt(n / _MAX_PERCENTILE_PIXELS))))
@@ -113,6 +114,30 @@ class Normalisation:
         scale = 1.0 / span
         out = (np.asarray(image, dtype=np.float32) - lo.reshape(shape)) * scale.reshape(shape)
         return out
+
+
+def _check_finite(image) -> None:
+    """Refuse NaN, infinite and float32-overflowing values of an in-memory float image.
+
+    The whole image is checked (one pass; the percentiles look at a subsample only), so a
+    single NaN in a large image is found before training, not as a NaN loss later. Lazy
+    (dask, zarr) images are checked on the subsample :meth:`Normalisation.ranges` reads.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype.kind != "f" or not image.size:
+        return
+    if not np.isfinite(image).all():
+        n = int(image.size - np.count_nonzero(np.isfinite(image)))
+        raise NapariUnetError(
+            f"The image contains NaN or infinite values ({n} of {image.size} pixels); replace "
+            "them (e.g. with 0) before training or predicting."
+        )
+    high = float(np.abs(image).max())
+    if high > float(np.finfo(np.float32).max):
+        raise NapariUnetError(
+            f"The image holds values up to {high:.3g}, beyond what 32-bit floats hold "
+            f"({float(np.finfo(np.float32).max):.3g}); rescale it (e.g. divide by its maximum) "
+            "before training or predicting."
+        )
 
 
 MAX_CHANNELS = 8  # multi-channel microscopy rarely has more; a longer axis is a stack
