@@ -137,6 +137,24 @@ def _refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
         )
 
 
+def _check_targets(files: list[Path], targets: list[Path]) -> None:
+    """Refuse two inputs that would write one output, and an output over an input."""
+    inputs = {f.resolve() for f in files}
+    seen: dict[Path, Path] = {}
+    for f, t in zip(files, targets, strict=True):
+        key = t.resolve()
+        if key in inputs:
+            raise NapariUnetError(
+                f"the output {t} would replace the input {t.name}: choose another --out."
+            )
+        if key in seen:
+            raise NapariUnetError(
+                f"{seen[key].name} and {f.name} would both be written to {t.name}; rename one "
+                "of them or predict them into different folders."
+            )
+        seen[key] = f
+
+
 def _drain(gen, on_progress):
     while True:
         try:
@@ -407,6 +425,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 return _predict_zarr(args, bundle, files[0], out, cfg, scheduler)
             return _predict_files_dask(args, bundle, files, out, cfg, scheduler)
     targets = [out / f"{f.stem}.tif" for f in files]
+    _check_targets(files, targets)
     csv_path = out / MEASUREMENTS_CSV if args.measure else None
     _refuse_existing(targets + ([csv_path] if csv_path else []), out, args.overwrite)
     tables: list[tuple[str, dict]] = []
@@ -545,6 +564,7 @@ def _predict_files_dask(args, bundle, files: list[Path], out: Path, cfg, schedul
     if args.save_probabilities:
         raise NapariUnetError("--save-probabilities is not available with --scheduler.")
     targets = [out / f"{f.stem}.tif" for f in files]
+    _check_targets(files, targets)
     _refuse_existing(targets, out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -581,6 +601,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     files = list_image_files(args.input)
     out = check_writable_folder(args.out)  # the folder is made at the first write
     targets = [out / f"{f.stem}.tif" for f in files]
+    _check_targets(files, targets)
     _refuse_existing(targets, out, args.overwrite)
     for f, target in zip(files, targets, strict=True):
         arr = read_image(f)

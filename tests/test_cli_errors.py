@@ -572,3 +572,54 @@ def test_export_rle_refuses_a_folder_and_two_files_of_one_id(tmp_path, capsys):
     iio.imwrite(tmp_path / "lab" / "a.png", _labels().astype(np.uint8))
     argv = ["export-rle", "--labels", tmp_path / "lab", "--out", tmp_path / "x.csv"]
     _expect_error(argv, tmp_path, capsys, "a.png", "a.tif")
+
+
+def test_outputs_never_collide_or_replace_inputs(tmp_path, capsys, model):
+    d = tmp_path / "d"
+    d.mkdir()
+    tifffile.imwrite(d / "a.tif", _image())
+    # predicting a folder into itself would replace the input images with labels
+    argv = ["predict", "--model", model, "--images", d, "--out", d, "--overwrite"]
+    _expect_error(argv, tmp_path, capsys, "would replace the input a.tif")
+    # a.png and a.tif would both become a.tif
+    iio.imwrite(d / "a.png", _image())
+    for cmd in (["predict", "--model", model, "--images", d], ["split", "--input", d]):
+        _expect_error(cmd + ["--out", tmp_path / "o"], tmp_path, capsys, "a.png", "a.tif")
+
+
+def test_a_glob_through_a_symlink_loop_reads_each_file_once(tmp_path):
+    from napari_unet.core.io import list_image_files
+
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    iio.imwrite(loop / "a.png", _image())
+    (loop / "sub").symlink_to(loop)  # loop/sub/sub/... is loop again
+    found = list_image_files(str(loop / "**" / "*.png"))
+    assert [p.name for p in found] == ["a.png"]
+
+
+def test_a_replaced_read_only_file_stays_read_only(tmp_path):
+    from napari_unet.core.io import write_labels_tiff
+
+    path = tmp_path / "labels.tif"
+    write_labels_tiff(path, _labels())
+    path.chmod(0o444)
+    write_labels_tiff(path, _labels() * 2, overwrite=True)
+    assert (path.stat().st_mode & 0o777) == 0o444
+    assert tifffile.imread(path).max() == 4
+
+
+def test_an_unreadable_image_says_permission_denied(tmp_path, capsys, model, monkeypatch):
+    from napari_unet.core import io as io_module
+
+    d = tmp_path / "d"
+    d.mkdir()
+    iio.imwrite(d / "a.png", _image())
+    real_access = os.access
+
+    def no_read(path, mode):  # as for a chmod 000 file (root would read it anyway)
+        return False if os.fspath(path).endswith("a.png") else real_access(path, mode)
+
+    monkeypatch.setattr(io_module.os, "access", no_read)
+    argv = ["predict", "--model", model, "--images", d, "--out", tmp_path / "o"]
+    _expect_error(argv, tmp_path, capsys, "permission denied", "a.png")

@@ -14,6 +14,7 @@ import glob
 import os
 import secrets
 import socket
+import stat
 import struct
 import time
 import zlib
@@ -154,7 +155,10 @@ def list_image_files(path: str | os.PathLike[str]) -> list[Path]:
         raise NapariUnetError(
             f"no image files (PNG or TIFF) in {where}; accepted suffixes are {suffixes}."
         )
-    return sorted(found)
+    unique: dict[Path, Path] = {}  # one file reached twice (symlinks, a loop) counts once
+    for p in sorted(found):
+        unique.setdefault(p.resolve(), p)
+    return sorted(unique.values())
 
 
 # --------------------------------------------------------------------------- reading
@@ -164,6 +168,11 @@ def _read_raw(path: Path, *, palette_indices: bool = False) -> tuple[np.ndarray,
     """Read a file; return the array and the axis holding colour samples (or None)."""
     if not path.is_file():
         raise NapariUnetError(f"cannot read {path}: no such file.")
+    if not os.access(path, os.R_OK):
+        raise NapariUnetError(
+            f"cannot read {path}: permission denied; make it readable (e.g. chmod u+r) or "
+            "copy it somewhere you can read it."
+        )
     is_tiff = path.suffix.lower() in _TIFF_SUFFIXES
     try:
         if is_tiff:
@@ -658,6 +667,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             handle.flush()
             os.fsync(handle.fileno())
+        with contextlib.suppress(FileNotFoundError):  # a replaced file keeps its mode
+            os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
