@@ -60,7 +60,14 @@ def _read_ids(path: str | None) -> set[str] | None:
     p = Path(path)
     if not p.is_file():
         raise NapariUnetError(f"ids file {p} does not exist.")
-    ids = {line.strip() for line in p.read_text(encoding="utf-8").splitlines()}
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise NapariUnetError(
+            f"ids file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+            "plain UTF-8 text, one image name per line."
+        ) from exc
+    ids = {line.strip() for line in text.splitlines()}
     ids.discard("")
     if not ids:
         raise NapariUnetError(f"ids file {p} lists no ids.")
@@ -76,10 +83,31 @@ def _select(files: list[Path], ids: set[str] | None, what: str) -> list[Path]:
     return chosen
 
 
+def _channel_axis_option(option: str) -> str:
+    """Check ``--channel-axis``: 'auto', 'none' or a whole number (negative counts from the end)."""
+    if option in ("auto", "none"):
+        return option
+    try:
+        int(option)
+    except ValueError:
+        raise NapariUnetError(
+            f"--channel-axis must be 'auto', 'none' or an axis number such as -1 or 0, got "
+            f"{option!r}."
+        ) from None
+    return option
+
+
 def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) -> int | None:
     """Channel axis of an image file for a model with ``in_channels``."""
     if option != "auto":
-        return None if option == "none" else int(option)
+        if option == "none":
+            return None
+        axis = int(option)
+        if not -len(shape) <= axis < len(shape):
+            raise NapariUnetError(
+                f"--channel-axis {axis} does not exist in an image of shape {shape}."
+            )
+        return axis
     if len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
         return -1  # RGB(A) images and stacks of them, channels last as PNG/TIFF store them
     if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
@@ -155,6 +183,17 @@ def _check_targets(files: list[Path], targets: list[Path]) -> None:
         seen[key] = f
 
 
+def _validate_as_options(config) -> None:
+    """``config.validate()``, with the message naming the command-line option."""
+    try:
+        config.validate()
+    except NapariUnetError as exc:
+        field, rest = (str(exc).split(" ", 1) + [""])[:2]
+        if field.isidentifier():  # "tile_size must be ..." -> "--tile-size must be ..."
+            raise NapariUnetError(f"--{field.replace('_', '-')} {rest}") from None
+        raise
+
+
 def _drain(gen, on_progress):
     while True:
         try:
@@ -215,6 +254,18 @@ def _train_locked(
     from napari_unet.core.train import TrainConfig, iter_train
 
     init = load_checkpoint(resume) if resume else None
+    if init is not None:
+        ignored = [
+            f"--{name.replace('_', '-')} {value}"
+            for name, value in (("depth", args.depth), ("base_channels", args.base_channels))
+            if value is not None and value != getattr(init.spec, name)
+        ]
+        if ignored:
+            _info(
+                f"note: {', '.join(ignored)} ignored: --resume continues {resume.name} with its "
+                f"own architecture (depth {init.spec.depth}, base channels "
+                f"{init.spec.base_channels})"
+            )
     cfg = TrainConfig.from_dict(_config_from_json(args.config)) if args.config else TrainConfig()
     if args.epochs is not None:  # a budget given here replaces the config file's
         cfg.minutes = None
@@ -248,6 +299,7 @@ def _train_locked(
             setattr(cfg, k, v)
     if args.sparse:
         cfg.sparse = True
+    _validate_as_options(cfg)  # before reading the images
     cfg.checkpoint_path = str(out)
     imgs, labs, names = [], [], []
     for ip, lp in pairs:
@@ -402,6 +454,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         given["h"] = None
     # the model's fitted threshold and split depth, unless given here
     cfg = PredictConfig.for_model(bundle, split=not args.no_split, flips=args.flips, **given)
+    _validate_as_options(cfg)
+    _channel_axis_option(args.channel_axis)
     tuned = tuned_settings(bundle.meta)
     fitted = [k for k in ("threshold", "h") if k in tuned and getattr(cfg, k) == tuned[k]]
     if fitted:
@@ -598,6 +652,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     )
     from napari_unet.core.split import split_nuclei
 
+    if not 0 < args.threshold < 1:  # also NaN
+        raise NapariUnetError(
+            f"--threshold must be between 0 and 1 (a probability), got {args.threshold}."
+        )
     files = list_image_files(args.input)
     out = check_writable_folder(args.out)  # the folder is made at the first write
     targets = [out / f"{f.stem}.tif" for f in files]

@@ -507,14 +507,14 @@ def test_ema_out_of_range(tmp_path, capsys, value):
 def test_sample_by_loss_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--sample-by-loss", value]
-    _expect_error(argv, tmp_path, capsys, "sample_by_loss", "between 0")
+    _expect_error(argv, tmp_path, capsys, "--sample-by-loss", "between 0")
 
 
 @pytest.mark.parametrize("value", ["-1", "101", "nan"])
 def test_interface_weight_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--interface-weight", value]
-    _expect_error(argv, tmp_path, capsys, "interface_weight", "between 0")
+    _expect_error(argv, tmp_path, capsys, "--interface-weight", "between 0")
 
 
 def test_predict_with_flips_writes_other_probabilities(tmp_path, capsys, model):
@@ -539,7 +539,7 @@ def test_zoom_out_of_range(tmp_path, capsys, value):
 def test_contact_gap_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--contact-gap", value]
-    _expect_error(argv, tmp_path, capsys, "contact_gap must be", "0 (off)")
+    _expect_error(argv, tmp_path, capsys, "--contact-gap must be", "0 (off)")
 
 
 def test_train_out_that_is_a_folder_is_refused_before_training(tmp_path, capsys):
@@ -553,7 +553,7 @@ def test_no_model_saved_is_said_and_the_old_file_kept(tmp_path, capsys):
     images, labels = _dataset(tmp_path)
     old = tmp_path / "old.pt"
     old.write_bytes(b"an earlier model")
-    argv = _train(images, labels, old) + ["--overwrite", "--lr", "inf", "--patch-size", "32"]
+    argv = _train(images, labels, old) + ["--overwrite", "--lr", "1e30", "--patch-size", "32"]
     argv += ["--depth", "2", "--base-channels", "4", "--batch-size", "2"]
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
@@ -623,3 +623,87 @@ def test_an_unreadable_image_says_permission_denied(tmp_path, capsys, model, mon
     monkeypatch.setattr(io_module.os, "access", no_read)
     argv = ["predict", "--model", model, "--images", d, "--out", tmp_path / "o"]
     _expect_error(argv, tmp_path, capsys, "permission denied", "a.png")
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--overlap", "1000", "--tile-size", "128"], "--overlap must be"),
+        (["--tile-size", "-64"], "--tile-size must be at least 16"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--channel-axis", "abc"], "--channel-axis must be"),
+        (["--channel-axis", "5"], "--channel-axis 5 does not exist"),
+        (["--threshold", "2"], "--threshold must be between 0 and 1"),
+        (["--threshold", "nan"], "--threshold must be between 0 and 1"),
+    ],
+)
+def test_predict_options_out_of_range(tmp_path, capsys, model, extra, needle):
+    images, _ = _dataset(tmp_path)
+    argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o", *extra]
+    _expect_error(argv, tmp_path, capsys, needle)
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--steps-per-epoch", "-3"], "--steps-per-epoch must be at least 1"),
+        (["--minutes", "inf"], "--minutes must be a positive number"),
+        (["--seed", "-1"], "--seed must be a whole number"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--lr", "inf"], "--lr must be a positive, finite number"),
+    ],
+)
+def test_train_options_out_of_range(tmp_path, capsys, extra, needle):
+    images, labels = _dataset(tmp_path)
+    argv = _train(images, labels, tmp_path / "m.pt")
+    if "--minutes" in extra:
+        argv.remove("--epochs")
+        argv.remove("1")
+    _expect_error(argv + extra, tmp_path, capsys, needle)
+
+
+@pytest.mark.parametrize("value", ["2", "nan", "0"])
+def test_split_threshold_out_of_range(tmp_path, capsys, value):
+    tifffile.imwrite(tmp_path / "p.tif", np.full((16, 16), 0.9, np.float32))
+    argv = ["split", "--input", tmp_path / "p.tif", "--out", tmp_path / "o", "--threshold", value]
+    _expect_error(argv, tmp_path, capsys, "--threshold must be between 0 and 1")
+
+
+def test_ids_file_that_is_not_utf8(tmp_path, capsys, model):
+    images, _ = _dataset(tmp_path)
+    (tmp_path / "ids.txt").write_bytes(b"\xff\xfe\x00a\n")
+    argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o"]
+    _expect_error(argv + ["--ids-file", tmp_path / "ids.txt"], tmp_path, capsys, "not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda meta: meta.pop("outputs"), "'outputs'"),
+        (lambda meta: meta.update(outputs=["a", "b", "c"]), "'outputs'"),
+        (lambda meta: meta.update(normalisation={"low": "x"}), "'normalisation'"),
+        (lambda meta: meta.update(normalisation={"low": 50, "high": 10}), "'normalisation'"),
+        (lambda meta: meta.update(normalisation={"polarity": "upside"}), "'normalisation'"),
+    ],
+)
+def test_model_with_damaged_metadata(tmp_path, capsys, model, edit, needle):
+    import json
+
+    import torch
+
+    payload = torch.load(model, weights_only=True)
+    meta = json.loads(payload["meta"])
+    edit(meta)
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, model)
+    images, _ = _dataset(tmp_path)
+    argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o"]
+    _expect_error(argv, tmp_path, capsys, "metadata is damaged", needle)
+
+
+def test_resume_says_which_architecture_options_it_ignores(tmp_path, capsys, model):
+    images, labels = _dataset(tmp_path)
+    argv = _train(images, labels, tmp_path / "m2.pt") + ["--resume", model, "--depth", "3"]
+    argv += ["--steps-per-epoch", "1", "--patch-size", "32", "--batch-size", "2"]
+    assert main([str(a) for a in argv]) == 0
+    assert "--depth 3 ignored: --resume continues" in capsys.readouterr().err

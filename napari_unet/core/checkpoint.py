@@ -114,6 +114,35 @@ def save_checkpoint(bundle: ModelBundle, path: str | Path, *, overwrite: bool = 
     return path
 
 
+def _check_meta(path: Path, meta: dict, spec: UNetSpec) -> None:
+    """Refuse a model whose outputs or normalisation cannot be used (an edited file)."""
+    from napari_unet.core.data import Normalisation
+
+    outputs = meta.get("outputs")
+    if (
+        not isinstance(outputs, list)
+        or len(outputs) != spec.out_channels
+        or not all(isinstance(o, str) for o in outputs)
+    ):
+        raise CheckpointError(
+            f"{path} is a napari-unet model whose metadata is damaged: 'outputs' should name "
+            f"its {spec.out_channels} output map(s), got {outputs!r}. Re-save it from "
+            "napari-unet or train it again."
+        )
+    norm = meta.get("normalisation", {})
+    try:
+        if not isinstance(norm, dict):
+            raise TypeError(f"{norm!r} is not a mapping")
+        checked = Normalisation.from_dict(norm)
+        if not 0 <= checked.low < checked.high <= 100:
+            raise ValueError(f"percentiles {checked.low}, {checked.high}")
+    except (TypeError, ValueError, NapariUnetError) as exc:
+        raise CheckpointError(
+            f"{path} is a napari-unet model whose metadata is damaged: its 'normalisation' "
+            f"cannot be used ({exc}). Re-save it from napari-unet or train it again."
+        ) from exc
+
+
 #: First bytes of files people pick by mistake instead of a model.
 _MAGIC = {
     b"II*\x00": "a TIFF image",
@@ -201,6 +230,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
             f"{path} is a napari-unet model whose contents are damaged or incompatible: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
+    _check_meta(path, meta, spec)
     model.eval()
     bundle = ModelBundle(model, meta)
     return bundle.to(select_device(device) if isinstance(device, str) else device)

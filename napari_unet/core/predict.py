@@ -103,6 +103,38 @@ class PredictConfig:
         """Return a JSON-able dict."""
         return asdict(self)
 
+    def validate(self) -> None:
+        """Raise :class:`NapariUnetError` for settings that cannot work, naming them."""
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float, np.number)) and bool(np.isfinite(v))
+
+        if not (number(self.tile_size) and self.tile_size >= 16):
+            raise NapariUnetError(f"tile_size must be at least 16 pixels, got {self.tile_size}.")
+        if not (number(self.overlap) and 0 <= self.overlap < self.tile_size):
+            raise NapariUnetError(
+                f"overlap must be from 0 to less than the tile size ({self.tile_size} pixels), "
+                f"got {self.overlap}; {self.tile_size // 8} to {self.tile_size // 4} is usual."
+            )
+        if not (number(self.batch_size) and self.batch_size >= 1):
+            raise NapariUnetError(f"batch_size must be at least 1 tile, got {self.batch_size}.")
+        for name in ("threshold", "boundary_threshold"):
+            value = getattr(self, name)
+            if not (number(value) and 0 < value < 1):
+                raise NapariUnetError(f"{name} must be between 0 and 1, got {value}.")
+        if not (number(self.min_distance) and self.min_distance >= 1):
+            raise NapariUnetError(
+                f"min_distance must be at least 1 pixel, got {self.min_distance}."
+            )
+        if self.h is not None and not (number(self.h) and self.h > 0):
+            raise NapariUnetError(f"h (split depth) must be positive, or None, got {self.h}.")
+        if not (number(self.min_size) and self.min_size >= 0):
+            raise NapariUnetError(f"min_size must be 0 or more pixels, got {self.min_size}.")
+        if self.split_method not in SPLIT_METHODS:
+            raise NapariUnetError(
+                f"split_method must be one of {SPLIT_METHODS}, got {self.split_method!r}."
+            )
+
     @classmethod
     def for_model(cls, bundle: ModelBundle, **settings) -> PredictConfig:
         """Return the defaults, with the model's fitted threshold and split depth.
@@ -419,10 +451,7 @@ def iter_predict(
     )
 
     config = config or PredictConfig.for_model(bundle)
-    if config.split_method not in SPLIT_METHODS:
-        raise NapariUnetError(
-            f"split_method must be one of {SPLIT_METHODS}, got {config.split_method!r}."
-        )
+    config.validate()
     if not hasattr(image, "shape") or not hasattr(image, "ndim"):
         image = np.asarray(image)
     img = prepare_image(image, bundle.in_channels, channel_axis)

@@ -196,8 +196,18 @@ class TrainConfig:
             raise NapariUnetError(f"batch_size must be at least 1, got {self.batch_size}.")
         if self.epochs is not None and self.epochs < 1:
             raise NapariUnetError(f"epochs must be at least 1, got {self.epochs}.")
-        if self.minutes is not None and not self.minutes > 0:
-            raise NapariUnetError(f"minutes must be positive, got {self.minutes}.")
+        if self.minutes is not None and not (np.isfinite(self.minutes) and self.minutes > 0):
+            raise NapariUnetError(
+                f"minutes must be a positive number of minutes, got {self.minutes}."
+            )
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise NapariUnetError(
+                f"steps_per_epoch must be at least 1 (or unset), got {self.steps_per_epoch}."
+            )
+        if int(self.seed) != self.seed or not 0 <= self.seed < 2**32:
+            raise NapariUnetError(
+                f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}."
+            )
         if not 0 <= self.val_fraction < 1:
             raise NapariUnetError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         if not 0 <= self.norm_low < self.norm_high <= 100:
@@ -206,8 +216,8 @@ class TrainConfig:
             )
         if self.polarity not in POLARITIES:
             raise NapariUnetError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}.")
-        if not self.lr > 0:
-            raise NapariUnetError(f"lr must be positive, got {self.lr}.")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
         if not 0 <= self.sample_by_loss <= 4:
             raise NapariUnetError(
                 f"sample_by_loss must be between 0 (off) and 4, got {self.sample_by_loss}."
