@@ -116,7 +116,7 @@ def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) ->
 
 
 class _StopOnSigint:
-    """First Ctrl-C asks the work to stop cleanly; a second one interrupts at once.
+    """First Ctrl-C (or SIGTERM) asks the work to stop cleanly; a second one interrupts at once.
 
     Under torchrun (``distributed=True``) SIGINT and SIGTERM both ask for a clean
     stop and never interrupt: a Ctrl-C reaches each worker twice (from the
@@ -131,7 +131,9 @@ class _StopOnSigint:
 
     def __enter__(self) -> threading.Event:
         if threading.current_thread() is threading.main_thread():
-            sigs = [signal.SIGINT] + ([signal.SIGTERM] if self.distributed else [])
+            # SIGTERM (timeout, kill, SLURM) stops as Ctrl-C does: the best model is kept
+            # and the lock file removed
+            sigs = [signal.SIGINT, signal.SIGTERM]
             for sig in sigs:
                 self._old[sig] = signal.getsignal(sig)
                 signal.signal(sig, self._handle)
@@ -412,6 +414,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_writable_folder,
         list_image_files,
         read_image,
+        staged_outputs,
         write_labels_tiff,
     )
     from napari_unet.core.predict import PredictConfig, iter_predict
@@ -485,7 +488,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tables: list[tuple[str, dict]] = []
     bar = _Progress("predict")
     t0 = time.perf_counter()
-    with _StopOnSigint() as stop:
+    # the outputs appear together when every image is done (or the run was stopped: the
+    # finished ones), never half of them after an error that a rerun would trip over
+    with _StopOnSigint() as stop, staged_outputs(out) as stage:
         for i, (f, target) in enumerate(zip(files, targets, strict=True)):
             img = read_image(f)
             ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis)
@@ -505,10 +510,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 return 130
             for note in res.notes:
                 _info(f"\nnote: {f.name}: {note}")
-            write_labels_tiff(target, res.labels, overwrite=True)
+            write_labels_tiff(stage(target), res.labels, overwrite=True)
             if csv_path is not None:
                 tables.append(
-                    _measure_file(target, f, args, labels=res.labels, image=img, channel_axis=ax)
+                    _measure_file(
+                        stage(target), f, args, labels=res.labels, image=img, channel_axis=ax
+                    )
                 )
             if args.save_probabilities:
                 import tifffile
@@ -516,20 +523,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 from napari_unet.core.io import atomic_write
 
                 stack = np.stack([res.probabilities[k] for k in bundle.outputs])
-                with atomic_write(out / f"{f.stem}_probabilities.tif") as tmp:
+                with atomic_write(stage(out / f"{f.stem}_probabilities.tif")) as tmp:
                     tifffile.imwrite(
                         tmp,
                         stack.astype(np.float32),
                         compression="zlib",
                         metadata={"outputs": bundle.outputs},
                     )
+        if csv_path is not None:
+            from napari_unet.core.measure import write_measurements_csv
+
+            _, rows = write_measurements_csv(stage(csv_path), tables, overwrite=True)
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
     _info(f"wrote {len(files)} label image(s) to {out}")
     if csv_path is not None:
-        from napari_unet.core.measure import write_measurements_csv
-
-        path, rows = write_measurements_csv(csv_path, tables, overwrite=True)
-        _info(f"measured {rows} object(s): {path}")
+        _info(f"measured {rows} object(s): {csv_path}")
     return 0
 
 
@@ -642,15 +650,7 @@ def _predict_files_dask(args, bundle, files: list[Path], out: Path, cfg, schedul
 # ---------------------------------------------------------------- split
 def cmd_split(args: argparse.Namespace) -> int:
     """Split touching nuclei in masks: ``napari-unet split``."""
-    import numpy as np
-
-    from napari_unet.core.io import (
-        check_writable_folder,
-        list_image_files,
-        read_image,
-        write_labels_tiff,
-    )
-    from napari_unet.core.split import split_nuclei
+    from napari_unet.core.io import check_writable_folder, list_image_files, staged_outputs
 
     if not 0 < args.threshold < 1:  # also NaN
         raise NapariUnetError(
@@ -661,25 +661,33 @@ def cmd_split(args: argparse.Namespace) -> int:
     targets = [out / f"{f.stem}.tif" for f in files]
     _check_targets(files, targets)
     _refuse_existing(targets, out, args.overwrite)
-    for f, target in zip(files, targets, strict=True):
-        arr = read_image(f)
-        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-            arr = arr[..., 0]
-        if arr.dtype.kind == "f":
-            mask = arr > args.threshold
-        else:
-            mask = arr
-        lab = split_nuclei(
-            np.asarray(mask),
-            min_distance=args.min_distance,
-            h=args.h,
-            smooth=args.smooth,
-            min_size=args.min_size,
-            fill_holes=not args.no_fill_holes,
-        )
-        write_labels_tiff(target, lab, overwrite=True)
+    with staged_outputs(out) as stage:  # all the label images, or none
+        for f, target in zip(files, targets, strict=True):
+            _split_file(f, stage(target), args)
     _info(f"wrote {len(files)} label image(s) to {out}")
     return 0
+
+
+def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
+    """Split one mask, label or probability image file into a label TIFF."""
+    import numpy as np
+
+    from napari_unet.core.io import read_image, write_labels_tiff
+    from napari_unet.core.split import split_nuclei
+
+    arr = read_image(f)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., 0]
+    mask = arr > args.threshold if arr.dtype.kind == "f" else arr
+    lab = split_nuclei(
+        np.asarray(mask),
+        min_distance=args.min_distance,
+        h=args.h,
+        smooth=args.smooth,
+        min_size=args.min_size,
+        fill_holes=not args.no_fill_holes,
+    )
+    write_labels_tiff(target, lab, overwrite=True)
 
 
 # ---------------------------------------------------------------- evaluate

@@ -707,3 +707,75 @@ def test_resume_says_which_architecture_options_it_ignores(tmp_path, capsys, mod
     argv += ["--steps-per-epoch", "1", "--patch-size", "32", "--batch-size", "2"]
     assert main([str(a) for a in argv]) == 0
     assert "--depth 3 ignored: --resume continues" in capsys.readouterr().err
+
+
+def test_an_unreadable_second_image_leaves_no_output(tmp_path, capsys, model):
+    images, _ = _dataset(tmp_path)
+    (images / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # sorted after a.png
+    out = tmp_path / "o"
+    argv = ["predict", "--model", model, "--images", images, "--out", out, "--measure"]
+    assert main([str(a) for a in argv]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("napari-unet: error: cannot read") and "b.png" in last
+    assert not out.exists()  # not a.tif alone, which a rerun would refuse as "exists"
+    (images / "b.png").unlink()
+    assert main([str(a) for a in argv]) == 0  # the rerun needs no --overwrite
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "measurements.csv"]
+
+
+def test_split_on_a_full_disk_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from napari_unet.core import io as io_module
+
+    tifffile.imwrite(tmp_path / "m.tif", _labels())
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fsync", full)
+    argv = ["split", "--input", tmp_path / "m.tif", "--out", tmp_path / "o"]
+    _expect_error(argv, tmp_path, capsys, "is full")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    import errno
+
+    from napari_unet.core import io as io_module
+    from napari_unet.core.errors import NapariUnetError
+    from napari_unet.core.io import file_lock
+
+    def full(fd, *args, **kwargs):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_module.os, "fdopen", full)
+    with pytest.raises(NapariUnetError, match="disk is full"):
+        with file_lock(tmp_path / "m.pt"):
+            pass
+    assert list(tmp_path.iterdir()) == []  # no empty m.pt.lock to block the next run
+
+
+def test_sigterm_stops_training_like_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images, labels = _dataset(tmp_path)
+    out = tmp_path / "m.pt"
+    argv = [sys.executable, "-m", "napari_unet", "train", "--images", images, "--labels"]
+    argv += [labels, "--out", out, "--minutes", "5", "--patch-size", "32", "--batch-size", "2"]
+    argv += ["--depth", "2", "--base-channels", "4", "--steps-per-epoch", "5"]
+    proc = subprocess.Popen([str(a) for a in argv], stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "m.pt.lock"
+    end = time.monotonic() + 120
+    while not lock.exists() and time.monotonic() < end:
+        time.sleep(0.2)
+    time.sleep(8)  # importing torch, reading, a few steps
+    proc.send_signal(signal.SIGTERM)  # what timeout, kill and SLURM send
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 2), err  # stopped cleanly, not killed (143)
+    assert "stopping after the current step" in err
+    assert not lock.exists()

@@ -40,6 +40,7 @@ __all__ = [
     "read_calibration",
     "read_image",
     "read_labels",
+    "staged_outputs",
     "rle_decode",
     "rle_encode",
     "write_labels_tiff",
@@ -798,8 +799,18 @@ def file_lock(
                 f"cannot write to folder {lock.parent}: {exc.strerror or exc}; "
                 "choose a folder you can write to."
             ) from exc
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"{os.getpid()} {host}\n")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(f"{os.getpid()} {host}\n")
+        except OSError as exc:  # e.g. a full disk: leave no empty lock behind
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            full = exc.errno in _DISK_FULL
+            raise NapariUnetError(
+                f"cannot write the lock file {lock}: "
+                + ("the disk is full; free some space" if full else f"{exc.strerror or exc}")
+                + ", then try again."
+            ) from exc
         break
     else:  # pragma: no cover - three runs racing for one stale lock
         raise NapariUnetError(f"cannot take the lock {lock}: other runs keep taking it; retry.")
@@ -808,6 +819,50 @@ def file_lock(
     finally:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
+
+
+@contextlib.contextmanager
+def staged_outputs(folder: str | os.PathLike[str]) -> Iterator[Callable[[Path], Path]]:
+    """Write several output files so that they appear together, or not at all.
+
+    Yields a function that maps each final path (in `folder`) to a path in a hidden
+    staging folder, ``<folder>/.napari-unet-staging-<random>/``, where the caller
+    writes it. When the block ends normally every staged file is moved to its final
+    path (each move is atomic); when it raises, the staging folder is removed and the
+    final paths are as they were, so a rerun finds no half-written results. A folder
+    this function had to create is removed again when nothing was written into it.
+    """
+    folder = Path(folder).expanduser()
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = folder / f".napari-unet-staging-{secrets.token_hex(4)}"
+        stage.mkdir()
+    except OSError as exc:
+        raise NapariUnetError(
+            f"cannot write to folder {folder}: {exc.strerror or exc}; choose a folder you "
+            "can write to."
+        ) from exc
+    staged: dict[Path, Path] = {}
+
+    def where(final: Path) -> Path:
+        staged[Path(final)] = stage / Path(final).name
+        return staged[Path(final)]
+
+    try:
+        yield where
+        for final, tmp in staged.items():
+            if tmp.exists():
+                with contextlib.suppress(FileNotFoundError):  # keep a replaced file's mode
+                    os.chmod(tmp, stat.S_IMODE(os.stat(final).st_mode))
+                os.replace(tmp, final)
+    finally:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: nothing was written
 
 
 def _check_overwrite(path: Path, overwrite: bool) -> None:
