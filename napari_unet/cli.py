@@ -97,8 +97,23 @@ def _channel_axis_option(option: str) -> str:
     return option
 
 
-def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) -> int | None:
-    """Channel axis of an image file for a model with ``in_channels``."""
+def _auto_channel_axis(
+    shape: tuple[int, ...], in_channels: int, option: str, file_axes: str | None = None
+) -> int | None:
+    """Channel axis of an image file for a model with ``in_channels``.
+
+    ``--channel-axis`` when given; else the file's own axes (``C``, or ``S`` for the
+    samples of an RGB TIFF; ImageJ hyperstacks and OME-TIFF say them); else a guess: a
+    last axis of 2 to 4 (grey + alpha, two channels, RGB, RGBA) behind two longer axes
+    holds channels (never a 2-pixel-wide image), a first axis of the model's channel
+    count too.
+    """
+    if option == "auto" and file_axes and len(file_axes) == len(shape):
+        for letter in ("C", "S"):
+            if letter in file_axes:
+                return file_axes.index(letter) - len(shape)
+        if file_axes.endswith("YX") and set(file_axes) <= set("TZYX"):
+            return None  # the file says: no channel axis
     if option != "auto":
         if option == "none":
             return None
@@ -108,8 +123,8 @@ def _auto_channel_axis(shape: tuple[int, ...], in_channels: int, option: str) ->
                 f"--channel-axis {axis} does not exist in an image of shape {shape}."
             )
         return axis
-    if len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
-        return -1  # RGB(A) images and stacks of them, channels last as PNG/TIFF store them
+    if len(shape) >= 3 and shape[-1] in (2, 3, 4) and min(shape[-3:-1]) > 4:
+        return -1  # grey+alpha, RGB(A) and stacks of them, channels last as PNG/TIFF store them
     if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
         return 0
     return None
@@ -411,7 +426,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.dask_predict import is_zarr_path
     from napari_unet.core.io import (
+        _stem,
         check_writable_folder,
+        image_axes,
         list_image_files,
         read_image,
         staged_outputs,
@@ -481,7 +498,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if zarr_input:
                 return _predict_zarr(args, bundle, files[0], out, cfg, scheduler)
             return _predict_files_dask(args, bundle, files, out, cfg, scheduler)
-    targets = [out / f"{f.stem}.tif" for f in files]
+    targets = [out / f"{_stem(f)}.tif" for f in files]  # x.ome.tif -> x.tif (not OME)
     _check_targets(files, targets)
     csv_path = out / MEASUREMENTS_CSV if args.measure else None
     _refuse_existing(targets + ([csv_path] if csv_path else []), out, args.overwrite)
@@ -493,12 +510,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with _StopOnSigint() as stop, staged_outputs(out) as stage:
         for i, (f, target) in enumerate(zip(files, targets, strict=True)):
             img = read_image(f)
-            ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis)
-            if ax == 0 and args.channel_axis == "auto":
-                _info(
-                    f"note: {f.name} {img.shape} is read as {img.shape[0]} channels first; "
-                    "pass --channel-axis none if it is a stack of grey images"
-                )
+            file_axes, n_series = image_axes(f)
+            ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis, file_axes)
+            if n_series > 1:
+                _info(f"note: {f.name} holds {n_series} images (series); the first is predicted")
+            if args.channel_axis == "auto" and ax is not None and img.ndim >= 3:
+                said = f"the file's axes {file_axes}" if file_axes and ax is not None else ""
+                if said or ax == 0 or img.shape[ax] == 2:
+                    _info(
+                        f"note: {f.name} {img.shape} is read with {img.shape[ax]} channels on "
+                        f"axis {ax % img.ndim}"
+                        + (f" ({said})" if said else "")
+                        + "; pass --channel-axis none if it is a stack of grey images"
+                    )
 
             def show(p, i=i, f=f):
                 frac = (i + (p.done / p.total if p.total else 0)) / len(files)
@@ -523,7 +547,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 from napari_unet.core.io import atomic_write
 
                 stack = np.stack([res.probabilities[k] for k in bundle.outputs])
-                with atomic_write(stage(out / f"{f.stem}_probabilities.tif")) as tmp:
+                with atomic_write(stage(out / f"{_stem(f)}_probabilities.tif")) as tmp:
                     tifffile.imwrite(
                         tmp,
                         stack.astype(np.float32),

@@ -779,3 +779,55 @@ def test_sigterm_stops_training_like_ctrl_c(tmp_path):
     assert proc.returncode in (0, 2), err  # stopped cleanly, not killed (143)
     assert "stopping after the current step" in err
     assert not lock.exists()
+
+
+def _predict_file(tmp_path, model, name, write):
+    d = tmp_path / "in"
+    d.mkdir(exist_ok=True)
+    write(d / name)
+    out = tmp_path / "out"
+    return ["predict", "--model", model, "--images", d / name, "--out", out], out
+
+
+def test_a_last_axis_of_two_is_channels_never_a_sliver_image(tmp_path, capsys, model):
+    rng = np.random.default_rng(0)
+    grey_alpha = (rng.random((64, 64, 2)) * 255).astype(np.uint8)  # alpha not constant
+    argv, out = _predict_file(tmp_path, model, "ga.png", lambda p: iio.imwrite(p, grey_alpha))
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "read with 2 channels on axis 2" in err and "2 channels but the model" in err
+    assert not out.exists()
+
+
+def test_channels_of_an_imagej_hyperstack_come_from_its_axes(tmp_path, capsys, model):
+    stack = np.random.default_rng(0).integers(0, 255, (2, 3, 1, 40, 48), dtype=np.uint8)
+
+    def write(p):  # T, Z, C of one channel: tifffile squeezes C away, ZYX stays
+        tifffile.imwrite(p, stack, imagej=True, metadata={"axes": "TZCYX"})
+
+    argv, out = _predict_file(tmp_path, model, "h.tif", write)
+    assert main([str(a) for a in argv]) == 0
+    assert tifffile.imread(out / "h.tif").shape == (2, 3, 40, 48)  # planes, no channel
+    two = np.concatenate([stack, stack], axis=2)  # now 2 channels on axis 2
+    tifffile.imwrite(tmp_path / "in" / "h.tif", two, imagej=True, metadata={"axes": "TZCYX"})
+    assert main([str(a) for a in argv] + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "the file's axes TZCYX" in err and "2 channels but the model" in err
+
+
+def test_ome_tiff_output_name_and_multi_series_note(tmp_path, capsys, model):
+    image = _image()
+    argv, out = _predict_file(
+        tmp_path, model, "x.ome.tif", lambda p: tifffile.imwrite(p, image, ome=True)
+    )
+    assert main([str(a) for a in argv]) == 0
+    assert [p.name for p in out.iterdir()] == ["x.tif"]  # a plain TIFF, not named OME
+
+    def two_series(p):
+        with tifffile.TiffWriter(p) as w:
+            w.write(image)
+            w.write(image[:16])
+
+    argv, out = _predict_file(tmp_path, model, "m.tif", two_series)
+    assert main([str(a) for a in argv]) == 0
+    assert "holds 2 images (series); the first is predicted" in capsys.readouterr().err

@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write",
     "check_writable_folder",
     "file_lock",
+    "image_axes",
     "labels_to_rle",
     "list_image_files",
     "normalise_unit",
@@ -318,6 +319,42 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
                 )
         data = first
     return _as_label_array(data, f"label image {path}")
+
+
+def image_axes(path: str | os.PathLike[str]) -> tuple[str | None, int]:
+    """Return the axes a TIFF's metadata gives its first image, and its number of images.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    axes : str or None
+        tifffile's axis letters for the array :func:`read_image` returns (``"TZCYX"``
+        for an ImageJ hyperstack, ``"YXS"`` for RGB, ...), when the file says what its
+        axes are (ImageJ, OME-TIFF or RGB samples); None for other files and for
+        TIFFs whose axes are unknown (tifffile's ``Q``).
+    n_series : int
+        The number of images (series) in the file; 1 for PNG and JPEG.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in _TIFF_SUFFIXES:
+        return None, 1
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                return None, 0
+            axes = tif.series[0].axes
+            known = tif.is_imagej or tif.is_ome or "S" in axes
+            shape = tif.series[0].shape
+            n_series = len(tif.series)
+    except _READ_ERRORS as exc:
+        raise NapariUnetError(f"cannot read {path}: {exc}.") from exc
+    # read_image drops axes of length 1 only when tifffile does; keep what fits
+    if not known or "Q" in axes or len(axes) != len(shape):
+        return None, n_series
+    return axes, n_series
 
 
 #: napari axis labels that name a time axis (a 3D layer is then a time series).
