@@ -692,6 +692,24 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _looks_like_intensities(arr) -> bool:
+    """Whether an integer image is an intensity / probability map rather than labels.
+
+    In a label image or a mask, a foreground pixel and its right-hand neighbour almost
+    always hold the same value (they differ only where two objects touch); in an
+    intensity or probability map most of them differ.
+    """
+    import numpy as np
+
+    a = np.asarray(arr)
+    if a.ndim < 2 or a.shape[-1] < 2:
+        return False
+    left, right = a[..., :-1], a[..., 1:]
+    both = (left > 0) & (right > 0)
+    n = int(np.count_nonzero(both))
+    return n >= 100 and np.count_nonzero(both & (left != right)) > 0.3 * n
+
+
 def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
     """Split one mask, label or probability image file into a label TIFF."""
     import numpy as np
@@ -702,7 +720,17 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
     arr = read_image(f)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., 0]
-    mask = arr > args.threshold if arr.dtype.kind == "f" else arr
+    if arr.dtype.kind == "f":
+        mask = arr > args.threshold
+    else:
+        mask = arr
+        if _looks_like_intensities(arr):
+            raise NapariUnetError(
+                f"{f.name} ({arr.dtype}) looks like a probability or intensity image, not "
+                "labels or a mask: neighbouring pixels inside objects differ. Save "
+                "probabilities as floats from 0 to 1 (napari-unet predict "
+                "--save-probabilities does), or threshold the image first."
+            )
     lab = split_nuclei(
         np.asarray(mask),
         min_distance=args.min_distance,

@@ -831,3 +831,14 @@ def test_ome_tiff_output_name_and_multi_series_note(tmp_path, capsys, model):
     argv, out = _predict_file(tmp_path, model, "m.tif", two_series)
     assert main([str(a) for a in argv]) == 0
     assert "holds 2 images (series); the first is predicted" in capsys.readouterr().err
+
+
+def test_split_refuses_a_uint8_probability_map_as_labels(tmp_path, capsys):
+    yy, xx = np.mgrid[:64, :64]
+    blob = np.clip(255 - ((yy - 32) ** 2 + (xx - 32) ** 2), 0, 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "p.tif", blob)  # a probability map scaled to 0-255
+    argv = ["split", "--input", tmp_path / "p.tif", "--out", tmp_path / "o"]
+    _expect_error(argv, tmp_path, capsys, "looks like a probability or intensity image")
+    tifffile.imwrite(tmp_path / "l.tif", _labels())  # real labels still split
+    argv = ["split", "--input", tmp_path / "l.tif", "--out", tmp_path / "o"]
+    assert main([str(a) for a in argv]) == 0
