@@ -200,13 +200,16 @@ def _check_targets(files: list[Path], targets: list[Path]) -> None:
         seen[key] = f
 
 
-def _validate_as_options(config) -> None:
-    """``config.validate()``, with the message naming the command-line option."""
+def _validate_as_options(config, args: argparse.Namespace) -> None:
+    """``config.validate()``, naming the command-line option when the value came from one.
+
+    A value from a config file (or a model's own settings) keeps its setting's name.
+    """
     try:
         config.validate()
     except NapariUnetError as exc:
         field, rest = (str(exc).split(" ", 1) + [""])[:2]
-        if field.isidentifier():  # "tile_size must be ..." -> "--tile-size must be ..."
+        if field.isidentifier() and getattr(args, field, None) is not None:
             raise NapariUnetError(f"--{field.replace('_', '-')} {rest}") from None
         raise
 
@@ -316,7 +319,7 @@ def _train_locked(
             setattr(cfg, k, v)
     if args.sparse:
         cfg.sparse = True
-    _validate_as_options(cfg)  # before reading the images
+    _validate_as_options(cfg, args)  # before reading the images
     cfg.checkpoint_path = str(out)
     imgs, labs, names = [], [], []
     for ip, lp in pairs:
@@ -474,7 +477,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         given["h"] = None
     # the model's fitted threshold and split depth, unless given here
     cfg = PredictConfig.for_model(bundle, split=not args.no_split, flips=args.flips, **given)
-    _validate_as_options(cfg)
+    _validate_as_options(cfg, args)
+    if args.overlap is not None and args.overlap >= cfg.tile_size:
+        raise NapariUnetError(
+            f"--overlap must be less than the tile size ({cfg.tile_size} pixels), got "
+            f"{args.overlap}; {cfg.tile_size // 8} to {cfg.tile_size // 4} is usual."
+        )
     _channel_axis_option(args.channel_axis)
     tuned = tuned_settings(bundle.meta)
     fitted = [k for k in ("threshold", "h") if k in tuned and getattr(cfg, k) == tuned[k]]
@@ -515,7 +523,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if n_series > 1:
                 _info(f"note: {f.name} holds {n_series} images (series); the first is predicted")
             if args.channel_axis == "auto" and ax is not None and img.ndim >= 3:
-                said = f"the file's axes {file_axes}" if file_axes and ax is not None else ""
+                said = f"the file's axes {file_axes}" if file_axes and "C" in file_axes else ""
                 if said or ax == 0 or img.shape[ax] == 2:
                     _info(
                         f"note: {f.name} {img.shape} is read with {img.shape[ax]} channels on "

@@ -111,11 +111,9 @@ class PredictConfig:
 
         if not (number(self.tile_size) and self.tile_size >= 16):
             raise NapariUnetError(f"tile_size must be at least 16 pixels, got {self.tile_size}.")
-        if not (number(self.overlap) and 0 <= self.overlap < self.tile_size):
-            raise NapariUnetError(
-                f"overlap must be from 0 to less than the tile size ({self.tile_size} pixels), "
-                f"got {self.overlap}; {self.tile_size // 8} to {self.tile_size // 4} is usual."
-            )
+        if not (number(self.overlap) and self.overlap >= 0):
+            # an overlap beyond what the tile allows is reduced to it when predicting
+            raise NapariUnetError(f"overlap must be 0 or more pixels, got {self.overlap}.")
         if not (number(self.batch_size) and self.batch_size >= 1):
             raise NapariUnetError(f"batch_size must be at least 1 tile, got {self.batch_size}.")
         for name in ("threshold", "boundary_threshold"):
