@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.io import TIME_AXIS_NAMES, normalise_unit
+from napari_unet.core.io import normalise_unit, stack_axes
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -55,11 +55,7 @@ def _pixel_size(meta: dict[str, Any]) -> tuple[tuple[float, float] | None, str]:
 
 def _stack_axes(meta: dict[str, Any], ndim: int) -> str | None:
     """Axis letters for a 3-D layer whose first axis is named like time ("TYX"), else None."""
-    labels = meta.get("axis_labels")
-    if ndim == 3 and labels is not None and len(labels) == 3:
-        if str(labels[0]).strip().lower() in TIME_AXIS_NAMES:
-            return "TYX"
-    return None
+    return stack_axes(meta.get("axis_labels"), ndim)
 
 
 def _with_suffix(path: str, suffixes: tuple[str, ...]) -> str:

@@ -113,17 +113,16 @@ def measure_options(geometry: dict[str, Any] | None, labels_ndim: int) -> dict[s
     ...                  "unit": "micrometer"}, 3)
     {'axes': 'TYX', 'scale': (0.5, 0.5), 'unit': 'micrometer'}
     """
-    from napari_unet.core.io import TIME_AXIS_NAMES
+    from napari_unet.core.io import stack_axes
     from napari_unet.core.measure import default_axes
 
     geometry = geometry or {}
-    try:
-        axes: str | None = default_axes(labels_ndim)
-    except NapariUnetError:  # measure_labels says what is wrong
-        axes = None
-    names = [a.strip().lower() for a in geometry.get("axis_labels", ())]
-    if labels_ndim == 3 and len(names) >= 3 and names[-3] in TIME_AXIS_NAMES:
-        axes = "TYX"
+    axes = stack_axes(geometry.get("axis_labels"), labels_ndim)
+    if axes is None:
+        try:
+            axes = default_axes(labels_ndim)
+        except NapariUnetError:  # measure_labels says what is wrong
+            axes = None
     n_spatial = len((axes or "YX").lstrip("T"))
     scale = tuple(geometry.get("scale") or ())[-n_spatial:]
     unit = str(geometry.get("unit") or "pixel")

@@ -41,6 +41,7 @@ __all__ = [
     "read_calibration",
     "read_image",
     "read_labels",
+    "stack_axes",
     "staged_outputs",
     "rle_decode",
     "rle_encode",
@@ -359,6 +360,25 @@ def image_axes(path: str | os.PathLike[str]) -> tuple[str | None, int]:
 
 #: napari axis labels that name a time axis (a 3D layer is then a time series).
 TIME_AXIS_NAMES = frozenset({"t", "time", "frame", "frames", "timepoint", "timepoints"})
+
+
+def stack_axes(axis_labels: Sequence[object] | None, ndim: int) -> str | None:
+    """Return "TYX" for 3D data whose first axis is named like time, else None.
+
+    napari layers name their axes (``layer.axis_labels``); a 3D layer whose first axis
+    is ``t``, ``time``, ``frame`` ... is a time series, any other 3D layer a z-stack
+    (None: the default reading).
+
+    Examples
+    --------
+    >>> stack_axes(["t", "y", "x"], 3), stack_axes(["z", "y", "x"], 3), stack_axes(None, 3)
+    ('TYX', None, None)
+    """
+    names = [str(a).strip().lower() for a in (axis_labels or ())]
+    if ndim == 3 and len(names) >= 3 and names[-3] in TIME_AXIS_NAMES:
+        return "TYX"
+    return None
+
 
 _UNIT_NAMES = {
     "micrometer": "um",
