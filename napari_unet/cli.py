@@ -222,7 +222,7 @@ def _drain(gen, on_progress):
             return e.value
 
 
-from napari_unet.core.measure import MEASUREMENTS_CSV  # noqa: E402 - light (numpy only)
+from napari_unet.core.measure import AXES, MEASUREMENTS_CSV  # noqa: E402 - numpy only
 
 
 # ---------------------------------------------------------------- train
@@ -700,30 +700,12 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _looks_like_intensities(arr) -> bool:
-    """Whether an integer image is an intensity / probability map rather than labels.
-
-    In a label image or a mask, a foreground pixel and its right-hand neighbour almost
-    always hold the same value (they differ only where two objects touch); in an
-    intensity or probability map most of them differ.
-    """
-    import numpy as np
-
-    a = np.asarray(arr)
-    if a.ndim < 2 or a.shape[-1] < 2:
-        return False
-    left, right = a[..., :-1], a[..., 1:]
-    both = (left > 0) & (right > 0)
-    n = int(np.count_nonzero(both))
-    return n >= 100 and np.count_nonzero(both & (left != right)) > 0.3 * n
-
-
 def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
     """Split one mask, label or probability image file into a label TIFF."""
     import numpy as np
 
     from napari_unet.core.io import read_image, write_labels_tiff
-    from napari_unet.core.split import split_nuclei
+    from napari_unet.core.split import looks_like_intensities, split_nuclei
 
     arr = read_image(f)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -732,7 +714,7 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
         mask = arr > args.threshold
     else:
         mask = arr
-        if _looks_like_intensities(arr):
+        if looks_like_intensities(arr):
             raise NapariUnetError(
                 f"{f.name} ({arr.dtype}) looks like a probability or intensity image, not "
                 "labels or a mask: neighbouring pixels inside objects differ. Save "
@@ -822,7 +804,6 @@ def _pixel_size_option(args: argparse.Namespace) -> tuple[tuple[float, ...] | No
 def _file_axes(path: Path, ndim: int, option: str) -> str | None:
     """``--axes``, else the axes a TIFF's metadata gives when they fit `ndim`, else None."""
     from napari_unet.core.io import read_calibration
-    from napari_unet.core.measure import AXES
 
     if option != "auto":
         return option
@@ -1059,7 +1040,7 @@ def _add_measure_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--axes",
         default="auto",
-        choices=["auto", "YX", "ZYX", "TYX", "TZYX"],
+        choices=["auto", *AXES],
         help="what the label images' axes are: a z-stack (ZYX) is measured in 3D, a time "
         "series (TYX) per frame; auto: from the TIFF's metadata, else 3D = ZYX",
     )
@@ -1281,7 +1262,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument(
         "--axes",
         default="auto",
-        choices=["auto", "YX", "ZYX", "TYX", "TZYX"],
+        choices=["auto", *AXES],
         help="what a stack's first axes are (ROI positions and names z03-0017 / t03-0017); "
         "auto: from the TIFF's metadata, else 3D = ZYX",
     )

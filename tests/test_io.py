@@ -394,3 +394,32 @@ def test_write_rle_csv(tmp_path):
         write_rle_csv(out, items)
     write_rle_csv(out, {"x": a}, overwrite=True)
     assert out.read_text().count("\n") == 3
+
+
+def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
+    from napari_unet.core.io import staged_outputs
+
+    out = tmp_path / "out"
+
+    def run(fail: bool) -> None:
+        with staged_outputs(out) as stage:
+            stage(out / "a.tif").write_bytes(b"a")
+            assert not (out / "a.tif").exists() or (out / "a.tif").read_bytes() != b"a"
+            if fail:
+                raise RuntimeError("the second image is unreadable")
+            stage(out / "b.tif").write_bytes(b"b")
+
+    with pytest.raises(RuntimeError):
+        run(fail=True)
+    assert not out.exists()  # created for nothing: removed again
+
+    def stopped() -> int:  # what `predict` does on Ctrl-C: return from inside the block
+        with staged_outputs(out) as stage:
+            stage(out / "a.tif").write_bytes(b"finished")
+            return 130
+
+    assert stopped() == 130
+    assert [p.name for p in out.iterdir()] == ["a.tif"]  # the finished image is kept
+    run(fail=False)
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif"]
+    assert (out / "a.tif").read_bytes() == b"a"  # replaced when the run ended

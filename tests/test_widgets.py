@@ -108,15 +108,15 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
     # --- Share the model as a bioimage.io package (Fiji / deepImageJ, ilastik)
     from napari_unet.core.bioimageio import bioimageio_problem
 
-    if bioimageio_problem() is None:
-        assert train.bioimageio_button.isEnabled()
-        train.export_for_bioimageio(tmp_path / "shared" / "nuclei")  # .zip is added
-        qtbot.waitUntil(lambda: train._bioimageio_worker is None, timeout=120_000)
-        assert not error_messages()
-        with zipfile.ZipFile(tmp_path / "shared" / "nuclei.zip") as z:
-            test_input = np.load(io.BytesIO(z.read("test_input.npy")))
-            assert "weights_torchscript.pt" in z.namelist()
-        assert test_input.shape == (1, 1, 256, 256)  # the first training image
+    assert bioimageio_problem() is None, bioimageio_problem()
+    assert train.bioimageio_button.isEnabled()
+    train.export_for_bioimageio(tmp_path / "shared" / "nuclei")  # .zip is added
+    qtbot.waitUntil(lambda: train._bioimageio_worker is None, timeout=120_000)
+    assert not error_messages()
+    with zipfile.ZipFile(tmp_path / "shared" / "nuclei.zip") as z:
+        test_input = np.load(io.BytesIO(z.read("test_input.npy")))
+        assert "weights_torchscript.pt" in z.namelist()
+    assert test_input.shape == (1, 1, 256, 256)  # the first training image
 
     # --- Predict the first image with the session's model
     predict.image.setCurrentText("fluo_dense")

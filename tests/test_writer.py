@@ -128,7 +128,8 @@ def test_names_get_the_writers_suffix(tmp_path, labels):
 
 
 def test_roi_writer_stack_and_time_axis(tmp_path, labels):
-    roifile = pytest.importorskip("roifile")
+    import roifile
+
     [path] = write_labels_rois(str(tmp_path / "z.zip"), labels, {})
     rois = roifile.roiread(path)
     names = [r.name for r in rois]
@@ -162,7 +163,8 @@ def viewer_with_labels(make_napari_viewer, labels):
 
 @pytest.mark.gui
 def test_layer_save_through_the_plugin(tmp_path, viewer_with_labels, labels):
-    roifile = pytest.importorskip("roifile")
+    import roifile
+
     _, layer = viewer_with_labels
     [tif_path] = layer.save(str(tmp_path / "a.tif"), plugin=PLUGIN)
     np.testing.assert_array_equal(tifffile.imread(tif_path), labels[1])
@@ -214,7 +216,8 @@ def test_save_dialog_with_our_tiff_file_type(tmp_path, monkeypatch, viewer_with_
 
 @pytest.mark.gui
 def test_save_dialog_with_our_roi_file_type(tmp_path, monkeypatch, viewer_with_labels):
-    roifile = pytest.importorskip("roifile")
+    import roifile
+
     viewer, _ = viewer_with_labels
     seen = {"folder": str(tmp_path)}
     _save_with_dialog(monkeypatch, viewer, None, ROI_FILTER, seen)

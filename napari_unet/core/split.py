@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 
 from napari_unet.core.errors import NapariUnetError
 
-__all__ = ["labels_from_probabilities", "split_nuclei"]
+__all__ = ["labels_from_probabilities", "looks_like_intensities", "split_nuclei"]
 
 _FOUR = ndi.generate_binary_structure(2, 1)  # objects are 4-connected (as the watershed floods)
 _EIGHT = np.ones((3, 3), dtype=bool)  # marker plateaus may be 8-connected
@@ -39,6 +39,28 @@ _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def looks_like_intensities(image: np.ndarray) -> bool:
+    """Return True when an integer image is an intensity or probability map, not labels.
+
+    In a label image or a mask a foreground pixel and its right-hand neighbour almost
+    always hold the same value (they differ only where two objects touch); in an
+    intensity or probability map (e.g. probabilities saved as uint8 0-255) most differ.
+
+    Examples
+    --------
+    >>> labels = np.zeros((20, 20), np.uint8); labels[2:12, 2:12] = 1
+    >>> looks_like_intensities(labels), looks_like_intensities(np.arange(400).reshape(20, 20))
+    (False, True)
+    """
+    a = np.asarray(image)
+    if a.ndim < 2 or a.shape[-1] < 2:
+        return False
+    left, right = a[..., :-1], a[..., 1:]
+    both = (left > 0) & (right > 0)
+    n = int(np.count_nonzero(both))
+    return bool(n >= 100 and np.count_nonzero(both & (left != right)) > 0.3 * n)
 
 
 def _check_mask(mask: np.ndarray) -> tuple[np.ndarray, bool]:
