@@ -195,7 +195,7 @@ def _check_targets(files: list[Path], targets: list[Path]) -> None:
         if key in seen:
             raise NapariUnetError(
                 f"{seen[key].name} and {f.name} would both be written to {t.name}; rename one "
-                "of them or predict them into different folders."
+                "of them or write them to different folders."
             )
         seen[key] = f
 
@@ -934,16 +934,8 @@ def cmd_export_rois(args: argparse.Namespace) -> int:
             raise NapariUnetError(
                 f"--out {out} is a file: give a folder, or a name ending in .zip."
             )
-        names = [_label_key(f)[0] for f in files]
-        seen: dict[str, Path] = {}
-        for name, f in zip(names, files, strict=True):
-            if name.lower() in seen:
-                raise NapariUnetError(
-                    f"{seen[name.lower()].name} and {f.name} would both be written to "
-                    f"{name}_rois.zip; rename one of them or export them separately."
-                )
-            seen[name.lower()] = f
-        targets = [out / f"{name}_rois.zip" for name in names]
+        targets = [out / f"{_label_key(f)[0]}_rois.zip" for f in files]
+        _check_targets(files, targets)  # a.png and a.tif would both write a_rois.zip
         folder = out
     _refuse_existing(targets, folder, args.overwrite)
     check_writable_folder(folder)
