@@ -220,11 +220,98 @@ class Sample:
     targets: Targets
     name: str = ""
     fg_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: Flat positions of annotated pixels when only part of the image is annotated
+    #: (sparse labels), so that the patches not centred on an object still fall where
+    #: the loss counts; None when every pixel is annotated.
+    valid_index: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """Spatial shape ``(M, N)``."""
         return self.image.shape[-2:]
+
+
+def crop_sample(
+    sample: Sample,
+    rows: slice,
+    cols: slice,
+    name: str | None = None,
+    *,
+    seed: int = 0,
+) -> Sample:
+    """Return the part ``rows, cols`` of a sample, with its targets cut the same way.
+
+    The image and every per-pixel target (foreground, boundary, valid, weight,
+    boundary weight, instances) are cropped; the settings (``boundary_valid``,
+    ``boundary_width``, ``contact_gap``) are kept. The targets are those of the whole
+    image, cut: an object crossing the edge of the crop keeps no boundary along the cut,
+    as it goes on beyond it. The foreground positions (and, for a partly annotated
+    sample, the annotated positions) used to centre patches are recomputed for the
+    crop, at most as many as the sample holds (a random subset, drawn with `seed`,
+    when there are more).
+
+    Parameters
+    ----------
+    sample : Sample
+    rows, cols : slice
+        Parts of the Y and X axes (steps other than 1 are refused).
+    name : str, optional
+        Name of the crop; by default the sample's with the rows and columns appended
+        (``"name [y0:y1, x0:x1]"``), so that it still starts with the sample's name.
+    seed : int
+
+    Raises
+    ------
+    NapariUnetError
+        An empty crop or a step other than 1.
+    """
+    import dataclasses
+
+    h, w = sample.shape
+    (y0, y1, sy), (x0, x1, sx) = rows.indices(h), cols.indices(w)
+    if sy != 1 or sx != 1:
+        raise NapariUnetError(
+            f"A crop takes every pixel of its rows and columns, got {rows}, {cols}."
+        )
+    if y1 <= y0 or x1 <= x0:
+        raise NapariUnetError(
+            f"The crop rows {y0}:{y1}, columns {x0}:{x1} of {sample.name!r} ({h}x{w}) is empty."
+        )
+    sl = (slice(y0, y1), slice(x0, x1))
+    t = sample.targets
+
+    def cut(a):
+        return None if a is None else np.ascontiguousarray(a[sl])
+
+    targets = dataclasses.replace(
+        t,
+        foreground=cut(t.foreground),
+        boundary=cut(t.boundary),
+        valid=cut(t.valid),
+        weight=cut(t.weight),
+        instances=cut(t.instances),
+        boundary_weight=cut(t.boundary_weight),
+    )
+    rng = np.random.default_rng(seed)
+
+    def positions(mask: np.ndarray, cap: int) -> np.ndarray:
+        index = np.flatnonzero(mask).astype(np.int64)
+        if index.size > cap:
+            index = np.sort(rng.choice(index, cap, replace=False))
+        return index
+
+    changes = {
+        "image": np.ascontiguousarray(sample.image[(slice(None),) + sl]),
+        "targets": targets,
+        "name": name if name is not None else f"{sample.name} [{y0}:{y1}, {x0}:{x1}]",
+        "fg_index": positions(targets.foreground, sample.fg_index.size),
+    }
+    valid_index = getattr(sample, "valid_index", None)
+    if valid_index is not None:  # partly annotated: None again where the crop is all annotated
+        changes["valid_index"] = (
+            None if targets.valid.all() else positions(targets.valid, valid_index.size)
+        )
+    return dataclasses.replace(sample, **changes)
 
 
 def prepare_samples(
@@ -333,7 +420,12 @@ def prepare_samples(
                 fg = np.sort(rng.choice(fg, max_fg_index, replace=False))
             label = name if not lead else f"{name} {idx}"
             image2 = norm[(slice(None),) + idx]
-            samples.append(Sample(np.ascontiguousarray(image2), t, label, fg))
+            valid_index = None
+            if sparse and not t.valid.all():
+                valid_index = np.flatnonzero(t.valid)
+                if valid_index.size > max_fg_index:
+                    valid_index = np.sort(rng.choice(valid_index, max_fg_index, replace=False))
+            samples.append(Sample(np.ascontiguousarray(image2), t, label, fg, valid_index))
     if not any(s.targets.foreground.any() for s in samples):
         what = (
             "no object is annotated (sparse mode: 0 = not annotated, 1 = background, "
@@ -443,6 +535,12 @@ class PatchSampler:
         h, w = s.shape
         if s.fg_index.size and self.rng.random() < self.fg_fraction:
             c = int(s.fg_index[self.rng.integers(s.fg_index.size)])
+            cy, cx = divmod(c, w)
+            y = cy - P // 2 + int(self.rng.integers(-P // 4, P // 4 + 1))
+            x = cx - P // 2 + int(self.rng.integers(-P // 4, P // 4 + 1))
+        elif s.valid_index is not None and s.valid_index.size:
+            # partly annotated: centre on an annotated pixel (object or background)
+            c = int(s.valid_index[self.rng.integers(s.valid_index.size)])
             cy, cx = divmod(c, w)
             y = cy - P // 2 + int(self.rng.integers(-P // 4, P // 4 + 1))
             x = cx - P // 2 + int(self.rng.integers(-P // 4, P // 4 + 1))

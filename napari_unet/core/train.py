@@ -116,6 +116,12 @@ class TrainConfig:
         None: about one pass over the training pixels, between 20 and 200 steps.
     lr, weight_decay : float
         AdamW; the learning rate follows a cosine decay over the budget.
+    anchor : float
+        When fine-tuning (``init`` given), pull the weights towards the starting
+        model's: the loss gains ``anchor`` times the mean squared difference between
+        the weights and their starting values (L2-SP), so a short fine-tune on a few
+        corrections changes what it must and forgets less of the rest; 0 (the default)
+        = off, and ignored when training from scratch.
     patience : int or None
         Early stopping after this many validations without improvement; None (the
         default) trains to the end of the budget or the epochs: the learning rate
@@ -167,6 +173,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-5
+    anchor: float = 0.0
     patience: int | None = None
     device: str = "auto"
     amp: bool | None = None
@@ -235,6 +242,8 @@ class TrainConfig:
             raise NapariUnetError(
                 f"zoom must be between 0 (off) and 1 (sizes from half to double), got {self.zoom}."
             )
+        if not (np.isfinite(self.anchor) and 0 <= self.anchor <= 1e6):
+            raise NapariUnetError(f"anchor must be between 0 (off) and 1e6, got {self.anchor}.")
         if not 0 <= self.ema < 1:
             raise NapariUnetError(f"ema must be in [0, 1) (0 = off), got {self.ema}.")
         if self.patience is not None and (int(self.patience) != self.patience or self.patience < 0):
@@ -349,26 +358,149 @@ def _loss_fn(kind: str):
     return loss
 
 
-def _split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple[list, list]:
-    """Hold back whole images (by sample name) for validation."""
-    if fraction <= 0 or len(samples) < 2:
-        return samples, []
-    names = sorted({s.name.split(" (")[0] for s in samples})
+#: With at least this many distinct images (a stack's planes are one image), whole images
+#: are held back for validation, ``val_fraction`` of them (at least one): one of 4 is a
+#: quarter of the data, about what a strip takes, and an unseen image validates better than
+#: a strip of a seen one. With fewer, whole images would take a third to a half of what the
+#: user painted (two images: one trains, one validates), so a strip of each image is held
+#: back instead (:func:`_split_strips`).
+VAL_WHOLE_IMAGES = 4
+#: Smallest share of an image's longer side held back as a validation strip (more when
+#: ``val_fraction`` is larger, at most :data:`VAL_STRIP_MAX_SHARE`).
+VAL_STRIP_SHARE = 0.2
+#: Largest share of an image's longer side held back as a strip: at least half trains.
+VAL_STRIP_MAX_SHARE = 0.5
+#: Fewest pixels across a validation strip: a narrower one holds too few whole objects
+#: to score. A strip is widened to this when that keeps it within
+#: :data:`VAL_STRIP_RAISED_SHARE` of the side (a 256-pixel image gives 64 rows).
+VAL_STRIP_MIN = 64
+VAL_STRIP_RAISED_SHARE = 0.25
+
+
+def _image_name(s: Sample) -> str:
+    """Return the name of the image a sample comes from (shared by a stack's planes)."""
+    return s.name.split(" (")[0]
+
+
+def _strip_width(length: int, share: float, min_size: int) -> int:
+    """Pixels held back at the end of a side of `length` pixels (0: none).
+
+    The strip is ``share`` of the side, widened to :data:`VAL_STRIP_MIN` when that
+    stays within :data:`VAL_STRIP_RAISED_SHARE` (or `share`) of it; the rest, which
+    trains, keeps at least ``max(min_size, VAL_STRIP_MIN)`` pixels.
+    """
+    n = max(int(round(share * length)), VAL_STRIP_MIN)
+    if n > max(share, VAL_STRIP_RAISED_SHARE) * length:
+        return 0
+    if length - n < max(int(min_size), VAL_STRIP_MIN):
+        return 0
+    return n
+
+
+def _split_strips(
+    samples: list[Sample], fraction: float, seed: int, min_size: int
+) -> tuple[list[Sample], list[Sample], str]:
+    """Hold back a strip at the end of each sample's longer side for validation.
+
+    A sample gives a strip (bottom rows when it is at least as tall as wide, else right
+    columns; :func:`_strip_width` pixels) when both the strip and the rest hold an
+    annotated object; it then trains on the rest only, so no pixel is both trained on and
+    validated. The other samples train whole. The planes of a stack all have the same
+    shape, so the same region of each is held back.
+    """
+    from napari_unet.core.data import crop_sample
+
+    share = min(max(float(fraction), VAL_STRIP_SHARE), VAL_STRIP_MAX_SHARE)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    sides: set[str] = set()
+    percents: set[int] = set()
+    too_small = 0
+    for s in samples:
+        h, w = s.shape
+        tall = h >= w
+        length = h if tall else w
+        n = _strip_width(length, share, min_size)
+        if not n:
+            too_small += 1
+            train.append(s)
+            continue
+        cut = length - n
+        t = s.targets
+        rest, strip = (np.s_[:cut, :], np.s_[cut:, :]) if tall else (np.s_[:, :cut], np.s_[:, cut:])
+        if not all(t.valid[p].any() and t.foreground[p].any() for p in (rest, strip)):
+            train.append(s)  # the strip (or the rest) holds no annotated object
+            continue
+        train.append(crop_sample(s, *rest, seed=seed))
+        val.append(crop_sample(s, *strip, seed=seed))
+        sides.add("bottom" if tall else "right")
+        percents.add(int(round(100 * n / length)))
+    n_all = len(samples)
+    if not val:
+        if too_small == n_all:
+            need = next(
+                (L for L in range(2 * VAL_STRIP_MIN, 1 << 20) if _strip_width(L, share, min_size)),
+                None,
+            )
+            why = f"too small for a strip, which needs at least {need} px along the longer side"
+        elif too_small:
+            why = "each too small for a strip or without an annotated object in one"
+        else:
+            why = "none with an annotated object both in a strip at its end and in the rest"
+        plural = "s" if n_all != 1 else ""
+        return (
+            train,
+            [],
+            f"nothing held back: every annotated pixel trains ({n_all} image{plural}, fewer than "
+            f"{VAL_WHOLE_IMAGES} to hold whole ones back, {why})",
+        )
+    side = sides.pop() if len(sides) == 1 else "bottom or right"
+    pct = f"{min(percents)}%" if len(percents) == 1 else f"{min(percents)}-{max(percents)}%"
+    note = ""
+    if len(val) == n_all:
+        which = "of the image" if n_all == 1 else f"of each of {n_all} images"
+    else:
+        others = n_all - len(val)
+        which = f"of {len(val)} of {n_all} images"
+        note = (
+            " (the "
+            + ("other trains" if others == 1 else f"{others} others train")
+            + " whole: too small, or no annotated object in the strip or the rest)"
+        )
+    return train, val, f"held back the {side} {pct} {which} for validation{note}"
+
+
+def _split_validation(
+    samples: list[Sample], fraction: float, seed: int, min_size: int = 0
+) -> tuple[list[Sample], list[Sample], str]:
+    """Split the samples into training and validation ones; say what was held back.
+
+    With at least :data:`VAL_WHOLE_IMAGES` distinct images (the planes of a stack count
+    as one image, and are held back together), whole images are held back, ``fraction``
+    of them (at least one, never all). With fewer (a single stack too: its neighbouring
+    planes look alike, so holding back whole planes would validate on what is trained
+    on), a strip of each image is held back instead (:func:`_split_strips`; `min_size`,
+    the training patch size, is the least that the training part keeps), or nothing
+    when no image can spare one.
+
+    Returns
+    -------
+    train, val : list of Sample
+    text : str
+        What was held back, in words (shown when training starts, stored with the model).
+    """
+    if fraction <= 0:
+        return samples, [], "nothing held back (validation share 0): every annotated pixel trains"
+    names = sorted({_image_name(s) for s in samples})
     rng = np.random.default_rng(seed)
-    if len(names) >= 2:
+    if len(names) >= VAL_WHOLE_IMAGES:
         n_val = max(1, int(round(fraction * len(names))))
         n_val = min(n_val, len(names) - 1)
         val_names = set(rng.choice(names, n_val, replace=False).tolist())
-        train = [s for s in samples if s.name.split(" (")[0] not in val_names]
-        val = [s for s in samples if s.name.split(" (")[0] in val_names]
-        return train, val
-    n_val = min(max(1, int(round(fraction * len(samples)))), len(samples) - 1)
-    order = rng.permutation(len(samples))
-    val_idx = set(order[:n_val].tolist())
-    return (
-        [s for i, s in enumerate(samples) if i not in val_idx],
-        [s for i, s in enumerate(samples) if i in val_idx],
-    )
+        train = [s for s in samples if _image_name(s) not in val_names]
+        val = [s for s in samples if _image_name(s) in val_names]
+        return train, val, f"held back {n_val} of {len(names)} images for validation"
+    return _split_strips(samples, fraction, seed, min_size)
 
 
 def _drain(gen: Generator):
@@ -422,6 +554,20 @@ def _first_pixels(samples: Sequence[Sample], max_images: int, max_pixels: int) -
 
 #: Share of a time budget that the end-of-training fit may take at most.
 TUNE_SHARE = 0.12
+
+
+class _Anchor:
+    """L2-SP: the mean squared distance of the weights from their starting values."""
+
+    def __init__(self, model, weight: float) -> None:
+        self.weight = float(weight)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.start = [p.detach().clone() for p in self.params]
+        self.n = max(1, sum(p.numel() for p in self.params))
+
+    def penalty(self):
+        total = sum(((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.start, strict=True))
+        return self.weight * total / self.n
 
 
 class _Ema:
@@ -727,7 +873,9 @@ def iter_train(
         n_outputs = 2 if config.targets == "instance" else 1
     if init is not None:
         n_outputs = init.spec.out_channels
-    train_s, val_s = _split_validation(samples, config.val_fraction, config.seed)
+    train_s, val_s, val_text = _split_validation(
+        samples, config.val_fraction, config.seed, min_size=config.patch_size
+    )
     # the settings are fitted (and the final weights chosen) on all held-back images, up to
     # TUNE_MAX_PIXELS and TUNE_SHARE of a time budget; each validation scores a cheaper subset
     n_held_back = len(val_s)
@@ -742,8 +890,9 @@ def iter_train(
     torch.manual_seed(config.seed)
     if init is not None:
         bundle = ModelBundle(copy.deepcopy(init.model), copy.deepcopy(init.meta))
-        # settings fitted to the starting weights no longer describe the model being trained
-        bundle.meta.pop("postprocess", None)
+        # settings fitted to the starting weights no longer describe the model being trained;
+        # they are put back at the end when none could be fitted (the best guess there is)
+        start_postprocess = bundle.meta.pop("postprocess", None)
         history_prev = list(bundle.meta.get("history", []))
     else:
         spec = UNetSpec(
@@ -756,6 +905,7 @@ def iter_train(
         )
         bundle = new_bundle(spec, {})
         history_prev = []
+        start_postprocess = None
     outputs = ["foreground", "boundary"][:n_outputs]
     bundle.meta.update(
         outputs=outputs,
@@ -763,6 +913,7 @@ def iter_train(
         train_config=config.to_dict(),
         n_train_images=len(train_s),
         n_val_images=n_held_back,  # validation scores len(val_s) of them
+        validation=val_text,
     )
     model = bundle.model.to(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
@@ -775,6 +926,7 @@ def iter_train(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     ema = _Ema(model, config.ema) if config.ema > 0 else None
+    anchor = _Anchor(model, config.anchor) if config.anchor > 0 and init is not None else None
     loss_fn = _loss_fn("bce" if config.loss == "weighted_bce" else config.loss)
     sampler = PatchSampler(
         train_s if distributed is None else distributed.share(train_s),
@@ -908,10 +1060,13 @@ def iter_train(
         START,
         device=dev_text,
         message=(
-            f"training on {len(train_s)} image(s), validating on {len(val_s)}"
-            + (f" of {n_held_back} held back" if n_held_back > len(val_s) else "")
-            + ", "
-            f"{steps_per_epoch} steps per epoch, {dev_text}"
+            f"training on {len(train_s)} image(s); {val_text}"
+            + (
+                f" (each validation scores {len(val_s)} of the {n_held_back})"
+                if n_held_back > len(val_s)
+                else ""
+            )
+            + f"; {steps_per_epoch} steps per epoch, {dev_text}"
         ),
     )
     try:
@@ -942,6 +1097,8 @@ def iter_train(
                 with torch.autocast(device.type, enabled=amp):
                     logits = net(xt)
                 loss = loss_fn(logits.float(), yt, wt)
+                if anchor is not None:
+                    loss = loss + anchor.penalty()
                 lv = float(loss.detach())
                 if sampler.by_loss > 0:  # harder images are drawn more often
                     with torch.no_grad():
@@ -1045,6 +1202,7 @@ def iter_train(
         model.eval()
         model.to(memory_format=torch.contiguous_format)
     tuned_text = ""
+    fit_stopped = False
     if tune and best_state is not None and stopped not in ("user", "diverged"):
         tv = time.perf_counter()
         # the final weights (safe_state, copied at the last validation) against the best
@@ -1075,7 +1233,7 @@ def iter_train(
             )
         except _Stopped:
             tuned = None
-            tuned_text = "; stopped before the prediction settings were fitted"
+            fit_stopped = True
         if tuned is not None:
             tuned["seconds"] = round(time.perf_counter() - tv, 1)
             bundle.meta["postprocess"] = tuned
@@ -1090,6 +1248,10 @@ def iter_train(
                 f"threshold {tuned['threshold']:g}, split depth {tuned['h']:g} px "
                 f"(F1 {tuned['f1']:.3f}, DSB score {tuned['dsb_score']:.3f})"
             )
+    if "postprocess" not in bundle.meta:
+        tuned_text += _unfitted_text(start_postprocess, tune, "user" if fit_stopped else stopped)
+        if isinstance(start_postprocess, dict):
+            bundle.meta["postprocess"] = {**start_postprocess, "source": "starting model"}
     bundle.meta["history"] = history_prev + history
     bundle.meta["device"] = dev_text
     bundle.meta["steps"] = int(bundle.meta.get("steps", 0)) + step
@@ -1107,8 +1269,8 @@ def iter_train(
         elapsed,
         1.0,
         dev_text,
-        f"stopped ({stopped}) after {step} steps in {elapsed:.0f} s; best score "
-        + (f"{best_score:.3f}" if best_score is not None else "n/a")
+        f"stopped ({stopped}) after {step} steps in {elapsed:.0f} s; "
+        + _best_text(history, best_score)
         + tuned_text,
     )
     return TrainResult(
@@ -1121,6 +1283,30 @@ def iter_train(
         steps=step,
         notes=notes,
         save_error=save_error,
+    )
+
+
+def _unfitted_text(start_postprocess: dict | None, tune: bool, stopped: str) -> str:
+    """Say which prediction settings a model that was not fitted at the end will use."""
+    from napari_unet.core.predict import PredictConfig
+    from napari_unet.core.tune import tuned_settings
+
+    if stopped == "user" and tune:
+        why = "stopped before the prediction settings were fitted"
+    elif stopped == "diverged":
+        why = "training diverged"
+    else:
+        why = "no fully annotated held-back image to fit the prediction settings on"
+    if isinstance(start_postprocess, dict) and tuned_settings({"postprocess": start_postprocess}):
+        kept = tuned_settings({"postprocess": start_postprocess})
+        return (
+            f"; {why}: the starting model's settings are kept (threshold "
+            f"{kept.get('threshold', PredictConfig.threshold):g}, split depth "
+            f"{kept.get('h', PredictConfig.h):g} px)"
+        )
+    return (
+        f"; {why}: prediction uses the default threshold {PredictConfig.threshold:g} and "
+        f"split depth {PredictConfig.h:g} px"
     )
 
 
@@ -1150,6 +1336,25 @@ def _shrink_sampler(sampler: PatchSampler, device_text: str) -> str:
         f"{device_text} ran out of memory: continuing with batch size {sampler.batch_size} "
         f"and patch size {sampler.patch}"
     )
+
+
+def score_name(entry: dict) -> str:
+    """Name what a validation entry's ``score`` is, in the words the widgets and CLI use."""
+    if "f1" in entry:
+        return "F1 on held-back images"
+    if "dice" in entry:
+        return "Dice on held-back images"
+    return "training loss"
+
+
+def _best_text(history: Sequence[dict], best_score: float | None) -> str:
+    """Give the run's one score: the best F1 (or Dice) on held-back images, or the last loss."""
+    if best_score is None or not history:
+        return "no score (no step finished)"
+    name = score_name(history[-1])
+    if name == "training loss":  # the score is minus the loss; no images were held back
+        return f"nothing held back to score; last {name} {-history[-1]['score']:.3f}"
+    return f"best {name} {best_score:.3f}"
 
 
 def _describe(entry: dict) -> str:
