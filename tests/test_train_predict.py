@@ -187,10 +187,13 @@ def test_fine_tuning_extends_history(trained, data):
     # the original model is untouched
     assert len(trained.bundle.meta["history"]) == len(trained.history)
     assert "postprocess" in trained.bundle.meta
-    # settings fitted to the old weights are not carried over to new ones
+    # settings fitted to the old weights are refitted when possible; when not, the
+    # starting model's are kept (better than the defaults), marked as such
     cfg = TrainConfig(epochs=1, tune_postprocessing=False, **TINY)
     r2 = train(data[0][:2], data[1][:2], cfg, init=trained.bundle)
-    assert "postprocess" not in r2.bundle.meta
+    kept = r2.bundle.meta["postprocess"]
+    assert kept["source"] == "starting model"
+    assert kept["threshold"] == trained.bundle.meta["postprocess"]["threshold"]
 
 
 def test_binary_masks_train_a_semantic_model(data):

@@ -151,16 +151,30 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
     corrected = np.array(labels_layer.data, copy=True)
     assert not session.is_replaceable(labels_layer)  # painted: now the user's
     assert predict.corrected.currentText() == "fluo_dense_labels"  # offered after predicting
-    predict.retrain_seconds.setValue(5)
+    predicted = session.baseline(labels_layer)
+    painted = corrected != predicted
+    assert painted.any()
+    predict.retrain_steps.setValue(10)
     click(qtbot, predict.retrain_button)
     assert not train.start_button.isEnabled()  # the session is busy
     wait_idle(qtbot, predict)
     assert not error_messages()
     assert set(session.training_set) == {"fluo_dense", "fluo_small"}
-    np.testing.assert_array_equal(session.training_set["fluo_dense"].labels, corrected)
-    assert session.model_info.source.startswith("Fine-tuned")
-    assert session.model_info.checkpoint.is_file()
-    assert viewer.layers["fluo_dense_labels"] is labels_layer  # predicted again, in place
+    pair = session.training_set["fluo_dense"]
+    assert pair.sparse  # what was painted counts; objects are >= 2, background 1
+    assert (pair.labels[painted & (corrected > 0)] >= 2).all()
+    assert (pair.labels[painted & (corrected == 0)] == 1).all()
+    status = predict.status.text()
+    assert "F1 on your corrections" in status, status
+    if "previous model is kept" not in status:
+        assert session.model_info.source.startswith("Fine-tuned")
+        assert session.model_info.checkpoint.is_file()
+    # the corrected layer is the user's: kept as painted (hidden), the new prediction beside it
+    assert viewer.layers["fluo_dense_labels"] is labels_layer
+    np.testing.assert_array_equal(labels_layer.data, corrected)
+    assert not labels_layer.visible
+    labels_layer = viewer.layers["fluo_dense_labels_round_2"]
+    assert predict.corrected.currentText() == "fluo_dense_labels_round_2"
     assert train.start_button.isEnabled()
 
     # --- the prediction carries its measurements (napari shows them under the cursor)
@@ -172,7 +186,11 @@ def test_whole_loop_train_predict_split_correct_retrain_export(viewer, qtbot, tm
 
     # --- Export: napari-unet's layers are ticked, the ground truth is not
     all_labels = [layer.name for layer in viewer.layers if layer.__class__.__name__ == "Labels"]
-    assert set(predict.export_choices()) == {"fluo_dense_labels", split_layer.name}
+    assert set(predict.export_choices()) == {
+        "fluo_dense_labels",
+        "fluo_dense_labels_round_2",
+        split_layer.name,
+    }
     predict.set_export_choices(all_labels)
     predict.export_rois.setChecked(True)
     predict.export_folder.value = str(tmp_path / "export")

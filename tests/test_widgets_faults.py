@@ -16,6 +16,7 @@ import torch
 from qtpy.QtCore import Qt
 
 from napari_unet import PLUGIN_NAME
+from napari_unet._widgets._predict import COUNT_ALL
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.model import UNet
@@ -137,20 +138,21 @@ def test_layers_deleted_while_predicting_and_retraining(viewer, qtbot, tmp_path)
     assert any("was removed while it was predicted" in m for m in messages("INFO"))
     assert tuple(viewer.layers["fluo_dense_labels"].scale) == scale
 
-    # the corrected layer is deleted while retraining: the result goes to a new layer
+    # the corrected layer is deleted while retraining: the corrections are already kept
     viewer.add_image(source.data, name="fluo_dense")
     corrected = viewer.layers["fluo_dense_labels"]
     truth = viewer.layers["fluo_dense_ground_truth"].data
     corrected.data = np.array(truth, copy=True)
     predict.image.setCurrentText("fluo_dense")
     predict.corrected.setCurrentText("fluo_dense_labels")
-    predict.retrain_seconds.setValue(2)
+    predict.counts.setCurrentText(COUNT_ALL)
+    predict.retrain_steps.setValue(10)
     click(qtbot, predict.retrain_button)
     viewer.layers.remove(corrected)
     wait_idle(qtbot, predict)
     assert not error_messages()
-    assert viewer.layers["fluo_dense_labels"] is not corrected
-    np.testing.assert_array_equal(predict.session.training_set["fluo_dense"].labels, truth)
+    assert "fluo_dense_labels_round_2" in viewer.layers
+    np.testing.assert_array_equal(predict.session.training_set["fluo_dense"].labels, truth + 1)
 
 
 def test_two_trainings_at_once_are_impossible(viewer, qtbot, tmp_path):

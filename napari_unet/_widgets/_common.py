@@ -283,3 +283,31 @@ class JobGuard:
             self._widget.destroyed.disconnect(self.cancel)
         except (RuntimeError, TypeError):  # already gone
             pass
+
+
+def is_alive(widget: QObject) -> bool:
+    """Return False once Qt has deleted `widget` (its viewer was closed)."""
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def relay(widget: QObject, handler: Any, otherwise: Any = None) -> Any:
+    """Return a callback for a worker's signal that calls `handler` while `widget` lives.
+
+    Qt holds a bound method connected to a signal weakly: a panel closed while its job
+    runs (napari takes it out of the window) would be collected, its result dropped and
+    the session left busy. This callback holds `handler` strongly, so the panel lives
+    until its job has ended and handles its result; once Qt has deleted the widget
+    (the viewer was closed), `otherwise` (if given) runs instead.
+    """
+
+    def call(*args: Any) -> None:
+        if is_alive(widget):
+            handler(*args)
+        elif otherwise is not None:
+            otherwise(*args)
+
+    return call

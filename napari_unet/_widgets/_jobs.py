@@ -171,9 +171,9 @@ def measure_result(
 
 @dataclass
 class Retrained:
-    """What :func:`retrain_job` returns: the fine-tuned model and the new prediction."""
+    """What :func:`retrain_job` returns: the fine-tune's result and the new prediction."""
 
-    train: Any  # core.train.TrainResult
+    tuned: Any  # core.finetune.FinetuneResult
     predicted: Predicted
 
 
@@ -323,31 +323,75 @@ def predict_job(
 @reraise_runtime_errors
 def retrain_job(
     images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    train_config: dict[str, Any],
+    annotations: Sequence[np.ndarray],
+    finetune_config: dict[str, Any],
     bundle: Any,
     image: Any,
     *,
     names: Sequence[str],
+    scored: Sequence[int],
     rgb: bool,
     predict_config: dict[str, Any],
     stop: threading.Event | None = None,
     measure: dict[str, Any] | None = None,
+    in_child: bool = True,
 ) -> Generator[Any, None, Retrained]:
     """Fine-tune `bundle` on the training set, then predict `image` again.
 
-    Yields TrainProgress, then PredictProgress. Stopping during training keeps the best
-    model so far and skips the prediction (``predicted.result`` is None).
+    The fine-tune (:func:`napari_unet.core.finetune.iter_finetune`: training, then the
+    old and the new model compared on the corrections) runs in a child process like
+    training. Yields TrainProgress, then PredictProgress. Stopping during training keeps
+    the fine-tuned weights so far and skips the prediction (``predicted.result`` is
+    None).
     """
-    trained = yield from train_job(
-        images, labels, train_config, names=names, init=bundle, stop=stop
-    )
-    if stop is not None and stop.is_set():
-        return Retrained(trained, Predicted(trained.bundle, None))
+    kwargs = {"names": names, "init": bundle, "scored": scored}
+    if in_child:
+        from napari_unet._widgets._process import run_in_child
+
+        tuned = yield from run_in_child(
+            f"{__name__}:finetune_generator",
+            images,
+            annotations,
+            finetune_config,
+            stop=stop,
+            **kwargs,
+        )
+    else:
+        tuned = yield from finetune_generator(
+            images, annotations, finetune_config, stop=stop, **kwargs
+        )
+    if tuned.stopped or (stop is not None and stop.is_set()):
+        return Retrained(tuned, Predicted(tuned.bundle, None))
     predicted = yield from predict_job(
-        trained.bundle, image, rgb=rgb, config=predict_config, stop=stop, measure=measure
+        tuned.bundle, image, rgb=rgb, config=predict_config, stop=stop, measure=measure
     )
-    return Retrained(trained, predicted)
+    return Retrained(tuned, predicted)
+
+
+def finetune_generator(
+    images: Sequence[np.ndarray],
+    annotations: Sequence[np.ndarray],
+    config: dict[str, Any],
+    *,
+    names: Sequence[str],
+    init: Any,
+    scored: Sequence[int],
+    stop: Any = None,
+) -> Generator[Any, None, Any]:
+    """Run :func:`napari_unet.core.finetune.iter_finetune`; what retrains in the child."""
+    from napari_unet.core.finetune import FinetuneConfig, iter_finetune
+
+    return (
+        yield from iter_finetune(
+            images,
+            annotations,
+            init,
+            FinetuneConfig(**config),
+            names=names,
+            scored=scored,
+            stop=stop,
+        )
+    )
 
 
 @reraise_runtime_errors

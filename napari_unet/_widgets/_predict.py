@@ -7,10 +7,12 @@ Three parts, each a thin adapter over the core:
   that napari-unet made and nobody has painted on since is updated in place; a layer the
   user painted is never replaced unless "Replace layers I painted" is ticked (a new
   layer is added instead).
-* **Correct & retrain**: the corrected labels join the session's training set, the
-  current model is fine-tuned on the whole set for a short time
-  (:func:`napari_unet.core.train.iter_train` with ``init``), and the image is predicted
-  again.
+* **Correct & retrain**: what the user painted or erased in a Labels layer (or every
+  object in it) becomes the image's annotation in the session's training set, merged
+  with the earlier rounds' (:mod:`napari_unet.core.corrections`); the current model is
+  fine-tuned on the whole set (:func:`napari_unet.core.finetune.iter_finetune`: a few
+  hundred steps at most, then the old and new model compared on the corrections), and
+  the image is predicted again into a new layer: the corrected layer stays as it is.
 * **Export** writes the Labels layers the user ticks to a folder: label TIFFs
   (:mod:`napari_unet._writer`), ImageJ ROI sets for Fiji and one measurements CSV.
 
@@ -51,10 +53,12 @@ from napari_unet._widgets._common import (
     JobGuard,
     file_edit,
     help_label,
+    is_alive,
     layer_array,
     layer_geometry,
     notify_error,
     path_value,
+    relay,
     report_worker_error,
     scrollable_layout,
     set_features,
@@ -72,9 +76,10 @@ from napari_unet._widgets._jobs import (
     predict_job,
     retrain_job,
 )
-from napari_unet._widgets._session import Session, TrainingPair, session_for
+from napari_unet._widgets._session import Session, session_for
 from napari_unet._widgets._train import DEFAULT_MODEL_DIR
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.finetune import FinetuneConfig
 from napari_unet.core.predict import SPLIT_METHODS, PredictConfig
 
 if TYPE_CHECKING:
@@ -83,12 +88,15 @@ if TYPE_CHECKING:
 MODEL_SESSION, MODEL_FILE = "The session's model", "A model file"
 
 RETRAIN_HELP = (
-    "1. Predict an image.  2. Fix its labels layer with napari's brush, eraser and fill "
-    "(every pixel counts: 0 = background).  3. Press Retrain: the corrected labels join "
-    "the training set (earlier corrections are kept, so the model does not forget them), "
-    "the model is fine-tuned for the time below and the image is predicted again into "
-    "the same layer. Repeat on this or other images."
+    "1. Predict an image.  2. Fix a few objects in its labels layer with napari's brush, "
+    "eraser and fill.  3. Press Retrain: what you painted or erased joins the training set "
+    "(with your earlier corrections, of this and other images), the model is fine-tuned "
+    "and the image is predicted again into a new layer; your corrected layer is kept. "
+    "Correct the new prediction and retrain again."
 )
+#: What of the corrected layer counts as annotation.
+COUNT_EDITS = "Only what I painted or erased"
+COUNT_ALL = "Every object in the layer (all checked)"
 
 
 def _settings_text(settings: dict[str, Any]) -> str:
@@ -128,7 +136,7 @@ class PredictWidget(QWidget):
         self._stop: threading.Event | None = None
         self._job: dict[str, Any] | None = None
         self._guard: JobGuard | None = None
-        self._retrain_count = 0
+        self._round: dict[str, int] = {}
         self._export_worker: Any = None
         self._build()
         self._connect()
@@ -273,18 +281,51 @@ class PredictWidget(QWidget):
         self.corrected = QComboBox()
         self.corrected.setToolTip("The Labels layer you corrected (painted on the image above).")
         retrain_form.addRow("Corrected labels", self.corrected)
-        self.retrain_seconds = _spin(
-            5, 3600, 30, step=5, tip="How long to fine-tune (seconds) before predicting again."
+        self.counts = QComboBox()
+        self.counts.addItems([COUNT_EDITS, COUNT_ALL])
+        self.counts.setToolTip(
+            f"'{COUNT_EDITS}': the objects you painted, split, merged or erased (and a thin "
+            "ring of background around them) are learned; the rest of the image is 'not "
+            f"annotated', so a few fixes in a crowded image are enough. '{COUNT_ALL}': "
+            "every pixel of the layer counts (0 = background): pick it when you checked "
+            "the whole image, or painted it all yourself."
         )
-        retrain_form.addRow("Fine-tune time (s)", self.retrain_seconds)
+        retrain_form.addRow("What counts", self.counts)
+        self.retrain_steps = _spin(
+            10,
+            100_000,
+            FinetuneConfig.steps,
+            step=10,
+            tip="Training steps of one retrain (batches of patches).",
+        )
+        retrain_form.addRow("Fine-tune steps", self.retrain_steps)
+        self.retrain_seconds = _spin(
+            5,
+            3600,
+            int(FinetuneConfig.max_seconds),
+            step=5,
+            tip="At most this long (seconds) for the steps; fewer are run when it is reached.",
+        )
+        retrain_form.addRow("Time limit (s)", self.retrain_seconds)
         retrain_layout.addLayout(retrain_form)
         retrain_buttons = QHBoxLayout()
         self.retrain_button = QPushButton("Retrain on corrections")
-        self.clear_button = QPushButton("Forget training set")
+        self.clear_button = QPushButton("Forget")
         self.clear_button.setToolTip("Start collecting corrections from scratch.")
         retrain_buttons.addWidget(self.retrain_button)
         retrain_buttons.addWidget(self.clear_button)
         retrain_layout.addLayout(retrain_buttons)
+        set_buttons = QHBoxLayout()
+        self.save_set_button = QPushButton("Save training set...")
+        self.save_set_button.setToolTip(
+            "Write every image of the training set with its annotation (TIFFs and a "
+            "training_set.json) to a folder, to go on another day."
+        )
+        self.load_set_button = QPushButton("Load training set...")
+        self.load_set_button.setToolTip("Add a training set saved earlier to this session's.")
+        set_buttons.addWidget(self.save_set_button)
+        set_buttons.addWidget(self.load_set_button)
+        retrain_layout.addLayout(set_buttons)
         self.training_set_label = help_label("")
         retrain_layout.addWidget(self.training_set_label)
         layout.addWidget(retrain_box)
@@ -335,6 +376,8 @@ class PredictWidget(QWidget):
         self.stop_button.clicked.connect(self._on_stop_clicked)
         self.retrain_button.clicked.connect(self._on_retrain_clicked)
         self.clear_button.clicked.connect(self._on_clear_clicked)
+        self.save_set_button.clicked.connect(self._on_save_set_clicked)
+        self.load_set_button.clicked.connect(self._on_load_set_clicked)
         self.export_button.clicked.connect(self._on_export_clicked)
         self.model_choice.currentTextChanged.connect(self._on_model_choice_changed)
         self.image.currentTextChanged.connect(self._on_image_changed)
@@ -443,11 +486,17 @@ class PredictWidget(QWidget):
         self.stop()
 
     def stop(self) -> None:
-        """Ask the running prediction or retraining to end."""
+        """Ask the running prediction or retraining to end.
+
+        With no job of its own, it stops the session's (a retrain or training started
+        from a panel that was closed since).
+        """
         if self._stop is not None:
             self._stop.set()
-            self.status.setText("Stopping...")
-            self.stop_button.setEnabled(False)
+        elif not self.session.request_stop():
+            return
+        self.status.setText("Stopping...")
+        self.stop_button.setEnabled(False)
 
     # ---- retrain -----------------------------------------------------------------------
     def _on_retrain_clicked(self) -> None:
@@ -457,7 +506,10 @@ class PredictWidget(QWidget):
             notify_error(error)
 
     def retrain(self) -> None:
-        """Add the corrected labels to the training set, fine-tune, and predict again.
+        """Add the corrections to the training set, fine-tune, and predict again.
+
+        The corrections (see :meth:`correction`) join the session's training set at once:
+        they are kept even if the fine-tune fails or is stopped.
 
         Raises
         ------
@@ -472,32 +524,22 @@ class PredictWidget(QWidget):
                 "first (it then becomes the session's model)."
             )
         layer = self._image_layer()
-        name = self.corrected.currentText()
-        if not name or name not in self.viewer.layers:
-            raise NapariUnetError("Pick the Labels layer you corrected.")
-        corrected = self.viewer.layers[name]
-        if not isinstance(corrected, Labels):
-            raise NapariUnetError(f"Layer '{name}' is not a Labels layer.")
         image = layer_array(layer)
-        labels = layer_array(corrected)
-        if not np.any(labels):
-            raise NapariUnetError(
-                f"Labels layer '{name}' is empty: paint the nuclei (or fix the prediction) first."
-            )
-        names, images, all_labels, sparse = self.session.training_data(
-            TrainingPair(layer.name, image, labels)
-        )
+        annotation = self.correction(layer, image.shape)
+        self.session.add_training_pair(layer.name, image, annotation, sparse=True)
+        names, images, annotations, _sparse = self.session.training_data()
+        annotations = [np.asarray(a) for a in annotations]
         config = self.finetune_config()
-        config["sparse"] = sparse
         self._stop = threading.Event()
         worker = create_worker(
             retrain_job,
             images,
-            all_labels,
+            annotations,
             config,
             self.session.bundle,
             layer_array(layer, in_memory=False),
             names=names,
+            scored=self._scored(names),
             rgb=bool(layer.rgb),
             predict_config=self.predict_config(),
             stop=self._stop,
@@ -505,24 +547,77 @@ class PredictWidget(QWidget):
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
-        job = {
-            "kind": "retrain",
-            "layer": layer,
-            "corrected": corrected,
-            "pair": (layer.name, image, labels),
-        }
-        self.session.begin("retraining")
+        job = {"kind": "retrain", "layer": layer, "corrected": self.corrected.currentText()}
+        self.session.begin("retraining", self._stop)
         self._start(worker, job, f"Fine-tuning on {len(images)} image(s)...")
 
-    def finetune_config(self) -> dict[str, Any]:
-        """TrainConfig dict for fine-tuning: the model's own settings, a short budget.
+    def correction(self, layer: Image, image_shape: tuple[int, ...]) -> np.ndarray:
+        """Return the picked layer's annotation (sparse convention), merged with earlier ones.
 
-        No validation split (every corrected image is needed for training) and no early
-        stopping; the model is saved next to the session's checkpoint.
+        With "What counts" = only my edits, the objects the user painted, split, merged
+        or erased since napari-unet last predicted into the layer count (see
+        :func:`napari_unet.core.corrections.annotation_from_edits`); otherwise every
+        pixel of the layer. The result replaces the image's annotation in the training
+        set where they overlap (later strokes win) and keeps it elsewhere.
+
+        Raises
+        ------
+        NapariUnetError
+            No Labels layer picked, one of another shape, or nothing painted.
         """
-        assert self.session.bundle is not None
-        config = dict(self.session.bundle.meta.get("train_config") or {})
-        self._retrain_count += 1
+        from napari_unet.core.corrections import (
+            annotation_from_edits,
+            merge_annotations,
+            to_sparse,
+            whole_layer_annotation,
+        )
+
+        name = self.corrected.currentText()
+        if not name or name not in self.viewer.layers:
+            raise NapariUnetError("Pick the Labels layer you corrected.")
+        corrected = self.viewer.layers[name]
+        if not isinstance(corrected, Labels):
+            raise NapariUnetError(f"Layer '{name}' is not a Labels layer.")
+        labels = layer_array(corrected)
+        spatial = tuple(image_shape[:-1]) if layer.rgb else tuple(image_shape)
+        if labels.shape not in (spatial, tuple(image_shape)):
+            raise NapariUnetError(
+                f"Labels layer '{name}' has shape {labels.shape} but image '{layer.name}' has "
+                f"{tuple(image_shape)}: pick the labels painted on this image."
+            )
+        if self.counts.currentText() == COUNT_ALL:
+            if not np.any(labels):
+                raise NapariUnetError(
+                    f"Labels layer '{name}' is empty: paint the nuclei (or fix the prediction) "
+                    "first."
+                )
+            annotation = whole_layer_annotation(labels)
+        else:
+            baseline = self.session.baseline(corrected)
+            if baseline is not None and baseline.shape != labels.shape:
+                baseline = None
+            annotation = annotation_from_edits(labels, baseline)
+            if not np.any(annotation):
+                raise NapariUnetError(
+                    f"Nothing was painted or erased in '{name}' since it was predicted: fix "
+                    "some nuclei first (brush, eraser, fill), or set 'What counts' to "
+                    f"'{COUNT_ALL}' if the whole layer is right."
+                )
+        earlier = self.session.training_set.get(layer.name)
+        if earlier is not None and earlier.labels.shape == annotation.shape:
+            old = earlier.labels if earlier.sparse else to_sparse(earlier.labels)
+            annotation = merge_annotations(old, annotation)
+        return annotation
+
+    def _scored(self, names: list[str]) -> list[int]:
+        """Return the indices of the pairs that hold the user's corrections (made in Retrain)."""
+        return [i for i, name in enumerate(names) if self.session.training_set[name].sparse]
+
+    def finetune_config(self) -> dict[str, Any]:
+        """:class:`~napari_unet.core.finetune.FinetuneConfig` dict of the widget's values.
+
+        The model is saved next to the session's checkpoint.
+        """
         info = self.session.model_info
         if info is not None and info.checkpoint is not None:
             base = info.checkpoint
@@ -530,18 +625,59 @@ class PredictWidget(QWidget):
             path = base.with_name(f"{stem}-retrained-{time.strftime('%H%M%S')}.pt")
         else:
             path = DEFAULT_MODEL_DIR / f"unet-retrained-{time.strftime('%Y%m%d-%H%M%S')}.pt"
-        config.update(
-            minutes=float(self.retrain_seconds.value()) / 60.0,
-            epochs=None,
-            val_fraction=0.0,
-            patience=None,
-            device=self.device.currentText(),
-            checkpoint_path=str(path.expanduser()),
-        )
-        return config
+        return {
+            "steps": int(self.retrain_steps.value()),
+            "max_seconds": float(self.retrain_seconds.value()),
+            "device": self.device.currentText(),
+            "checkpoint_path": str(path.expanduser()),
+        }
 
     def _on_clear_clicked(self) -> None:
         self.session.clear_training_set()
+
+    def _on_save_set_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Save the training set to a folder")
+        if folder:
+            try:
+                self.save_training_set(folder)
+            except NapariUnetError as error:
+                notify_error(error)
+
+    def save_training_set(self, folder: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """Write the session's training set to `folder` (see core.corrections)."""
+        from napari_unet.core.corrections import save_training_set
+
+        if not self.session.training_set:
+            raise NapariUnetError("The training set is empty: retrain on a correction first.")
+        files = save_training_set(
+            folder, list(self.session.training_set.values()), overwrite=overwrite
+        )
+        self.status.setText(
+            f"Saved {len(self.session.training_set)} image(s) of the training set to {folder}."
+        )
+        return files
+
+    def _on_load_set_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        folder = QFileDialog.getExistingDirectory(self, "Load a saved training set")
+        if folder:
+            try:
+                self.load_training_set(folder)
+            except NapariUnetError as error:
+                notify_error(error)
+
+    def load_training_set(self, folder: str | Path) -> list[str]:
+        """Add a saved training set to the session's (same names are replaced)."""
+        from napari_unet.core.corrections import load_training_set
+
+        pairs = load_training_set(folder)
+        for pair in pairs:
+            self.session.add_training_pair(pair.name, pair.image, pair.labels, sparse=pair.sparse)
+        self.status.setText(f"Loaded {len(pairs)} image(s) into the training set from {folder}.")
+        return [pair.name for pair in pairs]
 
     # ---- export ------------------------------------------------------------------------
     def _on_export_clicked(self) -> None:
@@ -653,10 +789,14 @@ class PredictWidget(QWidget):
 
     # ---- worker plumbing -----------------------------------------------------------------
     def _start(self, worker: Any, job: dict[str, Any], message: str) -> None:
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
+        # a panel closed while its job runs still handles its result (see relay)
+        worker.yielded.connect(relay(self, self._on_progress))
+        worker.returned.connect(relay(self, self._on_returned))
+        worker.errored.connect(relay(self, self._on_errored, report_worker_error))
+        session, retrain = self.session, job.get("kind") == "retrain"
+        worker.finished.connect(
+            relay(self, self._on_finished, lambda: session.end() if retrain else None)
+        )
         self._worker, self._job = worker, job
         self._guard = JobGuard(self, self._stop)
         self.progress.setValue(0)
@@ -674,41 +814,20 @@ class PredictWidget(QWidget):
             self.status.setText(text)
         elif hasattr(progress, "fraction"):  # TrainProgress
             self.progress.setValue(int(1000 * min(max(progress.fraction, 0.0), 1.0)))
-            loss = "" if progress.loss is None else f", loss {progress.loss:.4f}"
-            self.status.setText(
-                f"Fine-tuning on {progress.device or 'device'}: step {progress.step}{loss}, "
-                f"{progress.elapsed:.0f} s"
-            )
+            if progress.kind == "step" and progress.loss is None and progress.message:
+                text = progress.message[0].upper() + progress.message[1:] + "..."
+            else:
+                loss = "" if progress.loss is None else f", loss {progress.loss:.3f}"
+                text = (
+                    f"Fine-tuning on {progress.device or 'device'}: step {progress.step} of "
+                    f"{int(self.retrain_steps.value())}{loss}, {progress.elapsed:.0f} s"
+                )
+            self.status.setText(text)
 
     def _on_returned(self, value: Any) -> None:
         job = self._job or {}
         if isinstance(value, Retrained):
-            trained = value.train
-            name, image, labels = job["pair"]
-            self.session.add_training_pair(name, image, labels, sparse=False)
-            self.session.set_model(
-                trained.bundle,
-                source=(
-                    f"Fine-tuned at {time.strftime('%H:%M')} on "
-                    f"{len(self.session.training_set)} image(s)"
-                ),
-                checkpoint=trained.checkpoint,
-            )
-            predicted = value.predicted
-            target = job["corrected"]
-            if not _is_prediction_of(target, job["layer"].name):
-                target = None
-            if predicted.result is None:
-                self.status.setText("Fine-tuned (stopped); prediction skipped.")
-                return
-            self._add_results(
-                job["layer"], predicted.result, labels_target=target, measured=predicted.measured
-            )
-            self.status.setText(
-                f"Fine-tuned for {getattr(trained, 'steps', '?')} steps on "
-                f"{len(self.session.training_set)} image(s) and predicted again."
-            )
-            _warn_notes(list(trained.notes) + list(predicted.result.notes))
+            self._on_retrained(value, job)
             return
         if isinstance(value, Predicted):
             if value.loaded_from is not None:
@@ -728,6 +847,40 @@ class PredictWidget(QWidget):
                 f"{', '.join(layer.name for layer in layers)}."
             )
             _warn_notes(value.result.notes)
+
+    def _on_retrained(self, value: Retrained, job: dict[str, Any]) -> None:
+        """Set the kept model; put the new prediction next to the corrected layer."""
+        tuned = value.tuned
+        n_images = len(self.session.training_set)
+        if tuned.kept == "new":
+            self.session.set_model(
+                tuned.bundle,
+                source=f"Fine-tuned at {time.strftime('%H:%M')} on {n_images} image(s)",
+                checkpoint=tuned.checkpoint,
+            )
+        text = tuned.summary()
+        notes = list(tuned.notes)
+        predicted = value.predicted
+        if predicted.result is None:
+            self.status.setText(text + " Prediction skipped.")
+            _warn_notes(notes)
+            return
+        source = job["layer"]
+        kept_layer = job.get("corrected")
+        self._round[source.name] = self._round.get(source.name, 1) + 1
+        layers = self._add_results(
+            source,
+            predicted.result,
+            measured=predicted.measured,
+            labels_name=f"{source.name}_labels_round_{self._round[source.name]}",
+        )
+        new = layers[-1]
+        if kept_layer in self.viewer.layers and self.viewer.layers[kept_layer] is not new:
+            self.viewer.layers[kept_layer].visible = False  # kept, hidden under the new one
+            text += f" Your corrections stay in '{kept_layer}' (hidden)."
+        self.corrected.setCurrentText(new.name)  # the layer to correct next
+        self.status.setText(f"{text} New prediction: '{new.name}'.")
+        _warn_notes(notes + list(predicted.result.notes))
 
     def _on_errored(self, error: BaseException) -> None:
         # shown as a napari notification; no layer was changed
@@ -749,25 +902,25 @@ class PredictWidget(QWidget):
         self,
         source: Image,
         result: Any,
-        labels_target: Labels | None = None,
         measured: Any = None,
+        labels_name: str | None = None,
     ) -> list[Layer]:
         """Put a PredictResult into ``<source>_probability`` and ``<source>_labels``.
 
         The labels layer gets the objects' measurements (`measured`, a
         :class:`~._jobs.Measured`) as its ``features``.
 
-        A source image deleted while it was predicted still gets its result layers (with
-        its scale and position), and a corrected layer deleted while retraining is not
-        written to: its result goes to a new layer.
+        `labels_name` names the labels layer instead (a retrain's new prediction). A
+        source image deleted while it was predicted still gets its result layers (with
+        its scale and position). The labels go into an existing layer only when no one
+        has painted on it since napari-unet made it; the session remembers what was put
+        there, to tell the user's edits later.
         """
         if source not in self.viewer.layers:
             show_info(
                 f"'{source.name}' was removed while it was predicted: its results were "
                 "added as new layers."
             )
-        if labels_target is not None and labels_target not in self.viewer.layers:
-            labels_target = None
         spatial = _spatial_transform(source, result.labels.shape)
         probabilities = result.probabilities or {}
         foreground = probabilities.get("foreground")
@@ -790,16 +943,17 @@ class PredictWidget(QWidget):
                     },
                 )
             )
-        if labels_target is not None:
-            labels_target.data = result.labels
-            self.session.track_result(labels_target)
-            out.append(labels_target)
-        else:
-            out.append(
-                self._put_layer(
-                    f"{source.name}_labels", result.labels, "labels", source.name, spatial, {}
-                )
+        out.append(
+            self._put_layer(
+                labels_name or f"{source.name}_labels",
+                result.labels,
+                "labels",
+                source.name,
+                spatial,
+                {},
             )
+        )
+        self.session.record_baseline(out[-1], result.labels)
         if measured is not None:
             set_features(out[-1], measured.features)
             if measured.note:
@@ -860,20 +1014,20 @@ class PredictWidget(QWidget):
         self._update_buttons()
 
     def _on_session_model_changed(self) -> None:
+        if not is_alive(self):  # its viewer was closed
+            return
         self.model_label.setText(self.session.describe_model())
         self._update_buttons()
 
     def _on_session_busy_changed(self, busy: bool) -> None:
+        if not is_alive(self):  # its viewer was closed
+            return
         self._update_buttons()
 
     def _on_training_set_changed(self) -> None:
-        names = list(self.session.training_set)
-        if names:
-            self.training_set_label.setText(
-                f"Training set: {len(names)} image(s): {', '.join(names)}"
-            )
-        else:
-            self.training_set_label.setText("Training set: empty")
+        if not is_alive(self):  # its viewer was closed
+            return
+        self.training_set_label.setText(training_set_text(self.session))
         self._update_buttons()
 
     def _update_buttons(self, *args: Any) -> None:
@@ -881,7 +1035,8 @@ class PredictWidget(QWidget):
         has_image = bool(self.image.currentText())
         has_model = self.session.bundle is not None or self.model_choice.currentText() == MODEL_FILE
         self.predict_button.setEnabled(not running and has_image and has_model)
-        self.stop_button.setEnabled(running and self._stop is not None and not self._stop.is_set())
+        own = running and self._stop is not None and not self._stop.is_set()
+        self.stop_button.setEnabled(own or (not running and self.session.stoppable))
         self.retrain_button.setEnabled(
             not running
             and self.session.busy is None
@@ -890,6 +1045,8 @@ class PredictWidget(QWidget):
             and bool(self.corrected.currentText())
         )
         self.clear_button.setEnabled(not running and bool(self.session.training_set))
+        self.save_set_button.setEnabled(bool(self.session.training_set))
+        self.load_set_button.setEnabled(self.session.busy is None)
         self.export_button.setEnabled(
             self._export_worker is None
             and any(isinstance(layer, Labels) for layer in self.viewer.layers)
@@ -923,9 +1080,19 @@ def _result_kind(layer: Layer) -> str | None:
     return _result_info(layer).get("kind")
 
 
-def _is_prediction_of(layer: Layer, source: str) -> bool:
-    info = _result_info(layer)
-    return info.get("source") == source and info.get("kind") == "prediction"
+def training_set_text(session: Session) -> str:
+    """Describe the training set, one line per image: objects and annotated share."""
+    from napari_unet.core.corrections import annotation_summary, to_sparse
+
+    if not session.training_set:
+        return "Training set: empty"
+    lines = [f"Training set: {len(session.training_set)} image(s)"]
+    for name, pair in session.training_set.items():
+        info = annotation_summary(pair.labels if pair.sparse else to_sparse(pair.labels))
+        share = info["annotated_fraction"]
+        what = "all of it" if info["fully_annotated"] else f"{100 * share:.0f}% of it"
+        lines.append(f"  {name}: {info['objects']} object(s), {what} annotated")
+    return "\n".join(lines)
 
 
 def _spatial_transform(source: Image, shape: tuple[int, ...]) -> dict[str, Any]:

@@ -98,7 +98,9 @@ class Session:
         self.model_info: ModelInfo | None = None
         self.training_set: dict[str, TrainingPair] = {}
         self._busy: str | None = None
+        self._stop: Any = None
         self._untouched: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._baselines: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
 
     # ---- model -----------------------------------------------------------------
     def set_model(
@@ -180,15 +182,33 @@ class Session:
         """What is training right now (a short text), or None."""
         return self._busy
 
-    def begin(self, what: str) -> None:
-        """Mark the session busy; raises RuntimeError if it already is."""
+    def begin(self, what: str, stop: Any = None) -> None:
+        """Mark the session busy; raises RuntimeError if it already is.
+
+        `stop` (a :class:`threading.Event`) is what :meth:`request_stop` sets: the job
+        belongs to the session, so a panel opened later can stop it too.
+        """
         if self._busy is not None:
             raise RuntimeError(f"Already busy: {self._busy}")
         self._busy = what
+        self._stop = stop
         self.busy_changed.emit(True)
+
+    def request_stop(self) -> bool:
+        """Ask the running job to stop; return False if there is none that can be stopped."""
+        if self._busy is None or self._stop is None or self._stop.is_set():
+            return False
+        self._stop.set()
+        return True
+
+    @property
+    def stoppable(self) -> bool:
+        """True while a job runs that :meth:`request_stop` can still stop."""
+        return self._busy is not None and self._stop is not None and not self._stop.is_set()
 
     def end(self) -> None:
         """Mark the session idle again."""
+        self._stop = None
         if self._busy is not None:
             self._busy = None
             self.busy_changed.emit(False)
@@ -216,6 +236,14 @@ class Session:
     def is_replaceable(self, layer: Any) -> bool:
         """Return True if `layer` is a result no one has painted on since it was made."""
         return _unwrap(layer) in self._untouched
+
+    def record_baseline(self, layer: Any, data: np.ndarray) -> None:
+        """Remember what a prediction put into `layer`, to tell the user's edits later."""
+        self._baselines[_unwrap(layer)] = np.array(data, copy=True)
+
+    def baseline(self, layer: Any) -> np.ndarray | None:
+        """Return what napari-unet last put into `layer` (None: the user made or loaded it)."""
+        return self._baselines.get(_unwrap(layer))
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()

@@ -39,9 +39,11 @@ from napari_unet._widgets._common import (
     JobGuard,
     file_edit,
     help_label,
+    is_alive,
     layer_array,
     notify_error,
     path_value,
+    relay,
     report_worker_error,
     scrollable_layout,
 )
@@ -366,13 +368,14 @@ class TrainWidget(QWidget):
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
+        # a panel closed while it trains still hands its model to the session (see relay)
+        worker.yielded.connect(relay(self, self._on_progress))
+        worker.returned.connect(relay(self, self._on_returned))
+        worker.errored.connect(relay(self, self._on_errored, report_worker_error))
+        worker.finished.connect(relay(self, self._on_finished, self.session.end))
         self._worker = worker
         self._guard = JobGuard(self, self._stop)
-        self.session.begin("training")
+        self.session.begin("training", self._stop)
         self.plot.clear()
         self.progress.setValue(0)
         self._started_at = time.monotonic()
@@ -384,11 +387,17 @@ class TrainWidget(QWidget):
         self.stop()
 
     def stop(self) -> None:
-        """Ask the training to end after the current step (keeps the best model)."""
+        """Ask the training to end after the current step (keeps the best model).
+
+        With no job of its own, it stops the session's (a training or retrain started
+        from a panel that was closed since).
+        """
         if self._stop is not None:
             self._stop.set()
-            self.status.setText("Stopping after this step...")
-            self.stop_button.setEnabled(False)
+        elif not self.session.request_stop():
+            return
+        self.status.setText("Stopping after this step...")
+        self.stop_button.setEnabled(False)
 
     def _on_export_clicked(self) -> None:
         folder = QFileDialog.getExistingDirectory(
@@ -608,9 +617,13 @@ class TrainWidget(QWidget):
         self._update_buttons()
 
     def _on_session_busy_changed(self, busy: bool) -> None:
+        if not is_alive(self):  # its viewer was closed
+            return
         self._update_buttons()
 
     def _on_session_model_changed(self) -> None:
+        if not is_alive(self):  # its viewer was closed
+            return
         self.model_label.setText(self.session.describe_model())
         self._update_buttons()
 
@@ -618,7 +631,8 @@ class TrainWidget(QWidget):
         running = self._worker is not None
         busy = self.session.busy is not None
         self.start_button.setEnabled(not busy and bool(self.pairs.pairs()))
-        self.stop_button.setEnabled(running and self._stop is not None and not self._stop.is_set())
+        own = running and self._stop is not None and not self._stop.is_set()
+        self.stop_button.setEnabled(own or (not running and self.session.stoppable))
         self.bioimageio_button.setEnabled(
             self.session.bundle is not None and self._bioimageio_worker is None
         )

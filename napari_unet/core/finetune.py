@@ -1,0 +1,341 @@
+"""Fine-tune a model on the user's corrections (Correct & retrain), without Qt.
+
+One retrain is a short, bounded fine-tune of the current model on the session's
+training set (every image the user corrected, with what they painted, plus the images
+the model was trained on in this session), then a check: the old and the new model
+predict the corrected images and are scored on what the user annotated there; the
+better one is kept. The new model keeps the prediction settings (threshold, split
+depth) fitted to the model it started from.
+
+The budget is a number of steps with a time cap, so one retrain does the same work on
+an idle or a busy machine when it can, and never runs for long on a slow one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_unet.core.errors import NapariUnetError
+
+if TYPE_CHECKING:
+    from napari_unet.core.checkpoint import ModelBundle
+    from napari_unet.core.train import TrainProgress, TrainResult
+
+#: Fewer steps than this are too few to change what the model predicts: say so.
+MIN_USEFUL_STEPS = 30
+#: Pixels around the annotated area that the old/new comparison predicts as context.
+SCORE_MARGIN = 32
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one retrain. The defaults are what the Retrain button uses.
+
+    Parameters
+    ----------
+    steps : int
+        Training steps (batches) of the fine-tune.
+    max_seconds : float
+        Time cap of the training part; fewer steps are run when it is reached (a
+        warning says so when they are fewer than :data:`MIN_USEFUL_STEPS`).
+    lr : float
+        Peak learning rate (AdamW, short warm-up, cosine decay over the steps).
+    anchor : float
+        Pull towards the starting weights (L2-SP, see
+        :class:`napari_unet.core.train.TrainConfig`), against forgetting.
+    keep_better : bool
+        Score the old and the new model on the corrected images and keep the better
+        one (the new one on a tie).
+    device : str
+        "auto", "cuda", "mps" or "cpu".
+    checkpoint_path : str or None
+        Where the kept model is written, when it is the new one.
+    seed : int
+    """
+
+    steps: int = 100
+    max_seconds: float = 40.0
+    lr: float = 5e-4
+    anchor: float = 0.0
+    keep_better: bool = True
+    device: str = "auto"
+    checkpoint_path: str | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Return a JSON-able dict."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raise :class:`NapariUnetError` for settings that cannot work, naming them."""
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise NapariUnetError(f"steps must be a whole number of at least 1, got {self.steps}.")
+        if not (np.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise NapariUnetError(
+                f"max_seconds must be a positive number of seconds, got {self.max_seconds}."
+            )
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`iter_finetune` returns.
+
+    Attributes
+    ----------
+    bundle : ModelBundle
+        The model kept: the fine-tuned one, or the starting one when it scored better
+        on the corrections.
+    kept : {"new", "old"}
+    before, after : dict or None
+        Object scores (``tp``, ``fp``, ``fn``, ``f1``) of the starting and the
+        fine-tuned model on the annotated parts of the corrected images; None when
+        not compared (stopped, or nothing to score).
+    steps : int
+    seconds : float
+        Wall time of the whole retrain (training, comparison, saving).
+    checkpoint : Path or None
+        Where the new model was saved (None when the old one was kept, or unsaved).
+    notes : list of str
+        Warnings for the user (too few steps, could not save, ...).
+    train : TrainResult
+    """
+
+    bundle: ModelBundle
+    kept: str
+    before: dict | None
+    after: dict | None
+    steps: int
+    seconds: float
+    checkpoint: Path | None
+    notes: list[str] = field(default_factory=list)
+    train: TrainResult | None = None
+    stopped: bool = False
+
+    def summary(self) -> str:
+        """One readable line: what was done and which model is kept, with the scores."""
+        text = f"Fine-tuned for {self.steps} steps in {self.seconds:.0f} s"
+        if self.stopped:
+            return text + " (stopped): the best model so far is kept."
+        if self.before is None or self.after is None:
+            return text + "."
+        scores = (
+            f"F1 on your corrections {self.before['f1']:.3f} before, {self.after['f1']:.3f} after"
+        )
+        if self.kept == "old":
+            return (
+                f"{text}; {scores}: the fine-tuned model was not better, so the previous "
+                "model is kept."
+            )
+        return f"{text}; {scores}."
+
+
+def iter_finetune(
+    images: Sequence[np.ndarray],
+    annotations: Sequence[np.ndarray],
+    init: ModelBundle,
+    config: FinetuneConfig | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    scored: Sequence[int] | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[TrainProgress, None, FinetuneResult]:
+    """Fine-tune `init` on annotated images, compare with it, keep the better model.
+
+    Parameters
+    ----------
+    images : sequence of ndarray
+        ``(M, N)``, channels-last ``(M, N, C)``, or stacks, as for
+        :func:`napari_unet.core.train.iter_train`.
+    annotations : sequence of ndarray of int
+        Sparse convention (0 = not annotated, 1 = background, >= 2 = objects; see
+        :mod:`napari_unet.core.corrections`), one per image.
+    init : ModelBundle
+        The model to start from; it is not changed.
+    config : FinetuneConfig, optional
+    names : sequence of str, optional
+    scored : sequence of int, optional
+        Indices of the images on which the old and the new model are compared (the
+        user's corrections); default: all.
+    stop : threading.Event, optional
+        Ends training after the current step; the comparison is then skipped and the
+        fine-tuned weights so far are returned (not saved).
+
+    Yields
+    ------
+    TrainProgress
+
+    Returns
+    -------
+    FinetuneResult
+    """
+    from napari_unet.core.checkpoint import save_checkpoint
+    from napari_unet.core.train import DONE, STEP, TrainConfig, TrainProgress, iter_train
+
+    config = config or FinetuneConfig()
+    config.validate()
+    if len(images) != len(annotations):
+        raise NapariUnetError(f"Got {len(images)} images but {len(annotations)} annotations.")
+    t0 = time.perf_counter()
+    base = dict(init.meta.get("train_config") or {})
+    train_config = TrainConfig.from_dict(base)
+    train_config.sparse = True
+    train_config.epochs = 1
+    train_config.steps_per_epoch = int(config.steps)
+    train_config.minutes = float(config.max_seconds) / 60.0
+    train_config.val_fraction = 0.0
+    train_config.patience = None
+    train_config.tune_postprocessing = False
+    train_config.lr = float(config.lr)
+    train_config.anchor = float(config.anchor)
+    train_config.device = config.device
+    train_config.checkpoint_path = None  # the kept model is saved below
+    train_config.seed = int(config.seed)
+    done = None
+    gen = iter_train(images, annotations, train_config, names=names, init=init, stop=stop)
+    while True:  # relay all but the trainer's own "done" report
+        try:
+            progress = next(gen)
+        except StopIteration as end:
+            trained: TrainResult = end.value
+            break
+        if progress.kind == DONE:
+            done = progress
+            continue
+        yield progress
+    notes = list(trained.notes)
+    new = trained.bundle
+    if trained.steps < MIN_USEFUL_STEPS and trained.stopped == "budget":
+        notes.append(
+            f"only {trained.steps} training steps fitted in the {config.max_seconds:g} s "
+            "allowed: too few to change much (the machine is slow or busy; allow more time)"
+        )
+    stopped = trained.stopped in ("user", "diverged")
+    if trained.stopped == "diverged":
+        notes.append("fine-tuning diverged: the previous model is kept")
+    before = after = None
+    kept = "new"
+    idx = list(range(len(images))) if scored is None else list(scored)
+    if trained.stopped == "diverged":
+        kept = "old"
+    elif config.keep_better and not stopped and idx:
+        yield TrainProgress(
+            STEP,
+            trained.steps,
+            1,
+            None,
+            None,
+            time.perf_counter() - t0,
+            1.0,
+            trained.device,
+            f"comparing the previous and the fine-tuned model on {len(idx)} corrected image(s)",
+        )
+        before = score_on_annotations(init, [images[i] for i in idx], [annotations[i] for i in idx])
+        after = score_on_annotations(new, [images[i] for i in idx], [annotations[i] for i in idx])
+        if before is not None and after is not None and after["f1"] < before["f1"]:
+            kept = "old"
+    bundle = new if kept == "new" else init
+    checkpoint = None
+    if kept == "new" and config.checkpoint_path and not stopped:
+        try:
+            checkpoint = save_checkpoint(new, config.checkpoint_path)
+        except NapariUnetError as error:
+            notes.append(f"could not save the fine-tuned model: {error}")
+    result = FinetuneResult(
+        bundle=bundle,
+        kept=kept,
+        before=before,
+        after=after,
+        steps=trained.steps,
+        seconds=time.perf_counter() - t0,
+        checkpoint=checkpoint,
+        notes=notes,
+        train=trained,
+        stopped=trained.stopped == "user",
+    )
+    yield TrainProgress(
+        DONE,
+        trained.steps,
+        1,
+        None,
+        None,
+        result.seconds,
+        1.0,
+        trained.device if done is None else done.device,
+        result.summary(),
+    )
+    return result
+
+
+def finetune(images, annotations, init, config=None, **kwargs) -> FinetuneResult:
+    """Run :func:`iter_finetune` to the end and return its result."""
+    gen = iter_finetune(images, annotations, init, config, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as end:
+            return end.value
+
+
+def annotated_box(annotation: np.ndarray, margin: int = SCORE_MARGIN) -> tuple[slice, ...] | None:
+    """Return the bounding box of the annotated pixels (last two axes), grown by `margin`."""
+    ys, xs = np.nonzero(np.any(annotation != 0, axis=tuple(range(annotation.ndim - 2))))
+    if ys.size == 0:
+        return None
+    h, w = annotation.shape[-2:]
+    return (
+        slice(max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)),
+        slice(max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)),
+    )
+
+
+def score_on_annotations(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray],
+    annotations: Sequence[np.ndarray],
+    *,
+    device: str = "auto",
+) -> dict | None:
+    """Object F1 (IoU 0.5) of `bundle`'s labels on the annotated parts of `images`.
+
+    Each image is predicted on the box around its annotation (plus a margin) with the
+    model's own prediction settings; the counts of every image are summed. Returns None
+    when nothing is annotated.
+    """
+    from napari_unet.core.corrections import partial_f1
+    from napari_unet.core.data import find_channel_axis
+    from napari_unet.core.predict import PredictConfig, predict
+
+    tp = fp = fn = 0
+    scored = 0
+    for image, annotation in zip(images, annotations, strict=True):
+        annotation = np.asarray(annotation)
+        image = np.asarray(image)
+        axis = find_channel_axis(image.shape, annotation.shape)
+        if axis is not None and axis != image.ndim - 1:
+            image = np.moveaxis(image, axis, -1)
+            axis = -1
+        lead = annotation.shape[:-2]
+        for index in np.ndindex(*lead):
+            ann = annotation[index]
+            box = annotated_box(ann)
+            if box is None:
+                continue
+            img = image[index][box]
+            cfg = PredictConfig.for_model(bundle, device=device)
+            out = predict(bundle, img, channel_axis=-1 if axis is not None else None, config=cfg)
+            s = partial_f1(out.labels, ann[box])
+            tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
+            scored += 1
+    if not scored:
+        return None
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    return {"tp": int(tp), "fp": int(fp), "fn": int(fn), "f1": float(f1), "images": scored}

@@ -1,0 +1,199 @@
+"""Fine-tuning on corrections (core.finetune) and the trainer features it uses."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import load_checkpoint
+from napari_unet.core.corrections import annotation_from_edits, to_sparse
+from napari_unet.core.data import Normalisation, PatchSampler, prepare_samples
+from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.finetune import FinetuneConfig, finetune, iter_finetune
+from napari_unet.core.train import DONE, TrainConfig, train
+
+from _synthetic import nuclei_image
+
+TINY = dict(depth=2, base_channels=8, patch_size=64, batch_size=4, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def base_model():
+    """A tiny model with fitted prediction settings."""
+    pairs = [nuclei_image((96, 96), n=10, seed=s) for s in range(6)]
+    result = train(
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        TrainConfig(epochs=2, steps_per_epoch=10, lr=3e-3, val_fraction=0.34, **TINY),
+    )
+    assert "postprocess" in result.bundle.meta  # the fit ran
+    return result.bundle
+
+
+def _corrected_pair(seed=11):
+    image, truth = nuclei_image((96, 96), n=10, seed=seed)
+    predicted = np.zeros_like(truth)  # as if the model found nothing in the left half
+    predicted[:, 48:] = truth[:, 48:]
+    corrected = predicted.copy()
+    corrected[:, :48] = truth[:, :48]  # the user painted the missed nuclei
+    return image, annotation_from_edits(corrected, predicted), truth
+
+
+def test_finetune_keeps_the_fitted_settings_and_saves(base_model, tmp_path):
+    image, annotation, _ = _corrected_pair()
+    assert 0 < np.count_nonzero(annotation) < annotation.size  # partial: only the edits
+    path = tmp_path / "tuned.pt"
+    result = finetune(
+        [image],
+        [annotation],
+        base_model,
+        FinetuneConfig(steps=12, max_seconds=60, device="cpu", checkpoint_path=str(path)),
+    )
+    assert result.steps == 12
+    assert result.before is not None and result.after is not None
+    assert 0 <= result.before["f1"] <= 1 and 0 <= result.after["f1"] <= 1
+    kept = result.bundle.meta["postprocess"]
+    start = base_model.meta["postprocess"]
+    if result.kept == "new":
+        assert result.checkpoint == path and path.is_file()
+        assert kept["threshold"] == start["threshold"] and kept["h"] == start["h"]
+        assert kept["source"] == "starting model"
+        loaded = load_checkpoint(path)
+        assert loaded.meta["postprocess"]["threshold"] == start["threshold"]
+        assert result.after["f1"] >= result.before["f1"]
+    else:
+        assert result.bundle is base_model and result.checkpoint is None
+        assert result.after["f1"] < result.before["f1"]
+        assert "previous model is kept" in result.summary()
+    assert "F1 on your corrections" in result.summary()
+    assert "postprocess" in base_model.meta  # the starting model is not changed
+
+
+def test_finetune_stopped_before_a_step_saves_nothing(base_model, tmp_path):
+    image, annotation, _ = _corrected_pair()
+    stop = threading.Event()
+    stop.set()
+    path = tmp_path / "never.pt"
+    result = finetune(
+        [image],
+        [annotation],
+        base_model,
+        FinetuneConfig(steps=5, device="cpu", checkpoint_path=str(path)),
+        stop=stop,
+    )
+    assert result.stopped and result.steps == 0
+    assert result.checkpoint is None and not path.exists()
+    assert "stopped" in result.summary()
+
+
+def test_time_cap_ends_the_steps_early_and_warns(base_model):
+    image, annotation, _ = _corrected_pair()
+    gen = iter_finetune(
+        [image],
+        [annotation],
+        base_model,
+        FinetuneConfig(steps=100_000, max_seconds=2, device="cpu", keep_better=False),
+    )
+    reports = []
+    while True:
+        try:
+            reports.append(next(gen))
+        except StopIteration as end:
+            result = end.value
+            break
+    assert result.steps < 100_000
+    assert reports[-1].kind == DONE and reports[-1].message == result.summary()
+    assert [r.kind for r in reports].count(DONE) == 1  # the trainer's own is not relayed
+    if result.steps < 30:
+        assert any("too few" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(steps=0), "steps"),
+        (dict(steps=2.5), "steps"),
+        (dict(max_seconds=float("inf")), "max_seconds"),
+        (dict(lr=-1.0), "lr"),
+    ],
+)
+def test_finetune_settings_are_checked(base_model, bad, match):
+    image, annotation, _ = _corrected_pair()
+    with pytest.raises(NapariUnetError, match=match):
+        finetune([image], [annotation], base_model, FinetuneConfig(**bad))
+
+
+def test_anchor_keeps_the_weights_nearer_the_start(base_model):
+    image, _, truth = _corrected_pair()
+    distances = {}
+    for anchor in (0.0, 1e5):
+        result = train(
+            [image],
+            [to_sparse(truth)],
+            TrainConfig(
+                epochs=1,
+                steps_per_epoch=15,
+                lr=3e-3,
+                val_fraction=0,
+                sparse=True,
+                anchor=anchor,
+                tune_postprocessing=False,
+                **TINY,
+            ),
+            init=base_model,
+        )
+        start = base_model.model.state_dict()
+        distances[anchor] = sum(
+            float(((v.float() - start[k].float()) ** 2).sum())
+            for k, v in result.bundle.model.state_dict().items()
+            if v.dtype.is_floating_point and "running" not in k
+        )
+    assert distances[1e5] < 0.5 * distances[0.0]
+
+
+def test_anchor_is_range_checked():
+    with pytest.raises(NapariUnetError, match="anchor"):
+        TrainConfig(anchor=-1).validate()
+    with pytest.raises(NapariUnetError, match="anchor"):
+        TrainConfig(anchor=float("nan")).validate()
+
+
+def test_partial_annotation_patches_fall_on_annotated_pixels():
+    image, truth = nuclei_image((256, 256), n=30, seed=3)
+    annotation = np.zeros_like(truth)
+    annotation[:40, :40] = to_sparse(truth)[:40, :40]  # one small corner annotated
+    samples = prepare_samples(
+        [image], [annotation], normalisation=Normalisation(), sparse=True, seed=0
+    )
+    assert samples[0].valid_index is not None
+    sampler = PatchSampler(samples, 32, 16, 2, fg_fraction=0.0, augment=False, seed=1)
+    for _ in range(5):
+        _, _, weights = sampler.batch()
+        assert (weights.reshape(16, -1).sum(axis=1) > 0).all()  # every patch counts
+
+
+def test_a_run_without_a_fit_says_which_settings_prediction_uses(base_model):
+    image, truth = nuclei_image((96, 96), n=10, seed=4)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=3, val_fraction=0, **TINY)
+    done = []
+    from napari_unet.core.train import iter_train
+
+    gen = iter_train([image], [truth], cfg)
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as end:
+            fresh = end.value
+            break
+        if p.kind == DONE:
+            done.append(p.message)
+    assert "default threshold 0.7" in done[0]
+    assert "nothing held back to score; last training loss" in done[0]
+    assert "postprocess" not in fresh.bundle.meta
+    # fine-tuned without a fit: the starting model's settings are kept and said so
+    tuned = train([image], [truth], cfg, init=base_model)
+    assert tuned.bundle.meta["postprocess"]["threshold"] == base_model.meta["postprocess"][
+        "threshold"
+    ]
+    assert torch.is_tensor(next(iter(tuned.bundle.model.state_dict().values())))
