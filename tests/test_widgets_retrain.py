@@ -1,0 +1,220 @@
+"""Correct & retrain in a real viewer: brush strokes, rounds, panels closed mid-job.
+
+Issue 19's "done when": two rounds of corrections on one image and one on another, with
+napari's brush (``Labels.paint``) and the Retrain button; every painted pixel stays in
+the training set and in a layer, the prediction settings survive, and closing and
+reopening the panels while a job runs works.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_unet import PLUGIN_NAME
+from napari_unet._widgets._predict import COUNT_ALL, COUNT_EDITS
+from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_unet.core.errors import NapariUnetError
+from tests._gui_helpers import (
+    TIMEOUT,
+    error_messages,
+    make_tiny,
+    open_widget,
+    tiny_model_file,
+    wait_idle,
+)
+
+pytestmark = pytest.mark.gui
+
+FITTED = {"threshold": 0.55, "h": 2.0, "f1": 0.5, "dsb_score": 0.3, "n_images": 1}
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    return make_napari_viewer()
+
+
+def click(qtbot, button):
+    assert button.isEnabled(), button.text()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def fitted_model(tmp_path):
+    """A tiny model file that carries fitted prediction settings."""
+    path = tiny_model_file(tmp_path / "tiny.pt")
+    bundle = load_checkpoint(path)
+    bundle.meta["postprocess"] = dict(FITTED)
+    return save_checkpoint(bundle, path)
+
+
+def brush(layer, centres, label, size=7):
+    """Paint round brush strokes into a Labels layer, as the brush tool does."""
+    layer.brush_size = size
+    for centre in centres:
+        layer.paint(centre, label)
+
+
+def painted_since(layer, session):
+    """Pixels where the layer differs from what napari-unet predicted into it."""
+    return np.asarray(layer.data) != session.baseline(layer)
+
+
+def test_two_rounds_on_one_image_and_one_on_another(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    predict = open_widget(viewer, "Predict")
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))
+    predict.tile_size.setValue(128)
+    predict.retrain_steps.setValue(10)
+    session = predict.session
+
+    # --- round 1 on fluo_dense: predict, paint two nuclei and erase a region
+    predict.image.setCurrentText("fluo_dense")
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    assert "threshold 0.55" in predict.status.text()  # the model's fitted settings
+    first = viewer.layers["fluo_dense_labels"]
+    brush(first, [(40, 40), (42, 44)], 1001)
+    brush(first, [(120, 200)], 1002)
+    brush(first, [(200, 60)], 0)  # the eraser
+    painted1 = painted_since(first, session)
+    assert painted1.any()
+    corrected1 = np.array(first.data, copy=True)
+    assert predict.corrected.currentText() == "fluo_dense_labels"
+    predict.counts.setCurrentText(COUNT_EDITS)
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    pair = session.training_set["fluo_dense"]
+    assert pair.sparse
+    assert (pair.labels[painted1 & (corrected1 > 0)] >= 2).all()  # painted: objects
+    assert (pair.labels[painted1 & (corrected1 == 0)] == 1).all()  # erased: background
+    assert 0 < np.count_nonzero(pair.labels) < pair.labels.size  # the rest: not annotated
+    np.testing.assert_array_equal(first.data, corrected1)  # the user's layer is kept
+    second = viewer.layers["fluo_dense_labels_round_2"]
+    assert predict.corrected.currentText() == second.name
+    assert session.bundle.meta["postprocess"]["threshold"] == FITTED["threshold"]
+    assert "F1 on your corrections" in predict.status.text()
+
+    # --- round 2 on fluo_dense: correct the new prediction elsewhere
+    brush(second, [(220, 220)], 2001)
+    painted2 = painted_since(second, session)
+    corrected2 = np.array(second.data, copy=True)
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    pair = session.training_set["fluo_dense"]
+    # both rounds' strokes are in the training set (later strokes win where they overlap)
+    only1 = painted1 & ~painted2
+    assert (pair.labels[only1 & (corrected1 > 0)] >= 2).all()
+    assert (pair.labels[only1 & (corrected1 == 0)] == 1).all()
+    assert (pair.labels[painted2 & (corrected2 > 0)] >= 2).all()
+    np.testing.assert_array_equal(second.data, corrected2)
+    assert "fluo_dense_labels_round_3" in viewer.layers
+    # and visible in a layer: round 1's and round 2's corrected layers are still there
+    assert viewer.layers["fluo_dense_labels"] is first and viewer.layers[second.name] is second
+
+    # --- one round on another image, the whole layer counting
+    predict.image.setCurrentText("fluo_small")
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    other = viewer.layers["fluo_small_labels"]
+    truth = viewer.layers["fluo_small_ground_truth"].data
+    other.data_setitem(np.nonzero(truth > 0), truth[truth > 0])
+    predict.corrected.setCurrentText("fluo_small_labels")
+    predict.counts.setCurrentText(COUNT_ALL)
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    assert set(session.training_set) == {"fluo_dense", "fluo_small"}
+    assert not np.any(session.training_set["fluo_small"].labels == 0)  # all of it counts
+    text = predict.training_set_label.text()
+    assert "fluo_dense" in text and "fluo_small: " in text and "all of it annotated" in text
+    assert session.bundle.meta["postprocess"]["threshold"] == FITTED["threshold"]
+
+    # --- the day's work survives a restart: save, forget, load
+    predict.save_training_set(tmp_path / "set")
+    saved = {n: np.array(p.labels) for n, p in session.training_set.items()}
+    click(qtbot, predict.clear_button)
+    assert not session.training_set
+    predict.load_training_set(tmp_path / "set")
+    for name, labels in saved.items():
+        np.testing.assert_array_equal(session.training_set[name].labels, labels)
+    with pytest.raises(NapariUnetError, match="overwrite"):
+        predict.save_training_set(tmp_path / "set")
+
+
+def test_retrain_without_edits_says_what_to_do(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    predict = open_widget(viewer, "Predict")
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    predict.counts.setCurrentText(COUNT_EDITS)
+    with pytest.raises(NapariUnetError, match="Nothing was painted or erased"):
+        predict.retrain()
+    assert not predict.session.training_set and predict.session.busy is None
+
+
+def _close(viewer, name):
+    viewer.window.remove_dock_widget(viewer.window.dock_widgets[name])
+
+
+def test_closing_the_train_panel_mid_training_hands_the_model_over(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    train = open_widget(viewer, "Train")
+    session = train.session
+    train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
+    make_tiny(train, epochs=200)  # long: still running when the panel is closed
+    train.save_path.value = str(tmp_path / "model.pt")
+    click(qtbot, train.start_button)
+    bar = train.progress
+    qtbot.waitUntil(lambda: bar.value() > 0, timeout=TIMEOUT)
+    names = [n for n in viewer.window.dock_widgets if n.startswith("Train")]
+    _close(viewer, names[0])
+    del train  # nothing of the user's holds the closed panel
+    gc.collect()
+    assert session.busy == "training"
+    # a reopened panel knows a training runs, and can stop it
+    again = open_widget(viewer, "Train")
+    assert not again.start_button.isEnabled() and again.stop_button.isEnabled()
+    click(qtbot, again.stop_button)
+    qtbot.waitUntil(lambda: session.busy is None, timeout=TIMEOUT)
+    assert session.bundle is not None  # the closed panel's model reached the session
+    assert (tmp_path / "model.pt").is_file()
+    assert again.start_button.isEnabled() and not again.stop_button.isEnabled()
+    assert not error_messages()
+
+
+def test_closing_the_predict_panel_mid_retrain_finishes_it(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    predict = open_widget(viewer, "Predict")
+    session = predict.session
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    brush(viewer.layers["fluo_small_labels"], [(30, 30)], 77)
+    predict.retrain_steps.setValue(20)
+    click(qtbot, predict.retrain_button)
+    assert session.busy == "retraining"
+    names = [n for n in viewer.window.dock_widgets if n.startswith("Predict")]
+    _close(viewer, names[0])
+    del predict  # nothing of the user's holds the closed panel
+    gc.collect()
+    qtbot.waitUntil(lambda: session.busy is None, timeout=TIMEOUT)
+    # the job finished: its prediction arrived, the session is free, a new panel works
+    assert "fluo_small_labels_round_2" in viewer.layers
+    assert "fluo_small" in session.training_set
+    again = open_widget(viewer, "Predict")
+    again.corrected.setCurrentText("fluo_small_labels_round_2")
+    assert again.retrain_button.isEnabled() and not again.stop_button.isEnabled()
+    assert not error_messages()
