@@ -61,6 +61,28 @@ def test_three_widgets_open_from_the_plugin_menu(viewer):
     assert not split.apply_button.isEnabled()
 
 
+def test_the_panels_open_as_tabs_of_one_column(viewer, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer.window._qt_window.show()
+    panels = [open_widget(viewer, name) for name in ("Train", "Predict", "Split nuclei")]
+    window = viewer.window._qt_window
+    docks = []
+    for panel in panels:
+        dock = panel.parentWidget()
+        while not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        docks.append(dock)
+    qtbot.waitUntil(lambda: len(window.tabifiedDockWidgets(docks[-1])) == 2, timeout=5_000)
+    assert set(window.tabifiedDockWidgets(docks[0])) == set(docks[1:])
+
+    # the panel opened last is the tab shown
+    def shown():  # tabs behind the current one are covered, not hidden
+        return [not panel.visibleRegion().isEmpty() for panel in panels]
+
+    qtbot.waitUntil(lambda: shown() == [False, False, True], timeout=5_000)
+
+
 def test_sample_data_menu_opens_image_and_ground_truth(viewer):
     viewer.open_sample(PLUGIN_NAME, "he_tissue")
     image, labels = viewer.layers

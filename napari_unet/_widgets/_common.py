@@ -10,11 +10,13 @@ import numpy as np
 from magicgui.widgets import FileEdit
 from napari.layers import Layer
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
+    QDockWidget,
     QDoubleSpinBox,
     QFrame,
     QLabel,
+    QMainWindow,
     QScrollArea,
     QSpinBox,
     QVBoxLayout,
@@ -311,3 +313,73 @@ def relay(widget: QObject, handler: Any, otherwise: Any = None) -> Any:
             otherwise(*args)
 
     return call
+
+
+#: Qt property that marks napari-unet's panels (to find them among napari's docks).
+PANEL_PROPERTY = "napari_unet_panel"
+
+
+class TabbedPanel(QWidget):
+    """A napari-unet panel that joins the others as a tab when it is opened.
+
+    Three panels stacked in one column of the window leave each only a few visible lines
+    on a laptop screen (1366x768); as tabs, each gets the whole column. The first time
+    the panel is put in a dock, it is tabified with a napari-unet panel already docked
+    in the same area (the user can drag it out again).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setProperty(PANEL_PROPERTY, True)
+        self._joined = False
+
+    def event(self, event: QEvent) -> bool:
+        """Once napari puts the panel in a dock, join the others (next event loop turn)."""
+        if event.type() == QEvent.Type.ParentChange and not self._joined:
+            QTimer.singleShot(0, self._join_once)
+        return super().event(event)
+
+    def _join_once(self) -> None:
+        if not self._joined and self.join_other_panels():
+            self._joined = True
+
+    def join_other_panels(self) -> bool:
+        """Tabify this panel's dock with another napari-unet dock in the same area.
+
+        Returns True when it joined one.
+        """
+        if not is_alive(self):
+            return False
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        if dock is None or not isinstance(dock.parentWidget(), QMainWindow):
+            return False
+        window = dock.parentWidget()
+        area = window.dockWidgetArea(dock)
+        ours = [
+            other
+            for other in window.findChildren(QDockWidget)
+            if not other.isFloating()
+            and (other is dock or other.isVisibleTo(window))
+            and window.dockWidgetArea(other) == area
+            and _is_panel(other.widget())
+        ]
+        if len(ours) < 2:
+            return False
+        anchor = next(other for other in ours if other is not dock)
+        grouped = set(window.tabifiedDockWidgets(anchor))
+        for other in ours:  # one tab group, whatever order the panels were opened in
+            if other is not anchor and other not in grouped:
+                window.tabifyDockWidget(anchor, other)
+        QTimer.singleShot(0, dock.raise_)  # its tab is shown, once the tabs are laid out
+        return True
+
+
+def _is_panel(widget: QWidget | None) -> bool:
+    """Return True for a napari-unet panel (or a wrapper holding one)."""
+    if widget is None:
+        return False
+    return bool(widget.property(PANEL_PROPERTY)) or any(
+        bool(child.property(PANEL_PROPERTY)) for child in widget.findChildren(QWidget)
+    )

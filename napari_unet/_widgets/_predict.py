@@ -51,6 +51,7 @@ from superqt.utils import create_worker
 from napari_unet._widgets._common import (
     METADATA_KEY,
     JobGuard,
+    TabbedPanel,
     file_edit,
     help_label,
     is_alive,
@@ -119,7 +120,7 @@ def result_metadata(source: str, kind: str) -> dict[str, Any]:
     return {METADATA_KEY: {"source": source, "kind": kind}}
 
 
-class PredictWidget(QWidget):
+class PredictWidget(TabbedPanel):
     """Predict nuclei in an image layer; correct, retrain and export.
 
     Parameters

@@ -24,11 +24,11 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QWidget,
 )
 from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
+    TabbedPanel,
     help_label,
     layer_array,
     layer_geometry,
@@ -56,7 +56,7 @@ SPLIT_HELP = (
 )
 
 
-class SplitWidget(QWidget):
+class SplitWidget(TabbedPanel):
     """Split touching nuclei in a Labels/mask layer or a probability image.
 
     Parameters

@@ -37,6 +37,7 @@ from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
     JobGuard,
+    TabbedPanel,
     file_edit,
     help_label,
     is_alive,
@@ -55,7 +56,18 @@ from napari_unet._widgets._pairs import LayerPairs
 from napari_unet._widgets._plot import TrainingPlot
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.train import TrainConfig
+from napari_unet.core.train import TrainConfig, score_name
+from napari_unet.core.tune import describe_settings
+
+
+def validation_text(entry: dict[str, Any]) -> str:
+    """One validation as words: its score by name (and whether it is the best so far)."""
+    name = score_name(entry)
+    if name == "training loss":
+        return "nothing held back to score"
+    best = " (best so far)" if entry.get("best") else ""
+    return f"{name} {entry['score']:.3f}{best}"
+
 
 if TYPE_CHECKING:
     import napari
@@ -77,7 +89,7 @@ def default_model_path(now: float | None = None) -> Path:
     return (DEFAULT_MODEL_DIR / f"unet-{stamp}.pt").expanduser()
 
 
-class TrainWidget(QWidget):
+class TrainWidget(TabbedPanel):
     """Train a UNet on Image + Labels layers, with a live plot and a Stop button.
 
     Parameters
@@ -549,13 +561,9 @@ class TrainWidget(QWidget):
             self.plot.add_validation(progress.step, progress.validation)
         parts = [f"step {progress.step}", f"epoch {progress.epoch}"]
         if progress.loss is not None:
-            parts.append(f"loss {progress.loss:.4f}")
+            parts.append(f"loss {progress.loss:.3f}")
         if progress.validation:
-            parts += [
-                f"{key} {value:.3f}"
-                for key, value in progress.validation.items()
-                if isinstance(value, int | float)
-            ]
+            parts.append(validation_text(progress.validation))
         parts.append(f"{progress.elapsed:.0f} s")
         text = ", ".join(parts)
         if progress.message:
@@ -580,13 +588,19 @@ class TrainWidget(QWidget):
             "user": "stopped by you",
             "diverged": "the loss diverged; try a lower learning rate",
         }
-        score = (
-            "" if result.best_score is None else f", best validation score {result.best_score:.3f}"
-        )
+        score = ""
+        if result.best_score is not None and result.history:
+            name = score_name(result.history[-1])
+            if name == "training loss":  # nothing held back: the score is minus the loss
+                score = f", nothing held back (last training loss {-result.best_score:.3f})"
+            else:
+                score = f", best {name} {result.best_score:.3f}"
+        settings = f"\nPrediction will use {describe_settings(result.bundle.meta)}."
         saved = f"\nModel saved as {result.checkpoint}" if result.checkpoint else ""
         notes = "".join(f"\nNote: {note}" for note in result.notes)
         self.status.setText(
-            f"Done ({reasons.get(result.stopped, result.stopped)}){score}.{saved}{notes}"
+            f"Done after {result.steps} steps ({reasons.get(result.stopped, result.stopped)})"
+            f"{score}.{settings}{saved}{notes}"
         )
         if result.save_error is not None:
             notify_error(

@@ -1248,6 +1248,11 @@ def iter_train(
                 f"threshold {tuned['threshold']:g}, split depth {tuned['h']:g} px "
                 f"(F1 {tuned['f1']:.3f}, DSB score {tuned['dsb_score']:.3f})"
             )
+    if init is None and stopped == "budget" and step < MIN_USEFUL_STEPS:
+        notes.append(
+            f"only {step} training steps fitted in the time allowed: too few for a useful "
+            f"model (a few hundred at least; allow more minutes, or use a GPU)"
+        )
     if "postprocess" not in bundle.meta:
         tuned_text += _unfitted_text(start_postprocess, tune, "user" if fit_stopped else stopped)
         if isinstance(start_postprocess, dict):
@@ -1309,6 +1314,9 @@ def _unfitted_text(start_postprocess: dict | None, tune: bool, stopped: str) -> 
         f"split depth {PredictConfig.h:g} px"
     )
 
+
+#: Fewer steps than this (training from scratch) are too few for a useful model: say so.
+MIN_USEFUL_STEPS = 100
 
 #: The smallest training patch tried when the device runs out of memory.
 MIN_PATCH = 32

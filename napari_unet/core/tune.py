@@ -133,3 +133,31 @@ def tuned_settings(meta: dict) -> dict:
     if isinstance(h, (int, float)) and not isinstance(h, bool) and np.isfinite(h) and h > 0:
         out["h"] = float(h)
     return out
+
+
+def describe_settings(meta: dict) -> str:
+    """Say which threshold and split depth prediction will use with a model, and why.
+
+    Parameters
+    ----------
+    meta : dict
+        The model's metadata (``ModelBundle.meta``).
+
+    Returns
+    -------
+    str
+        E.g. "threshold 0.6, split depth 1.5 px (fitted on 3 held-back images)".
+    """
+    from napari_unet.core.predict import PredictConfig
+
+    tuned = tuned_settings(meta)
+    threshold = tuned.get("threshold", PredictConfig.threshold)
+    h = tuned.get("h", PredictConfig.h)
+    text = f"threshold {threshold:g}, split depth {h:g} px"
+    info = meta.get("postprocess") if isinstance(meta.get("postprocess"), dict) else {}
+    if not tuned:
+        return f"{text} (the defaults: no fitted settings in the model)"
+    if info.get("source") == "starting model":
+        return f"{text} (the starting model's, not refitted)"
+    n = info.get("n_images")
+    return f"{text} (fitted on {n} held-back image(s))" if n else f"{text} (fitted)"
