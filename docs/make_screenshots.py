@@ -147,25 +147,33 @@ def main() -> None:
     _shot(viewer, "predict.png")
     _save(None, IMAGES / "predict_widget.png", widget=predict)
 
-    # ---- Correct & retrain: paint a correction as a user would with the brush
+    # ---- Correct & retrain: paint corrections as a user would, one nucleus at a time
     labels = viewer.layers["fluo_dense_labels"]
     truth = viewer.layers["fluo_dense_ground_truth"].data
-    missed = (truth > 0) & (labels.data == 0)
-    if missed.any():
-        labels.data_setitem(np.nonzero(missed), labels.data.max() + 1)
+    painted = 0
+    for g in np.unique(truth[(truth > 0) & (labels.data == 0)]):
+        nucleus = truth == g
+        if np.count_nonzero(labels.data[nucleus]) < 0.5 * np.count_nonzero(nucleus):
+            labels.data_setitem(np.nonzero(nucleus), int(labels.data.max()) + 1)  # the brush
+            painted += 1
+        if painted == 10:
+            break
     labels.mode = "paint"
     predict.corrected.setCurrentText("fluo_dense_labels")
-    predict.retrain_seconds.setValue(10 if args.quick else 30)
+    _save(None, IMAGES / "retrain_widget.png", widget=predict.retrain_button.parentWidget())
     predict.retrain_button.click()
     _wait(lambda: predict._worker is None, widget=predict)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("fluo_dense", "fluo_dense_labels_round_2")
+    viewer.layers.selection.active = viewer.layers["fluo_dense_labels_round_2"]
     _shot(viewer, "retrain.png")
 
     # ---- Measurements under the cursor (the layer's features), then Export
-    labels = viewer.layers["fluo_dense_labels"]
+    labels = viewer.layers["fluo_dense_labels_round_2"]
     table = labels.features
     biggest = table.sort_values("area").iloc[-1]
     for layer in viewer.layers:
-        layer.visible = layer.name in ("fluo_dense", "fluo_dense_labels")
+        layer.visible = layer.name in ("fluo_dense", labels.name)
     viewer.layers.selection.active = labels
     labels.mode = "pan_zoom"
     viewer.window._qt_window.resize(*WINDOW)
@@ -178,7 +186,7 @@ def main() -> None:
     viewer.update_status_from_cursor()
     _wait(lambda: True)
     _save(viewer.screenshot(canvas_only=False), IMAGES / "measure.png")
-    predict.set_export_choices(["fluo_dense_labels"])
+    predict.set_export_choices([labels.name])
     predict.export_rois.setChecked(True)
     predict.export_folder.value = str(work / "export")
     predict.export_button.click()
@@ -199,6 +207,15 @@ def main() -> None:
     _wait(lambda: "he_tissue_mask_split_preview" in viewer.layers)
     _wait(lambda: split._preview_worker is None)
     _shot(viewer, "split.png")
+
+    # ---- On a laptop screen (1366x768): the three panels as tabs of one column
+    viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Train")
+    viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Predict")
+    viewer.window._qt_window.resize(1366, 768)
+    _wait(lambda: True)
+    viewer.reset_view()
+    _wait(lambda: True)
+    _save(viewer.screenshot(canvas_only=False), IMAGES / "laptop_1366x768.png")
 
     viewer.close()
     if display is not None:

@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _synthetic import nuclei_image
 
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.corrections import annotation_from_edits, to_sparse
@@ -12,8 +13,6 @@ from napari_unet.core.data import Normalisation, PatchSampler, prepare_samples
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.finetune import FinetuneConfig, finetune, iter_finetune
 from napari_unet.core.train import DONE, TrainConfig, train
-
-from _synthetic import nuclei_image
 
 TINY = dict(depth=2, base_channels=8, patch_size=64, batch_size=4, device="cpu")
 

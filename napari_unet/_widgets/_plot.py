@@ -113,7 +113,7 @@ class TrainingPlot(QWidget):
             text,
             xmax,
             (0.0, 1.0),
-            "scores after each epoch (needs 2+ images)",
+            "scores after each epoch (on what was held back)",
         )
         painter.end()
 

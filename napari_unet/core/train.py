@@ -104,7 +104,10 @@ class TrainConfig:
         images and store them with the model (when the validation images carry fully
         annotated instance labels; not under torchrun); see :mod:`napari_unet.core.tune`.
     val_fraction : float
-        Share of images held back for validation (split by image).
+        Share held back for validation: whole images when there are at least
+        ``VAL_WHOLE_IMAGES``; with fewer, a strip of each image (its last
+        ``max(val_fraction, 0.2)`` along the longer side, where the image is large
+        enough); see ``_split_validation``.
     val_max_images, val_max_pixels : int
         At most this many validation images, and pixels in all, are scored at each
         validation (its cost comes out of the time budget).
