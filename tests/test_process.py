@@ -56,3 +56,35 @@ def test_stop_reaches_the_child():
     config = dict(TINY, epochs=1000)
     _, result = drain(train_job([image], [labels], config, stop=stop))
     assert result.stopped == "user" and result.steps == 0
+
+
+UNGUARDED_SCRIPT = """
+import numpy as np
+from napari_unet._widgets._jobs import train_job
+
+# no `if __name__ == "__main__":` guard, as in many users' scripts
+labels = np.zeros((64, 64), np.uint16)
+labels[10:20, 10:20] = 1
+labels[40:52, 30:44] = 2
+image = (labels > 0).astype(np.float32)
+gen = train_job([image], [labels], {settings!r}, names=["a"])
+while True:
+    try:
+        next(gen)
+    except StopIteration as done:
+        print("trained", done.value.steps, "steps")
+        break
+"""
+
+
+def test_a_script_without_a_main_guard_trains_in_a_child(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "my_script.py"
+    script.write_text(UNGUARDED_SCRIPT.format(settings=TINY), encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("trained 2 steps") == 1  # the child did not run the script again

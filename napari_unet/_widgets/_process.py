@@ -17,12 +17,15 @@ If the child dies (killed, out of memory), :class:`ChildProcessDied` is raised.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pickle
 import queue as queue_module
+import sys
 import threading
 import traceback
+import types
 from collections.abc import Generator
 from typing import Any
 
@@ -76,7 +79,8 @@ def run_in_child(
         name=f"napari-unet {target.rsplit(':', 1)[-1]}",
         daemon=True,
     )
-    proc.start()
+    with _main_module_hidden():
+        proc.start()
     try:
         while True:
             if stop is not None and stop.is_set() and not child_stop.is_set():
@@ -112,6 +116,27 @@ def run_in_child(
             proc.terminate()
             proc.join(timeout=5)
         results.close()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Generator[None, None, None]:
+    """Start a child without it importing the parent's ``__main__`` module again.
+
+    multiprocessing's ``spawn`` re-imports the script that started the parent (or runs
+    ``napari``'s ``__main__``) in every child. A user's script without an
+    ``if __name__ == "__main__":`` guard then opens a second viewer and starts a second
+    job in the child, which fails in multiprocessing's bootstrapping and leaves training
+    hanging at "Preparing...". The child needs nothing from ``__main__``: the target is
+    given as "module:function" and its arguments are pickled with the standard pickler.
+    So a bare module stands in for ``__main__`` while the child is started.
+    """
+    real = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if real is not None:
+            sys.modules["__main__"] = real
 
 
 def _child_main(target: str, payload: bytes, results, stop) -> None:
