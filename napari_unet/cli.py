@@ -62,6 +62,10 @@ def _read_ids(path: str | None) -> set[str] | None:
         raise NapariUnetError(f"ids file {p} does not exist.")
     try:
         text = p.read_text(encoding="utf-8")
+    except PermissionError as exc:
+        raise NapariUnetError(
+            f"cannot read the ids file {p}: permission denied; make it readable (chmod u+r)."
+        ) from exc
     except UnicodeDecodeError as exc:
         raise NapariUnetError(
             f"ids file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
@@ -105,9 +109,13 @@ def _auto_channel_axis(
     ``--channel-axis`` when given; else the file's own axes (``C``, or ``S`` for the
     samples of an RGB TIFF; ImageJ hyperstacks and OME-TIFF say them); else a guess: a
     last axis of 2 to 4 (grey + alpha, two channels, RGB, RGBA) behind two longer axes
-    holds channels (never a 2-pixel-wide image), a first axis of the model's channel
-    count too.
+    holds channels (never a 2-pixel-wide image), and so does a last axis of 1 or of 5 to
+    8 (:data:`~napari_unet.core.data.MAX_CHANNELS`, as training reads them) behind two
+    longer axes; a first axis of the model's channel count too. Anything else is a stack
+    of planes, as the file stores them (:func:`_stack_note` says so where it may not be).
     """
+    from napari_unet.core.data import MAX_CHANNELS
+
     if option == "auto" and file_axes and len(file_axes) == len(shape):
         for letter in ("C", "S"):
             if letter in file_axes:
@@ -123,11 +131,37 @@ def _auto_channel_axis(
                 f"--channel-axis {axis} does not exist in an image of shape {shape}."
             )
         return axis
-    if len(shape) >= 3 and shape[-1] in (2, 3, 4) and min(shape[-3:-1]) > 4:
+    if len(shape) >= 3 and shape[-1] <= MAX_CHANNELS and min(shape[-3:-1]) > max(4, shape[-1]):
         return -1  # grey+alpha, RGB(A) and stacks of them, channels last as PNG/TIFF store them
     if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
         return 0
     return None
+
+
+def _stack_note(name: str, shape: tuple[int, ...], file_axes: str | None, what: str) -> str | None:
+    """Return a note saying how a 3D image without axes was read, where that is unclear.
+
+    Such an image is read as the file stores it: planes along the first axis (Fiji shows
+    the same). That is the likely reading when the first axis is the shortest; otherwise
+    (a 64 x 64 x 300 array saved as it is) the note says what was assumed and how to say
+    otherwise.
+    """
+    if len(shape) != 3 or file_axes is not None or shape[0] < min(shape[1:]):
+        return None
+    return (
+        f"note: {name} {shape} does not say what its axes are: {what} as {shape[0]} planes of "
+        f"{shape[1]} x {shape[2]} pixels, as the file stores them (Fiji shows the same). If "
+        "its last axis holds channels, pass --channel-axis -1; if it holds the planes, save "
+        "the stack with its axes (ImageJ or OME-TIFF, planes first)."
+    )
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, SLURM) outside training: stop as Ctrl-C does."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
 
 
 class _StopOnSigint:
@@ -170,6 +204,29 @@ class _StopOnSigint:
             signal.signal(sig, old)
 
 
+def _readable_folder(text: str) -> None:
+    """Refuse a folder that cannot be listed (e.g. chmod 000), saying what to do."""
+    import os
+
+    p = Path(text).expanduser()
+    if p.is_dir() and not os.access(p, os.R_OK | os.X_OK):
+        raise NapariUnetError(
+            f"cannot read the folder {p}: permission denied; make it readable (chmod u+rx)."
+        )
+
+
+def _non_utf8_note(names: list[str]) -> None:
+    """Say which names a CSV holds with byte escapes (file names that are not UTF-8)."""
+    from napari_unet.core.io import text_name
+
+    odd = [n for n in names if text_name(n) != n]
+    if odd:
+        _info(
+            f"note: {len(odd)} file name(s) are not valid UTF-8 text, e.g. {text_name(odd[0])}; "
+            "the CSV names them with \\xNN escapes for the bytes that are not"
+        )
+
+
 def _refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
     """Raise before writing anything if an output file exists and overwriting is off."""
     if overwrite:
@@ -183,16 +240,22 @@ def _refuse_existing(targets: list[Path], out: Path, overwrite: bool) -> None:
 
 
 def _check_targets(files: list[Path], targets: list[Path]) -> None:
-    """Refuse two inputs that would write one output, and an output over an input."""
-    inputs = {f.resolve() for f in files}
+    """Refuse two inputs that would write one output, and an output over an input.
+
+    `files` and `targets` are parallel lists; a file with several outputs appears once
+    per output.
+    """
+    from napari_unet.core.io import resolved
+
+    inputs = {resolved(f) for f in files}
     seen: dict[Path, Path] = {}
     for f, t in zip(files, targets, strict=True):
-        key = t.resolve()
+        key = resolved(t)
         if key in inputs:
             raise NapariUnetError(
                 f"the output {t} would replace the input {t.name}: choose another --out."
             )
-        if key in seen:
+        if key in seen and seen[key] != f:
             raise NapariUnetError(
                 f"{seen[key].name} and {f.name} would both be written to {t.name}; rename one "
                 "of them or write them to different folders."
@@ -200,18 +263,46 @@ def _check_targets(files: list[Path], targets: list[Path]) -> None:
         seen[key] = f
 
 
-def _validate_as_options(config, args: argparse.Namespace) -> None:
-    """``config.validate()``, naming the command-line option when the value came from one.
+def _validate_as_options(config, args: argparse.Namespace, extra=None) -> None:
+    """``config.validate()`` (and ``extra(config)``), naming the option a value came from.
 
     A value from a config file (or a model's own settings) keeps its setting's name.
     """
     try:
         config.validate()
+        if extra is not None:
+            extra(config)
     except NapariUnetError as exc:
         field, rest = (str(exc).split(" ", 1) + [""])[:2]
         if field.isidentifier() and getattr(args, field, None) is not None:
             raise NapariUnetError(f"--{field.replace('_', '-')} {rest}") from None
         raise
+
+
+#: Largest values of training settings that TrainConfig.validate leaves open: beyond
+#: them a run can only exhaust memory (patch, batch, width) or overflow (learning rate).
+_TRAIN_LIMITS = {
+    "patch_size": (4096, " pixels"),
+    "batch_size": (1024, ""),
+    "base_channels": (256, ""),
+}
+
+
+def _train_limits(cfg) -> None:
+    """Refuse training settings that cannot work, beyond ``TrainConfig.validate``."""
+    import math
+
+    for name, (top, unit) in _TRAIN_LIMITS.items():
+        value = getattr(cfg, name, None)
+        if value is not None and value > top:
+            raise NapariUnetError(f"{name} must be at most {top}{unit}, got {value}.")
+    weight = getattr(cfg, "border_weight", 0.0)
+    if not (math.isfinite(weight) and 0 <= weight <= 100):
+        raise NapariUnetError(f"border_weight must be between 0 (off) and 100, got {weight}.")
+    if cfg.lr > 1:
+        raise NapariUnetError(
+            f"lr must be at most 1 (usual learning rates are 1e-4 to 1e-2), got {cfg.lr:g}."
+        )
 
 
 def _drain(gen, on_progress):
@@ -270,7 +361,7 @@ def _train_locked(
 ):
     """Read the (image, labels) pairs and train; the caller holds the lock on ``out``."""
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.io import read_image, read_labels
+    from napari_unet.core.io import image_axes, read_image, read_labels
     from napari_unet.core.train import TrainConfig, iter_train
 
     init = load_checkpoint(resume) if resume else None
@@ -319,13 +410,17 @@ def _train_locked(
             setattr(cfg, k, v)
     if args.sparse:
         cfg.sparse = True
-    _validate_as_options(cfg, args)  # before reading the images
+    _validate_as_options(cfg, args, _train_limits)  # before reading the images
     cfg.checkpoint_path = str(out)
     imgs, labs, names = [], [], []
     for ip, lp in pairs:
         imgs.append(read_image(ip))
         labs.append(read_labels(lp))
         names.append(ip.stem)
+        if imgs[-1].shape == labs[-1].shape:
+            note = _stack_note(ip.name, imgs[-1].shape, image_axes(ip)[0], "trained on")
+            if note:
+                _info(note.replace("pass --channel-axis -1", "save it with its axes too"))
     bar = _Progress("train")
     main_rank = distributed is None or distributed.is_main
 
@@ -360,12 +455,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         file_lock,
         list_image_files,
         pair_images_and_labels,
+        resolved,
     )
 
     distributed = Distributed.from_env()  # set when started by torchrun
     out = Path(args.out)
     resume = Path(args.resume) if args.resume else None
-    if resume is not None and not resume.exists() and resume.resolve() == out.resolve():
+    if resume is not None and not resume.exists() and resolved(resume) == resolved(out):
         # "--resume X --out X": continue from X after a restart, or start fresh the first time
         _info(f"note: {out} does not exist yet: training from scratch")
         resume = None
@@ -378,7 +474,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (
         out.exists()
         and not args.overwrite
-        and (resume is None or resume.resolve() != out.resolve())
+        and (resume is None or resolved(resume) != resolved(out))
     ):
         raise NapariUnetError(
             f"{out} exists; pass --overwrite to replace it, or choose another --out."
@@ -387,6 +483,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     ids = _read_ids(args.ids_file)
     images = _select(list_image_files(args.images), ids, "images")
     labels = list_image_files(args.labels)
+    if resolved(out) in {resolved(p) for p in images + labels}:
+        raise NapariUnetError(
+            f"--out {out} is one of the training images or label files: the model would "
+            "replace it. Choose another name, e.g. model.pt."
+        )
     pairs, missing = pair_images_and_labels(images, labels)
     if missing:
         _info(
@@ -445,6 +546,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.block_margin is not None and args.block_margin < 1:
         raise NapariUnetError(f"--block-margin must be at least 1 pixel, got {args.block_margin}.")
     bundle = load_checkpoint(args.model, device="cpu")
+    _readable_folder(args.images)
     zarr_input = is_zarr_path(args.images)
     if zarr_input:
         if args.ids_file:
@@ -507,9 +609,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 return _predict_zarr(args, bundle, files[0], out, cfg, scheduler)
             return _predict_files_dask(args, bundle, files, out, cfg, scheduler)
     targets = [out / f"{_stem(f)}.tif" for f in files]  # x.ome.tif -> x.tif (not OME)
-    _check_targets(files, targets)
+    probabilities = [out / f"{_stem(f)}_probabilities.tif" for f in files]
+    if args.save_probabilities:  # a.png's probabilities and a_probabilities.png's labels
+        _check_targets(files + files, targets + probabilities)
+    else:
+        _check_targets(files, targets)
     csv_path = out / MEASUREMENTS_CSV if args.measure else None
-    _refuse_existing(targets + ([csv_path] if csv_path else []), out, args.overwrite)
+    _refuse_existing(
+        targets
+        + (probabilities if args.save_probabilities else [])
+        + ([csv_path] if csv_path else []),
+        out,
+        args.overwrite,
+    )
     tables: list[tuple[str, dict]] = []
     bar = _Progress("predict")
     t0 = time.perf_counter()
@@ -522,9 +634,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             ax = _auto_channel_axis(img.shape, bundle.in_channels, args.channel_axis, file_axes)
             if n_series > 1:
                 _info(f"note: {f.name} holds {n_series} images (series); the first is predicted")
+            if args.channel_axis == "auto" and ax is None:
+                note = _stack_note(f.name, img.shape, file_axes, "predicted")
+                if note:
+                    _info(note)
             if args.channel_axis == "auto" and ax is not None and img.ndim >= 3:
                 said = f"the file's axes {file_axes}" if file_axes and "C" in file_axes else ""
-                if said or ax == 0 or img.shape[ax] == 2:
+                if said or ax == 0 or img.shape[ax] not in (1, 3, 4):
                     _info(
                         f"note: {f.name} {img.shape} is read with {img.shape[ax]} channels on "
                         f"axis {ax % img.ndim}"
@@ -555,7 +671,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 from napari_unet.core.io import atomic_write
 
                 stack = np.stack([res.probabilities[k] for k in bundle.outputs])
-                with atomic_write(stage(out / f"{_stem(f)}_probabilities.tif")) as tmp:
+                with atomic_write(stage(probabilities[i])) as tmp:
                     tifffile.imwrite(
                         tmp,
                         stack.astype(np.float32),
@@ -565,6 +681,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if csv_path is not None:
             from napari_unet.core.measure import write_measurements_csv
 
+            _non_utf8_note([name for name, _ in tables])
             _, rows = write_measurements_csv(stage(csv_path), tables, overwrite=True)
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
     _info(f"wrote {len(files)} label image(s) to {out}")
@@ -688,6 +805,12 @@ def cmd_split(args: argparse.Namespace) -> int:
         raise NapariUnetError(
             f"--threshold must be between 0 and 1 (a probability), got {args.threshold}."
         )
+    from napari_unet.core.split import MAX_SMOOTH
+
+    if not 0 <= args.smooth <= MAX_SMOOTH:  # also NaN; before reading anything
+        raise NapariUnetError(
+            f"--smooth must be from 0 (no smoothing) to {MAX_SMOOTH:g} pixels, got {args.smooth}."
+        )
     files = list_image_files(args.input)
     out = check_writable_folder(args.out)  # the folder is made at the first write
     targets = [out / f"{f.stem}.tif" for f in files]
@@ -711,8 +834,25 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., 0]
     if arr.dtype.kind == "f":
-        mask = arr > args.threshold
-    else:
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise NapariUnetError(
+                f"{f.name} holds NaN or infinite values ({bad} of {arr.size} pixels); a "
+                "probability map holds numbers from 0 to 1: replace them (e.g. with 0)."
+            )
+        low, high = float(arr.min()), float(arr.max())
+        whole = bool(np.all(arr == np.round(arr)))
+        if -1e-3 <= low and high <= 1 + 1e-3:  # rounding may leave 1.0000001
+            mask = arr > args.threshold
+        elif whole and low >= 0:  # float labels or a 0/255 mask: whole numbers
+            arr = arr.astype(np.int64)
+        else:
+            raise NapariUnetError(
+                f"{f.name} ({arr.dtype}) ranges {low:g} to {high:g}: neither a probability "
+                "map (0 to 1) nor labels or a mask (whole numbers >= 0); rescale it to 0..1 "
+                "or threshold it first."
+            )
+    if arr.dtype.kind != "f":
         mask = arr
         if looks_like_intensities(arr):
             raise NapariUnetError(
@@ -760,7 +900,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- export-rle
 def cmd_export_rle(args: argparse.Namespace) -> int:
     """Write a DSB2018 run-length CSV: ``napari-unet export-rle``."""
-    from napari_unet.core.io import list_image_files, read_labels, write_rle_csv
+    from napari_unet.core.io import (
+        list_image_files,
+        read_labels,
+        resolved,
+        text_name,
+        write_rle_csv,
+    )
 
     out = Path(args.out).expanduser()
     if out.is_dir():
@@ -768,14 +914,21 @@ def cmd_export_rle(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise NapariUnetError(f"{out} exists; pass --overwrite to replace it.")
     files = list_image_files(args.labels)
+    if resolved(out) in {resolved(f) for f in files}:
+        raise NapariUnetError(
+            f"--out {out} is one of the label images: the CSV would replace it; choose "
+            "another name, e.g. submission.csv."
+        )
     seen: dict[str, Path] = {}
     for f in files:  # the CSV has one block per image id: two files may not share one
-        if f.stem in seen:
+        key = text_name(f.stem)  # as the CSV writes it
+        if key in seen:
             raise NapariUnetError(
-                f"{seen[f.stem].name} and {f.name} would both be image id {f.stem!r} in the "
+                f"{seen[key].name} and {f.name} would both be image id {key!r} in the "
                 "CSV; keep one of them."
             )
-        seen[f.stem] = f
+        seen[key] = f
+    _non_utf8_note([f.stem for f in files])
     items = {f.stem: read_labels(f) for f in files}
     write_rle_csv(out, items, overwrite=args.overwrite)
     _info(f"wrote run-length encodings of {len(items)} image(s) to {args.out}")
@@ -795,8 +948,15 @@ def _pixel_size_option(args: argparse.Namespace) -> tuple[tuple[float, ...] | No
             f"--pixel-size takes one value, two (Y X) or three (Z Y X), got {len(values)}: "
             f"{values}."
         )
+    from napari_unet.core.measure import _MAX_PIXEL_SIZE, _MIN_PIXEL_SIZE
+
     if not all(0 < v < float("inf") for v in values):
         raise NapariUnetError(f"--pixel-size must be positive, got {values}.")
+    if not all(_MIN_PIXEL_SIZE <= v <= _MAX_PIXEL_SIZE for v in values):
+        raise NapariUnetError(
+            f"--pixel-size must be from {_MIN_PIXEL_SIZE:g} to {_MAX_PIXEL_SIZE:g} (in --unit; "
+            f"areas would round to 0 or overflow), got {values}."
+        )
     size = (values[0], values[0]) if len(values) == 1 else tuple(values)
     return size, args.unit or "um"
 
@@ -872,7 +1032,14 @@ def _measure_file(
 
 def cmd_measure(args: argparse.Namespace) -> int:
     """Measure every object of label images into one CSV: ``napari-unet measure``."""
-    from napari_unet.core.io import check_writable_folder, list_image_files, pair_images_and_labels
+    from napari_unet.core.io import (
+        _label_key,
+        _stem,
+        check_writable_folder,
+        list_image_files,
+        pair_images_and_labels,
+        text_name,
+    )
     from napari_unet.core.measure import table_rows, write_measurements_csv
 
     out = Path(args.out).expanduser()
@@ -900,6 +1067,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
         jobs = [(lab, img) for img, lab in pairs]
     else:
         jobs = [(lab, None) for lab in labels]
+    seen: dict[str, Path] = {}
+    for lab, img in jobs:  # one name per image in the CSV: two files may not share one
+        key = text_name(_stem(img) if img else _label_key(lab)[0])
+        if key in seen:
+            raise NapariUnetError(
+                f"{seen[key].name} and {lab.name} would both be image {key!r} in the CSV; "
+                "keep one of them, or measure them separately."
+            )
+        seen[key] = lab
+    _non_utf8_note(list(seen))
     tables = [_measure_file(lab, img, args) for lab, img in jobs]
     path, rows = write_measurements_csv(out, tables, overwrite=args.overwrite)
     empty = [name for name, t in tables if table_rows(t) == 0]
@@ -1001,6 +1178,10 @@ def _has_display() -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo on the sample data: ``napari-unet demo``."""
+    if args.headless and not 0 < args.minutes < float("inf"):  # also NaN; before any work
+        raise NapariUnetError(
+            f"--minutes must be a positive number of minutes, got {args.minutes}."
+        )
     if not args.headless:
         if not _has_display():
             raise NapariUnetError(
@@ -1300,6 +1481,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends a run as Ctrl-C does (training installs its own stop-cleanly
+        # handler): lock files are removed and staged outputs rolled back on the way out
+        old_term = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(args)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the sub-command; problems become one line on stderr and an exit code."""
     try:
         return int(args.func(args) or 0)
     except NapariUnetError as e:
@@ -1307,6 +1502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"napari-unet: error: {e}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("napari-unet: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("napari-unet: interrupted", file=sys.stderr)
         return 130

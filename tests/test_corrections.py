@@ -192,28 +192,54 @@ def test_painted_over_a_neighbour_involves_it():
     np.testing.assert_array_equal(out, expected)
 
 
-def test_3d_stack():
+def test_3d_stack_ring_stays_in_the_painted_planes():
     corrected = np.zeros((5, 8, 8), np.int32)
     corrected[1:4, 2:5, 2:5] = 7
 
     out = annotation_from_edits(corrected, ring=1)
 
-    expected = np.zeros_like(out)
-    expected[0, 2:5, 2:5] = expected[4, 2:5, 2:5] = 1
+    expected = np.zeros_like(out)  # planes 0 and 4 were not looked at: not annotated
     expected[1:4, 1, 2:5] = expected[1:4, 5, 2:5] = 1
     expected[1:4, 2:5, 1] = expected[1:4, 2:5, 5] = 1
     expected[1:4, 2:5, 2:5] = 2
     np.testing.assert_array_equal(out, expected)
 
-    # a split in 3D, with the default ring (27 voxels: diameter 3.7 -> ring 2)
+    # one nucleus painted in plane 2 of a stack: nothing is annotated in the other planes
+    stack = np.zeros((5, 30, 30), np.int32)
+    stack[2, 10:20, 10:20] = 1
+    single = annotation_from_edits(stack)
+    assert not single[[0, 1, 3, 4]].any()
+    assert (single[2, 10:20, 10:20] == 2).all() and (single[2] == 1).any()
+
+    # a split in 3D, with the default ring (9-pixel cross-sections: diameter 3.4 -> ring 2)
     baseline = np.zeros((6, 10, 10), np.int32)
     baseline[1:4, 2:5, 2:8] = 1
     edited = baseline.copy()
     edited[1:4, 2:5, 5:8] = 2
     split = annotation_from_edits(edited, baseline)
     assert (split[1:4, 2:5, 2:5] == 2).all() and (split[1:4, 2:5, 5:8] == 3).all()
-    assert split[1, 2, 0] == 1 and split[1, 2, 9] == 1 and split[5, 3, 3] == 1
+    assert split[1, 2, 0] == 1 and split[1, 2, 9] == 1
+    assert not split[[0, 4, 5]].any()  # planes without edits
     assert split[1, 7, 3] == 0  # 3 px away
+
+
+def test_a_later_ring_does_not_erase_an_earlier_object():
+    # round 1: the user painted a missed nucleus A
+    first = np.zeros((20, 20), np.int32)
+    first[2:6, 2:6] = 5
+    old = annotation_from_edits(first)
+    # round 2: the new prediction still misses A; the user fixes neighbour B next to it
+    predicted = np.zeros((20, 20), np.int32)
+    predicted[2:6, 8:12] = 1
+    edited = predicted.copy()
+    edited[2:6, 7:12] = 1  # B grown by a column, towards A
+    new, band = annotation_from_edits(edited, predicted, ring=3, return_ring=True)
+    assert band[2:6, 4:7].any() and (new[2:6, 4:6] == 1).any()  # the band covers part of A
+    merged = merge_annotations(old, new, new_ring=band)
+    assert (merged[2:6, 2:6] >= 2).all()  # A is kept whole
+    assert len(np.unique(merged[merged >= 2])) == 2
+    # without the band mask, A would lose pixels to it (the plain "later wins" rule)
+    assert (merge_annotations(old, new)[2:6, 2:6] == 1).any()
 
 
 def test_bool_mask_is_one_object():

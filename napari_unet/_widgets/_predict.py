@@ -73,6 +73,7 @@ from napari_unet._widgets._jobs import (
     ExportItem,
     Predicted,
     Retrained,
+    channel_axis_for,
     export_job,
     predict_job,
     retrain_job,
@@ -137,7 +138,6 @@ class PredictWidget(TabbedPanel):
         self._stop: threading.Event | None = None
         self._job: dict[str, Any] | None = None
         self._guard: JobGuard | None = None
-        self._round: dict[str, int] = {}
         self._export_worker: Any = None
         self._build()
         self._connect()
@@ -323,7 +323,10 @@ class PredictWidget(TabbedPanel):
             "training_set.json) to a folder, to go on another day."
         )
         self.load_set_button = QPushButton("Load training set...")
-        self.load_set_button.setToolTip("Add a training set saved earlier to this session's.")
+        self.load_set_button.setToolTip(
+            "Add a training set saved earlier to this session's (an image of the same name "
+            "is replaced)."
+        )
         set_buttons.addWidget(self.save_set_button)
         set_buttons.addWidget(self.load_set_button)
         retrain_layout.addLayout(set_buttons)
@@ -519,17 +522,34 @@ class PredictWidget(TabbedPanel):
         """
         if self.session.busy:
             raise NapariUnetError(f"Wait until {self.session.busy} has finished.")
-        if self.session.bundle is None:
+        bundle = self.session.bundle
+        if bundle is None:
             raise NapariUnetError(
                 "There is no model to fine-tune yet: train one, or predict with a model file "
                 "first (it then becomes the session's model)."
             )
         layer = self._image_layer()
-        image = layer_array(layer)
-        annotation = self.correction(layer, image.shape)
+        image = training_image(layer_array(layer), bool(layer.rgb), bundle.in_channels, layer.name)
+        corrected = self._corrected_layer(layer)
+        annotation, notes = self.correction(layer, image, corrected)
         self.session.add_training_pair(layer.name, image, annotation, sparse=True)
+        # what is painted from now on is a new correction
+        self.session.record_baseline(corrected, layer_array(corrected))
         names, images, annotations, _sparse = self.session.training_data()
-        annotations = [np.asarray(a) for a in annotations]
+        keep = [
+            i
+            for i, (img, ann) in enumerate(zip(images, annotations, strict=True))
+            if _channels(img, ann) in (1, bundle.in_channels)
+        ]
+        left_out = [names[i] for i in range(len(names)) if i not in keep]
+        if left_out:
+            notes.append(
+                f"left out of this retrain: {', '.join(left_out)} (their channels do not fit "
+                f"the model's {bundle.in_channels}; they stay in the training set)"
+            )
+        names = [names[i] for i in keep]
+        images = [images[i] for i in keep]
+        annotations = [np.asarray(annotations[i]) for i in keep]
         config = self.finetune_config()
         self._stop = threading.Event()
         worker = create_worker(
@@ -537,7 +557,7 @@ class PredictWidget(TabbedPanel):
             images,
             annotations,
             config,
-            self.session.bundle,
+            bundle,
             layer_array(layer, in_memory=False),
             names=names,
             scored=self._scored(names),
@@ -548,23 +568,44 @@ class PredictWidget(TabbedPanel):
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
-        job = {"kind": "retrain", "layer": layer, "corrected": self.corrected.currentText()}
+        job = {"kind": "retrain", "layer": layer, "corrected": corrected.name, "notes": notes}
         self.session.begin("retraining", self._stop)
         self._start(worker, job, f"Fine-tuning on {len(images)} image(s)...")
+        _warn_notes(notes)
 
-    def correction(self, layer: Image, image_shape: tuple[int, ...]) -> np.ndarray:
-        """Return the picked layer's annotation (sparse convention), merged with earlier ones.
+    def _corrected_layer(self, layer: Image) -> Labels:
+        """Return the Labels layer picked as corrected, checked against the image."""
+        name = self.corrected.currentText()
+        if not name or name not in self.viewer.layers:
+            raise NapariUnetError("Pick the Labels layer you corrected.")
+        corrected = self.viewer.layers[name]
+        if not isinstance(corrected, Labels):
+            raise NapariUnetError(f"Layer '{name}' is not a Labels layer.")
+        info = _result_info(corrected)
+        source = info.get("source") if info.get("kind") == "prediction" else None
+        if source and source != layer.name:
+            raise NapariUnetError(
+                f"'{name}' was predicted from image '{source}', not '{layer.name}': pick "
+                f"'{source}' as the image, or the labels you corrected on '{layer.name}'."
+            )
+        return corrected
+
+    def correction(
+        self, layer: Image, image: np.ndarray, corrected: Labels
+    ) -> tuple[np.ndarray, list[str]]:
+        """Return the corrected layer's annotation (sparse convention) and notes for the user.
 
         With "What counts" = only my edits, the objects the user painted, split, merged
-        or erased since napari-unet last predicted into the layer count (see
+        or erased since napari-unet last predicted into the layer (or since the last
+        retrain on it) count (see
         :func:`napari_unet.core.corrections.annotation_from_edits`); otherwise every
-        pixel of the layer. The result replaces the image's annotation in the training
-        set where they overlap (later strokes win) and keeps it elsewhere.
+        pixel of the layer. The result is merged with the image's earlier annotation in
+        the training set (later strokes win where they overlap).
 
         Raises
         ------
         NapariUnetError
-            No Labels layer picked, one of another shape, or nothing painted.
+            A layer of another shape, or nothing painted.
         """
         from napari_unet.core.corrections import (
             annotation_from_edits,
@@ -573,19 +614,16 @@ class PredictWidget(TabbedPanel):
             whole_layer_annotation,
         )
 
-        name = self.corrected.currentText()
-        if not name or name not in self.viewer.layers:
-            raise NapariUnetError("Pick the Labels layer you corrected.")
-        corrected = self.viewer.layers[name]
-        if not isinstance(corrected, Labels):
-            raise NapariUnetError(f"Layer '{name}' is not a Labels layer.")
+        name = corrected.name
         labels = layer_array(corrected)
-        spatial = tuple(image_shape[:-1]) if layer.rgb else tuple(image_shape)
-        if labels.shape not in (spatial, tuple(image_shape)):
+        spatial = image.shape[: labels.ndim]
+        if labels.shape != spatial or image.ndim > labels.ndim + 1:
             raise NapariUnetError(
                 f"Labels layer '{name}' has shape {labels.shape} but image '{layer.name}' has "
-                f"{tuple(image_shape)}: pick the labels painted on this image."
+                f"{tuple(image.shape)}: pick the labels painted on this image."
             )
+        notes: list[str] = []
+        ring = None
         if self.counts.currentText() == COUNT_ALL:
             if not np.any(labels):
                 raise NapariUnetError(
@@ -595,20 +633,31 @@ class PredictWidget(TabbedPanel):
             annotation = whole_layer_annotation(labels)
         else:
             baseline = self.session.baseline(corrected)
-            if baseline is not None and baseline.shape != labels.shape:
+            if baseline is None or baseline.shape != labels.shape:
                 baseline = None
-            annotation = annotation_from_edits(labels, baseline)
+                notes.append(
+                    f"'{name}' was not predicted in this session, so every object in it counts "
+                    "as painted by you"
+                )
+            annotation, ring = annotation_from_edits(labels, baseline, return_ring=True)
             if not np.any(annotation):
                 raise NapariUnetError(
-                    f"Nothing was painted or erased in '{name}' since it was predicted: fix "
-                    "some nuclei first (brush, eraser, fill), or set 'What counts' to "
-                    f"'{COUNT_ALL}' if the whole layer is right."
+                    f"Nothing was painted or erased in '{name}' since it was predicted (or "
+                    "last retrained on): fix some nuclei first (brush, eraser, fill), or set "
+                    f"'What counts' to '{COUNT_ALL}' if the whole layer is right."
                 )
         earlier = self.session.training_set.get(layer.name)
-        if earlier is not None and earlier.labels.shape == annotation.shape:
-            old = earlier.labels if earlier.sparse else to_sparse(earlier.labels)
-            annotation = merge_annotations(old, annotation)
-        return annotation
+        if earlier is not None:
+            same = earlier.labels.shape == annotation.shape and np.array_equal(earlier.image, image)
+            if same:
+                old = earlier.labels if earlier.sparse else to_sparse(earlier.labels)
+                annotation = merge_annotations(old, annotation, new_ring=ring)
+            else:
+                notes.append(
+                    f"the training set held another image named '{layer.name}': its "
+                    "annotation is replaced by this one"
+                )
+        return annotation, notes
 
     def _scored(self, names: list[str]) -> list[int]:
         """Return the indices of the pairs that hold the user's corrections (made in Retrain)."""
@@ -637,14 +686,26 @@ class PredictWidget(TabbedPanel):
         self.session.clear_training_set()
 
     def _on_save_set_clicked(self) -> None:
-        from qtpy.QtWidgets import QFileDialog
+        from qtpy.QtWidgets import QFileDialog, QMessageBox
 
         folder = QFileDialog.getExistingDirectory(self, "Save the training set to a folder")
-        if folder:
-            try:
-                self.save_training_set(folder)
-            except NapariUnetError as error:
-                notify_error(error)
+        if not folder:
+            return
+        overwrite = False
+        if (Path(folder) / "training_set.json").exists():
+            answer = QMessageBox.question(
+                self,
+                "Replace the saved training set?",
+                f"{folder} holds a saved training set. Replace it with this session's "
+                "(files of images no longer in the set stay)?",
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+            overwrite = True
+        try:
+            self.save_training_set(folder, overwrite=overwrite)
+        except NapariUnetError as error:
+            notify_error(error)
 
     def save_training_set(self, folder: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write the session's training set to `folder` (see core.corrections)."""
@@ -864,23 +925,29 @@ class PredictWidget(TabbedPanel):
         predicted = value.predicted
         if predicted.result is None:
             self.status.setText(text + " Prediction skipped.")
+            show_info(text)  # also when the panel was closed meanwhile
             _warn_notes(notes)
             return
         source = job["layer"]
         kept_layer = job.get("corrected")
-        self._round[source.name] = self._round.get(source.name, 1) + 1
+        # a new layer every round, never one that exists (a painted one, or the corrected)
+        n = 2
+        while f"{source.name}_labels_round_{n}" in self.viewer.layers:
+            n += 1
         layers = self._add_results(
             source,
             predicted.result,
             measured=predicted.measured,
-            labels_name=f"{source.name}_labels_round_{self._round[source.name]}",
+            labels_name=f"{source.name}_labels_round_{n}",
         )
         new = layers[-1]
         if kept_layer in self.viewer.layers and self.viewer.layers[kept_layer] is not new:
             self.viewer.layers[kept_layer].visible = False  # kept, hidden under the new one
             text += f" Your corrections stay in '{kept_layer}' (hidden)."
         self.corrected.setCurrentText(new.name)  # the layer to correct next
-        self.status.setText(f"{text} New prediction: '{new.name}'.")
+        text += f" New prediction: '{new.name}'."
+        self.status.setText(text)
+        show_info(text)
         _warn_notes(notes + list(predicted.result.notes))
 
     def _on_errored(self, error: BaseException) -> None:
@@ -1079,6 +1146,34 @@ def _result_info(layer: Layer) -> dict[str, Any]:
 def _result_kind(layer: Layer) -> str | None:
     """Return what napari-unet made `layer` as ("prediction", "split", ...), or None."""
     return _result_info(layer).get("kind")
+
+
+def training_image(data: np.ndarray, rgb: bool, in_channels: int, name: str) -> np.ndarray:
+    """Return an image layer's data as the training set keeps it (channels last, no alpha).
+
+    Raises
+    ------
+    NapariUnetError
+        Its channels do not fit the model (nothing is added to the training set then).
+    """
+    from napari_unet.core.predict import prepare_image
+
+    axis = channel_axis_for(data.shape, rgb, in_channels)
+    try:
+        prepared = prepare_image(data, in_channels, axis)  # (C, ..., Y, X)
+    except NapariUnetError as error:
+        raise NapariUnetError(f"'{name}' cannot fine-tune the session's model: {error}") from None
+    if axis is None:
+        return data  # grey (repeated on the model's channels when training)
+    return np.moveaxis(np.asarray(prepared[(slice(None),) * prepared.ndim]), 0, -1)
+
+
+def _channels(image: np.ndarray, labels: np.ndarray) -> int:
+    """Return the number of channels of a training pair's image (1 for grey)."""
+    from napari_unet.core.data import find_channel_axis
+
+    axis = find_channel_axis(np.shape(image), np.shape(labels))
+    return 1 if axis is None else int(np.shape(image)[axis])
 
 
 def training_set_text(session: Session) -> str:

@@ -31,6 +31,9 @@ from typing import Any
 
 from napari_unet.core.errors import NapariUnetError
 
+#: Held while ``__main__`` is swapped for a stand-in (see :func:`_main_module_hidden`).
+_MAIN_LOCK = threading.Lock()
+
 #: How often (s) the worker thread checks the stop event and the child's health.
 POLL_S = 0.05
 
@@ -130,13 +133,15 @@ def _main_module_hidden() -> Generator[None, None, None]:
     given as "module:function" and its arguments are pickled with the standard pickler.
     So a bare module stands in for ``__main__`` while the child is started.
     """
-    real = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if real is not None:
-            sys.modules["__main__"] = real
+    with _MAIN_LOCK:  # two jobs started at once must not keep the stand-in for good
+        real = sys.modules.get("__main__")
+        stand_in = types.ModuleType("__main__")
+        sys.modules["__main__"] = stand_in
+        try:
+            yield
+        finally:
+            if real is not None and sys.modules.get("__main__") is stand_in:
+                sys.modules["__main__"] = real
 
 
 def _child_main(target: str, payload: bytes, results, stop) -> None:

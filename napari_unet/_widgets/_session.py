@@ -131,11 +131,15 @@ class Session:
         """Add (or replace, by name) an annotated image in the training set.
 
         The arrays are copied, so painting on the layer later does not change what was
-        added.
+        added; an image with its channels first is stored channels-last.
         """
-        self.training_set[name] = TrainingPair(
-            name, np.array(image, copy=True), np.array(labels, copy=True), sparse
-        )
+        from napari_unet.core.data import find_channel_axis
+
+        image = np.array(image, copy=True)
+        axis = find_channel_axis(image.shape, np.shape(labels))
+        if axis is not None and axis != image.ndim - 1:
+            image = np.ascontiguousarray(np.moveaxis(image, axis, -1))
+        self.training_set[name] = TrainingPair(name, image, np.array(labels, copy=True), sparse)
         self.training_set_changed.emit()
 
     def clear_training_set(self) -> None:

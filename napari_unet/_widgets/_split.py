@@ -265,6 +265,7 @@ class SplitWidget(TabbedPanel):
         if measured.note:
             show_warning(measured.note)
         self.session.track_result(layer)
+        self.session.record_baseline(layer, labels)  # to tell the user's edits later
         n = len(np.unique(labels)) - 1 if labels.size else 0
         self.status.setText(f"{n} nuclei in '{layer.name}'.")
 

@@ -592,7 +592,7 @@ class TrainWidget(TabbedPanel):
         if result.best_score is not None and result.history:
             name = score_name(result.history[-1])
             if name == "training loss":  # nothing held back: the score is minus the loss
-                score = f", nothing held back (last training loss {-result.best_score:.3f})"
+                score = f", nothing held back (lowest training loss {-result.best_score:.3f})"
             else:
                 score = f", best {name} {result.best_score:.3f}"
         settings = f"\nPrediction will use {describe_settings(result.bundle.meta)}."

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +192,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
 
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink():
+            raise CheckpointError(
+                f"Model file {path} is a symbolic link that leads to no file (its target is "
+                "missing, or the link points to itself or around in a loop)."
+            )
+        if path.is_dir():
+            raise CheckpointError(
+                f"{path} is a folder, not a model file; choose the .pt file saved by napari-unet."
+            )
         raise CheckpointError(f"Model file {path} does not exist.")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(
+            f"cannot read the model file {path}: permission denied; make it readable "
+            "(e.g. chmod u+r) or copy it somewhere you can read it."
+        )
     kind = _foreign_kind(path)
     if kind is not None:
         raise CheckpointError(

@@ -204,7 +204,8 @@ def annotation_from_edits(
     baseline: np.ndarray | None = None,
     *,
     ring: float | None = None,
-) -> np.ndarray:
+    return_ring: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Build a (partial) annotation from what the user painted or erased.
 
     Only the objects the user touched count. An object is *involved* when one of
@@ -217,8 +218,11 @@ def annotation_from_edits(
 
     A band of background is added around the annotated objects: pixels within
     `ring` pixels of one that are empty in `corrected` were seen by the user and
-    left empty. Pixels of other, untouched objects are never annotated (they
-    may be wrong predictions nobody checked), nor is the rest of the image.
+    left empty. The band is drawn in each 2D plane (the last two axes): a stack
+    or time series is predicted and corrected plane by plane, so the planes
+    around a painted one were not looked at. Pixels of other, untouched objects
+    are never annotated (they may be wrong predictions nobody checked), nor is
+    the rest of the image.
 
     Parameters
     ----------
@@ -231,9 +235,12 @@ def annotation_from_edits(
         all zeros: the user painted on an empty layer.
     ring : float, optional
         Width of the background band around annotated objects, in pixels
-        (Euclidean distance, the same along every axis); 0 for none. Default:
-        a quarter of the median equivalent diameter of the annotated objects,
+        (Euclidean distance within a plane); 0 for none. Default: a quarter of
+        the median equivalent diameter of the annotated objects' cross-sections,
         rounded, at least 2 and at most 10.
+    return_ring : bool
+        Also return the band as a mask (for :func:`merge_annotations`: it was
+        not drawn by the user, so it does not erase earlier objects).
 
     Returns
     -------
@@ -241,6 +248,8 @@ def annotation_from_edits(
         Sparse convention: 0 = not annotated, 1 = background, 2..N+1 = the
         annotated objects (in the order of their ids in `corrected`). All zeros
         when nothing changed (see :func:`is_empty_annotation`).
+    (..., Y, X) ndarray of bool
+        With `return_ring`: the band.
 
     Raises
     ------
@@ -268,6 +277,11 @@ def annotation_from_edits(
     corrected = _labels(corrected, "corrected labels")
     ring = _check_ring(ring)
     out = np.zeros(corrected.shape, dtype=np.int32)
+    band_mask = np.zeros(corrected.shape, dtype=bool)
+
+    def done(result: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        return (result, band_mask) if return_ring else result
+
     if baseline is None:
         changed = corrected != 0
         involved_base = np.zeros(corrected.shape, dtype=bool)
@@ -279,7 +293,7 @@ def annotation_from_edits(
         base_ids = base_ids[base_ids != 0]
         involved_base = np.isin(baseline, base_ids) if base_ids.size else np.zeros_like(changed)
     if not changed.any():
-        return out
+        return done(out)
     # Every corrected id in the changed pixels or the touched baseline footprints, whole.
     # This region is closed: an unchanged pixel of an involved corrected id has that same
     # id in the baseline, so its footprint brings no new id.
@@ -294,33 +308,54 @@ def annotation_from_edits(
     out[region & (corrected == 0)] = 1
     out[objects] = _relabel_from(corrected[objects], ids, 2)
     if not ids.size:
-        return out
+        return done(out)
     if ring is None:
-        areas = np.bincount(out[objects].ravel() - 2, minlength=ids.size)
-        median = float(np.median(_equivalent_diameter(areas, corrected.ndim)))
+        # cross-sections: the area of each object in each plane where it appears
+        plane = np.broadcast_to(
+            np.arange(math.prod(corrected.shape[:-2]), dtype=np.int64).reshape(
+                corrected.shape[:-2] + (1, 1)
+            ),
+            corrected.shape,
+        )
+        key = plane[objects] * ids.size + (out[objects].astype(np.int64) - 2)
+        areas = np.unique(key, return_counts=True)[1]
+        median = float(np.median(_equivalent_diameter(areas, 2)))
         ring = float(min(_MAX_AUTO_RING, max(_MIN_AUTO_RING, round(0.25 * median))))
     if ring > 0:
         box = _bbox(objects, math.ceil(ring))
-        near = ndi.distance_transform_edt(out[box] < 2) <= ring
+        lead = (slice(None),) * (corrected.ndim - 2)
+        box = lead + tuple(box[-2:])  # whole planes along the leading axes
+        # distances within each plane only (the leading axes are far apart)
+        sampling = [1e9] * (corrected.ndim - 2) + [1.0, 1.0]
+        near = ndi.distance_transform_edt(out[box] < 2, sampling=sampling) <= ring
         band = near & (corrected[box] == 0) & (out[box] == 0)
         out[box][band] = 1
-    return out
+        band_mask[box] = band
+    return done(out)
 
 
-def merge_annotations(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+def merge_annotations(
+    old: np.ndarray, new: np.ndarray, *, new_ring: np.ndarray | None = None
+) -> np.ndarray:
     """Combine two rounds of annotation of the same image; later strokes win.
 
     Where `new` is annotated (non-zero) the result is `new`. An object of `old`
     loses the pixels `new` annotates; if it overlaps an object of `new` (the
     user redrew it) its remaining pixels become 0 (not annotated), since the
     later drawing replaces it; if it only loses pixels to background of `new`
-    it keeps the rest. Background of `old` stays where `new` is 0.
+    it keeps the rest. Background of `old` stays where `new` is 0. The
+    automatic background band of `new` (`new_ring`, see
+    :func:`annotation_from_edits`) is weaker: it does not cover objects of
+    `old` (a nucleus painted in an earlier round, still missed by the later
+    prediction, is not erased by the band around a later stroke).
 
     Parameters
     ----------
     old, new : (..., Y, X) ndarray of int
         Annotations in the sparse convention (0 = not annotated, 1 =
         background, >= 2 = objects), `new` the later one.
+    new_ring : (..., Y, X) ndarray of bool, optional
+        The background band that :func:`annotation_from_edits` added to `new`.
 
     Returns
     -------
@@ -345,15 +380,19 @@ def merge_annotations(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     new = _labels(new, "later annotation")
     _same_shape(old, new, "earlier annotation", "later annotation")
     out = np.zeros(old.shape, dtype=np.int32)
-    new_annotated = new != 0
     new_objects = new >= 2
     old_objects = old >= 2
+    shielded = np.zeros(old.shape, dtype=bool)
+    if new_ring is not None:
+        _same_shape(old, np.asarray(new_ring), "earlier annotation", "later band")
+        shielded = np.asarray(new_ring, dtype=bool) & (new == 1) & old_objects
+    new_annotated = (new != 0) & ~shielded
     redrawn = np.unique(old[old_objects & new_objects])
     keep = old_objects & ~new_annotated
     if redrawn.size:
         keep &= ~np.isin(old, redrawn)
     out[(old == 1) & ~new_annotated] = 1
-    out[new == 1] = 1
+    out[(new == 1) & ~shielded] = 1
     old_ids = np.unique(old[keep])
     new_ids = np.unique(new[new_objects])
     if old_ids.size + new_ids.size > _INT32_MAX - 2:  # pragma: no cover

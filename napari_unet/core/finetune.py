@@ -107,6 +107,9 @@ class FinetuneResult:
     notes : list of str
         Warnings for the user (too few steps, could not save, ...).
     train : TrainResult
+        The trainer's result (its ``bundle`` is None when the previous model is kept).
+    stopped : bool
+        The user stopped the retrain (training or the comparison).
     """
 
     bundle: ModelBundle
@@ -124,7 +127,7 @@ class FinetuneResult:
         """One readable line: what was done and which model is kept, with the scores."""
         text = f"Fine-tuned for {self.steps} steps in {self.seconds:.0f} s"
         if self.stopped:
-            return text + " (stopped): the best model so far is kept."
+            return text + " (stopped): the previous model is kept."
         if self.before is None or self.after is None:
             return text + "."
         scores = (
@@ -224,9 +227,9 @@ def iter_finetune(
     before = after = None
     kept = "new"
     idx = list(range(len(images))) if scored is None else list(scored)
-    if trained.stopped == "diverged":
+    if stopped:  # cut short and never compared: the previous model stays
         kept = "old"
-    elif config.keep_better and not stopped and idx:
+    elif config.keep_better and idx:
         yield TrainProgress(
             STEP,
             trained.steps,
@@ -238,11 +241,18 @@ def iter_finetune(
             trained.device,
             f"comparing the previous and the fine-tuned model on {len(idx)} corrected image(s)",
         )
-        before = score_on_annotations(init, [images[i] for i in idx], [annotations[i] for i in idx])
-        after = score_on_annotations(new, [images[i] for i in idx], [annotations[i] for i in idx])
-        if before is not None and after is not None and after["f1"] < before["f1"]:
+        chosen = ([images[i] for i in idx], [annotations[i] for i in idx])
+        before = score_on_annotations(init, *chosen, device=config.device, stop=stop)
+        after = score_on_annotations(new, *chosen, device=config.device, stop=stop)
+        if stop is not None and stop.is_set():  # stopped while comparing
+            kept, before, after = "old", None, None
+            stopped = True
+        elif before is not None and after is not None and after["f1"] < before["f1"]:
             kept = "old"
     bundle = new if kept == "new" else init
+    if kept == "old":
+        trained.bundle = None  # the unused weights need not travel back to the viewer
+    bundle.to("cpu")
     checkpoint = None
     if kept == "new" and config.checkpoint_path and not stopped:
         try:
@@ -259,7 +269,7 @@ def iter_finetune(
         checkpoint=checkpoint,
         notes=notes,
         train=trained,
-        stopped=trained.stopped == "user",
+        stopped=stopped and trained.stopped != "diverged",
     )
     yield TrainProgress(
         DONE,
@@ -303,39 +313,68 @@ def score_on_annotations(
     annotations: Sequence[np.ndarray],
     *,
     device: str = "auto",
+    stop: threading.Event | None = None,
 ) -> dict | None:
     """Object F1 (IoU 0.5) of `bundle`'s labels on the annotated parts of `images`.
 
-    Each image is predicted on the box around its annotation (plus a margin) with the
-    model's own prediction settings; the counts of every image are summed. Returns None
-    when nothing is annotated.
+    Each plane is predicted on the box around its annotation (plus a margin), with the
+    intensity range (and polarity) of the whole plane, as a prediction of the whole
+    image would see it, and the model's own prediction settings; the counts of every
+    image are summed. Returns None when nothing is annotated, or when `stop` is set.
     """
     from napari_unet.core.corrections import partial_f1
-    from napari_unet.core.data import find_channel_axis
-    from napari_unet.core.predict import PredictConfig, predict
+    from napari_unet.core.data import Normalisation, find_channel_axis
+    from napari_unet.core.device import release_memory, select_device
+    from napari_unet.core.predict import (
+        PredictConfig,
+        _predict_2d,
+        labels_from_output,
+        prepare_image,
+    )
 
+    cfg = PredictConfig.for_model(bundle, device=device)
+    norm = Normalisation.from_dict(bundle.meta.get("normalisation", {}))
+    torch_device = select_device(device)
+    bundle.to(torch_device).model.eval()
     tp = fp = fn = 0
     scored = 0
-    for image, annotation in zip(images, annotations, strict=True):
-        annotation = np.asarray(annotation)
-        image = np.asarray(image)
-        axis = find_channel_axis(image.shape, annotation.shape)
-        if axis is not None and axis != image.ndim - 1:
-            image = np.moveaxis(image, axis, -1)
-            axis = -1
-        lead = annotation.shape[:-2]
-        for index in np.ndindex(*lead):
-            ann = annotation[index]
-            box = annotated_box(ann)
-            if box is None:
-                continue
-            img = image[index][box]
-            cfg = PredictConfig.for_model(bundle, device=device)
-            out = predict(bundle, img, channel_axis=-1 if axis is not None else None, config=cfg)
-            s = partial_f1(out.labels, ann[box])
-            tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
-            scored += 1
+    try:
+        for image, annotation in zip(images, annotations, strict=True):
+            annotation = np.asarray(annotation)
+            image = np.asarray(image)
+            axis = find_channel_axis(image.shape, annotation.shape)
+            if axis is not None:
+                image = np.moveaxis(image, axis, -1)
+            for index in np.ndindex(*annotation.shape[:-2]):
+                if stop is not None and stop.is_set():
+                    return None
+                ann = annotation[index]
+                box = annotated_box(ann)
+                if box is None:
+                    continue
+                plane = prepare_image(
+                    image[index], bundle.in_channels, -1 if axis is not None else None
+                )
+                plane = np.asarray(plane[(slice(None),) + (slice(None),) * 2])
+                lo, hi = norm.ranges(plane)
+                crop = np.ascontiguousarray(plane[(slice(None),) + box])
+                gen = _predict_2d(bundle, crop, lo, hi, norm, cfg, torch_device, stop, [0], 0)
+                while True:
+                    try:
+                        next(gen)
+                    except StopIteration as end:
+                        prob = end.value
+                        break
+                if prob is None:  # stopped
+                    return None
+                s = partial_f1(labels_from_output(prob, bundle.outputs, cfg), ann[box])
+                tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
+                scored += 1
+    finally:
+        bundle.to("cpu")
+        release_memory(torch_device)
     if not scored:
         return None
-    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    # nothing to find and nothing found (e.g. only false objects erased, all gone): perfect
+    f1 = 1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
     return {"tp": int(tp), "fp": int(fp), "fn": int(fn), "f1": float(f1), "images": scored}

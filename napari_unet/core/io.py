@@ -41,9 +41,11 @@ __all__ = [
     "read_calibration",
     "read_image",
     "read_labels",
+    "resolved",
     "stack_axes",
     "staged_outputs",
     "rle_decode",
+    "text_name",
     "rle_encode",
     "write_labels_tiff",
     "write_rle_csv",
@@ -134,7 +136,13 @@ def list_image_files(path: str | os.PathLike[str]) -> list[Path]:
     target = Path(text).expanduser()
     suffixes = ", ".join(IMAGE_SUFFIXES)
     if target.is_dir():
-        found = [p for p in target.iterdir() if _is_image_file(p)]
+        try:
+            found = [p for p in target.iterdir() if _is_image_file(p)]
+        except PermissionError as exc:
+            raise NapariUnetError(
+                f"cannot read the folder {target}: permission denied; make it readable "
+                "(chmod u+rx)."
+            ) from exc
         where = f"folder {target}"
     elif target.is_file():
         if not _is_image_file(target):
@@ -205,6 +213,12 @@ def _read_raw(path: Path, *, palette_indices: bool = False) -> tuple[np.ndarray,
         ) from exc
     if data.size == 0:
         raise NapariUnetError(f"cannot read {path}: it contains no pixels.")
+    if data.dtype.kind not in "biuf":  # complex, text, structured: not an image's pixels
+        what = "complex numbers" if data.dtype.kind == "c" else f"of type {data.dtype}"
+        raise NapariUnetError(
+            f"cannot read {path}: its pixels are {what} ({data.dtype}), not intensities; save "
+            "an integer or floating-point image (e.g. the magnitude or the real part)."
+        )
     return data, sample_axis
 
 
@@ -499,6 +513,48 @@ def _label_key(path: Path) -> tuple[str, bool]:
         if lower.endswith(suffix) and len(stem) > len(suffix):
             return stem[: -len(suffix)], True
     return stem, False
+
+
+def text_name(name: str) -> str:
+    r"""Return a file name as valid UTF-8 text, for a CSV cell or a message.
+
+    On Linux a file name may hold bytes that are not UTF-8 (a Latin-1 ``café.png`` from an
+    old archive); Python names them with surrogates (``'caf\udce9'``), which no UTF-8 text
+    file can hold. Such bytes are written as ``\xNN`` escapes; other names are returned as
+    they are.
+
+    Examples
+    --------
+    >>> text_name("a"), text_name(os.fsdecode(b"caf\xe9"))
+    ('a', 'caf\\xe9')
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def resolved(path: str | os.PathLike[str]) -> Path:
+    """Return the absolute path with symbolic links resolved; a link loop is a clear error.
+
+    Raises
+    ------
+    NapariUnetError
+        If a symbolic link on the way points to itself or around in a loop.
+    """
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13: RuntimeError("Symlink loop")
+        raise NapariUnetError(
+            f"{path} cannot be followed: a symbolic link on the way points to itself or around "
+            "in a loop; fix or remove the link."
+        ) from exc
 
 
 def pair_images_and_labels(
@@ -1199,14 +1255,15 @@ def write_rle_csv(
     *,
     overwrite: bool = False,
 ) -> Path:
-    """Write label images as a DSB2018 Kaggle submission CSV, atomically.
+    r"""Write label images as a DSB2018 Kaggle submission CSV, atomically.
 
     Parameters
     ----------
     path : str or path-like
         Output ``.csv`` file.
     items : mapping of str to (Y, X) ndarray of int
-        Image id -> label image.
+        Image id -> label image. An id that is not valid UTF-8 (from a file name) is
+        written with ``\xNN`` escapes (:func:`text_name`).
     overwrite : bool, optional
         Replace an existing file. Default False.
 
@@ -1227,7 +1284,7 @@ def write_rle_csv(
     rows: list[tuple[str, str]] = []
     for image_id, labels in items.items():
         encoded = labels_to_rle(labels)
-        rows.extend((image_id, rle) for rle in encoded or [""])
+        rows.extend((text_name(image_id), rle) for rle in encoded or [""])
     with atomic_write(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")

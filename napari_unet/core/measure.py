@@ -126,7 +126,19 @@ def _image_channels_last(image: np.ndarray, shape: tuple[int, ...], channel_axis
         )
     if image.dtype.kind not in "biuf":
         raise NapariUnetError(f"the image holds {image.dtype} values, not numbers.")
+    if image.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            raise NapariUnetError(
+                f"the image holds NaN or infinite values ({bad} of {image.size} pixels), so "
+                "the intensities of the objects touching them would be NaN; replace them "
+                "(e.g. with 0), or measure without the image."
+            )
     return image
+
+
+_MIN_PIXEL_SIZE = 1e-9
+_MAX_PIXEL_SIZE = 1e9
 
 
 def _check_spacing(scale: Sequence[float] | None, n: int) -> tuple[float, ...] | None:
@@ -136,6 +148,12 @@ def _check_spacing(scale: Sequence[float] | None, n: int) -> tuple[float, ...] |
     if len(values) != n or not all(math.isfinite(v) and v > 0 for v in values):
         raise NapariUnetError(
             f"the pixel size must be {n} positive numbers (one per spatial axis), got {scale!r}."
+        )
+    if not all(_MIN_PIXEL_SIZE <= v <= _MAX_PIXEL_SIZE for v in values):
+        # areas and volumes in the unit would round to 0 or overflow to infinity
+        raise NapariUnetError(
+            f"the pixel size must be from {_MIN_PIXEL_SIZE:g} to {_MAX_PIXEL_SIZE:g} in its "
+            f"unit, got {scale!r}; give it in a unit that fits (e.g. 0.325 um)."
         )
     return values
 
@@ -361,7 +379,7 @@ def write_measurements_csv(
     *,
     overwrite: bool = False,
 ) -> tuple[Path, int]:
-    """Write measurement tables of one or more images as one CSV file.
+    r"""Write measurement tables of one or more images as one CSV file.
 
     Parameters
     ----------
@@ -370,7 +388,8 @@ def write_measurements_csv(
     tables : iterable of (image name, table)
         Tables from :func:`measure_labels`. The CSV has an ``image`` column first;
         columns that only some tables have (e.g. calibrated ones) are left empty in
-        the others.
+        the others. A name that is not valid UTF-8 (from a file name) is written with
+        ``\xNN`` escapes (:func:`napari_unet.core.io.text_name`).
     overwrite : bool
         Replace an existing file.
 
@@ -384,7 +403,7 @@ def write_measurements_csv(
     NapariUnetError
         The file exists and `overwrite` is False, or `path` is a folder.
     """
-    from napari_unet.core.io import atomic_write, check_writable_folder
+    from napari_unet.core.io import atomic_write, check_writable_folder, text_name
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -405,6 +424,7 @@ def write_measurements_csv(
             writer = csv.writer(fh)
             writer.writerow(columns)
             for name, table in tables:
+                name = text_name(name)  # a file name that is not UTF-8: \xNN escapes
                 n = table_rows(table)
                 for i in range(n):
                     writer.writerow(

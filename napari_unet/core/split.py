@@ -90,13 +90,19 @@ def _check_mask(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     return (mask if is_labels else mask != 0), is_labels
 
 
+MAX_SMOOTH = 100.0
+"""Widest smoothing of the distance map (sigma, pixels); the default is 1."""
+
+
 def _check_params(min_distance: int, h: float | None, smooth: float, min_size: int) -> None:
     if int(min_distance) != min_distance or min_distance < 1:
         raise NapariUnetError(f"min_distance must be a whole number >= 1, got {min_distance!r}.")
     if h is not None and not (np.isfinite(h) and h > 0):
         raise NapariUnetError(f"h must be a positive number (or None), got {h!r}.")
-    if not (np.isfinite(smooth) and smooth >= 0):
-        raise NapariUnetError(f"smooth must be >= 0 (0 = no smoothing), got {smooth!r}.")
+    if not (np.isfinite(smooth) and 0 <= smooth <= MAX_SMOOTH):
+        raise NapariUnetError(
+            f"smooth must be from 0 (no smoothing) to {MAX_SMOOTH:g} pixels, got {smooth!r}."
+        )
     if int(min_size) != min_size or min_size < 0:
         raise NapariUnetError(f"min_size must be a whole number >= 0, got {min_size!r}.")
 
@@ -454,6 +460,9 @@ def _split_2d(
     if px.pixels.size == 0:
         return np.zeros(mask.shape, dtype=np.int32)
     radius = int(4.0 * smooth + 0.5) if smooth > 0 else 0
+    # maxima further apart than the image is wide cannot exist: a larger min_distance
+    # gives the same markers, and would only widen the canvas below without end
+    min_distance = min(min_distance, max(mask.shape) + 1)
     # Empty pixels between two components on the canvas so that no filter
     # reaches from one into the other: the maximum filter reads the smoothed
     # map up to min_distance away, which reads the distance map `radius`
