@@ -218,3 +218,46 @@ def test_closing_the_predict_panel_mid_retrain_finishes_it(viewer, qtbot, tmp_pa
     again.corrected.setCurrentText("fluo_small_labels_round_2")
     assert again.retrain_button.isEnabled() and not again.stop_button.isEnabled()
     assert not error_messages()
+
+
+def test_retrain_checks_the_layer_and_the_channels(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
+    predict = open_widget(viewer, "Predict")
+    session = predict.session
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))  # a grey model
+    predict.image.setCurrentText("fluo_small")
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    brush(viewer.layers["fluo_small_labels"], [(30, 30)], 77)
+    # the labels of one image, the other image picked: refused, nothing added
+    predict.image.setCurrentText("fluo_dense")
+    predict.corrected.setCurrentText("fluo_small_labels")
+    with pytest.raises(NapariUnetError, match="was predicted from image 'fluo_small'"):
+        predict.retrain()
+    # an RGB image cannot fine-tune a grey model: refused before it joins the set
+    rgb = np.stack([viewer.layers["fluo_dense"].data] * 3, axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    viewer.add_labels(np.zeros(rgb.shape[:2], np.uint16), name="colour_paint")
+    brush(viewer.layers["colour_paint"], [(50, 50)], 3)
+    predict.image.setCurrentText("colour")
+    predict.corrected.setCurrentText("colour_paint")
+    with pytest.raises(NapariUnetError, match="cannot fine-tune the session's model"):
+        predict.retrain()
+    assert not session.training_set and session.busy is None
+    # a stack: the ring stays in the painted plane
+    stack = np.stack([viewer.layers["fluo_small"].data] * 3)
+    viewer.add_image(stack, name="stack")
+    viewer.add_labels(np.zeros(stack.shape, np.uint16), name="stack_paint")
+    paint = viewer.layers["stack_paint"]
+    paint.data_setitem((np.full(9, 1), *np.nonzero(np.ones((3, 3)))), 5)  # 3x3 in plane 1
+    predict.image.setCurrentText("stack")
+    predict.corrected.setCurrentText("stack_paint")
+    predict.retrain_steps.setValue(10)
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    annotation = session.training_set["stack"].labels
+    assert annotation.shape == stack.shape
+    assert annotation[1].any() and not annotation[0].any() and not annotation[2].any()
