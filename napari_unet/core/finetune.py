@@ -199,7 +199,6 @@ def iter_finetune(
     train_config.tune_postprocessing = False
     train_config.lr = float(config.lr)
     train_config.anchor = float(config.anchor)
-    train_config.freeze_norm = True  # a few batches of new images must not reset BatchNorm
     train_config.device = config.device
     train_config.checkpoint_path = None  # the kept model is saved below
     train_config.seed = int(config.seed)

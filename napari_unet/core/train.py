@@ -125,13 +125,6 @@ class TrainConfig:
         the weights and their starting values (L2-SP), so a short fine-tune on a few
         corrections changes what it must and forgets less of the rest; 0 (the default)
         = off, and ignored when training from scratch.
-    freeze_norm : bool
-        Keep the BatchNorm layers' running statistics as they are (the layers
-        normalise with them while training, as when predicting); their scale and
-        shift still learn. For fine-tuning on a few images: a few dozen batches of a
-        new kind of image would otherwise replace the statistics the model learned
-        on all its training images, and it would forget them (measured with
-        ``bench/correct_retrain.py``).
     patience : int or None
         Early stopping after this many validations without improvement; None (the
         default) trains to the end of the budget or the epochs: the learning rate
@@ -184,7 +177,6 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     anchor: float = 0.0
-    freeze_norm: bool = False
     patience: int | None = None
     device: str = "auto"
     amp: bool | None = None
@@ -938,9 +930,6 @@ def iter_train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     ema = _Ema(model, config.ema) if config.ema > 0 else None
     anchor = _Anchor(model, config.anchor) if config.anchor > 0 and init is not None else None
-    norm_layers = [
-        m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-    ]
     loss_fn = _loss_fn("bce" if config.loss == "weighted_bce" else config.loss)
     sampler = PatchSampler(
         train_s if distributed is None else distributed.share(train_s),
@@ -1095,9 +1084,6 @@ def iter_train(
                 stopped = "user"
                 break
             model.train()
-            if config.freeze_norm:
-                for module in norm_layers:
-                    module.eval()
             # cosine learning-rate decay over the budget, with a short warm-up
             f = fraction(now)
             warm = min(1.0, (step + 1) / 20)
