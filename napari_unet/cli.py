@@ -279,6 +279,7 @@ def _validate_as_options(config, args: argparse.Namespace, extra=None) -> None:
         raise
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
 #: Largest values of training settings that TrainConfig.validate leaves open: beyond
 #: them a run can only exhaust memory (patch, batch, width) or overflow (learning rate).
 _TRAIN_LIMITS = {
@@ -299,9 +300,10 @@ def _train_limits(cfg) -> None:
     weight = getattr(cfg, "border_weight", 0.0)
     if not (math.isfinite(weight) and 0 <= weight <= 100):
         raise NapariUnetError(f"border_weight must be between 0 (off) and 100, got {weight}.")
-    if cfg.lr > 1:
+    if cfg.lr > _FLOAT32_MAX:  # torch cannot even apply it to 32-bit weights
         raise NapariUnetError(
-            f"lr must be at most 1 (usual learning rates are 1e-4 to 1e-2), got {cfg.lr:g}."
+            f"lr must be a number that 32-bit floats hold (at most {_FLOAT32_MAX:.3g}; usual "
+            f"learning rates are 1e-4 to 1e-2), got {cfg.lr:g}."
         )
 
 
@@ -1068,15 +1070,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     else:
         jobs = [(lab, None) for lab in labels]
     seen: dict[str, Path] = {}
-    for lab, img in jobs:  # one name per image in the CSV: two files may not share one
-        key = text_name(_stem(img) if img else _label_key(lab)[0])
+    names = [_stem(img) if img else _label_key(lab)[0] for lab, img in jobs]
+    for (lab, _), name in zip(jobs, names, strict=True):  # one name per image in the CSV
+        key = text_name(name)
         if key in seen:
             raise NapariUnetError(
                 f"{seen[key].name} and {lab.name} would both be image {key!r} in the CSV; "
                 "keep one of them, or measure them separately."
             )
         seen[key] = lab
-    _non_utf8_note(list(seen))
+    _non_utf8_note(names)
     tables = [_measure_file(lab, img, args) for lab, img in jobs]
     path, rows = write_measurements_csv(out, tables, overwrite=args.overwrite)
     empty = [name for name, t in tables if table_rows(t) == 0]
