@@ -138,21 +138,28 @@ def _auto_channel_axis(
     return None
 
 
-def _stack_note(name: str, shape: tuple[int, ...], file_axes: str | None, what: str) -> str | None:
+def _stack_note(
+    name: str, shape: tuple[int, ...], file_axes: str | None, what: str, predicting: bool = True
+) -> str | None:
     """Return a note saying how a 3D image without axes was read, where that is unclear.
 
     Such an image is read as the file stores it: planes along the first axis (Fiji shows
     the same). That is the likely reading when the first axis is the shortest; otherwise
     (a 64 x 64 x 300 array saved as it is) the note says what was assumed and how to say
-    otherwise.
+    otherwise (``predict --channel-axis``, or saving the file with its axes).
     """
     if len(shape) != 3 or file_axes is not None or shape[0] < min(shape[1:]):
         return None
+    save = "save the stack with its axes (ImageJ or OME-TIFF)"
+    otherwise = (
+        f"If its last axis holds channels, pass --channel-axis -1; if it holds the planes, {save}."
+        if predicting
+        else f"If its last axis holds the planes or channels, {save}."
+    )
     return (
         f"note: {name} {shape} does not say what its axes are: {what} as {shape[0]} planes of "
-        f"{shape[1]} x {shape[2]} pixels, as the file stores them (Fiji shows the same). If "
-        "its last axis holds channels, pass --channel-axis -1; if it holds the planes, save "
-        "the stack with its axes (ImageJ or OME-TIFF, planes first)."
+        f"{shape[1]} x {shape[2]} pixels, as the file stores them (Fiji shows the same). "
+        + otherwise
     )
 
 
@@ -420,9 +427,9 @@ def _train_locked(
         labs.append(read_labels(lp))
         names.append(ip.stem)
         if imgs[-1].shape == labs[-1].shape:
-            note = _stack_note(ip.name, imgs[-1].shape, image_axes(ip)[0], "trained on")
+            note = _stack_note(ip.name, imgs[-1].shape, image_axes(ip)[0], "trained", False)
             if note:
-                _info(note.replace("pass --channel-axis -1", "save it with its axes too"))
+                _info(note)
     bar = _Progress("train")
     main_rank = distributed is None or distributed.is_main
 

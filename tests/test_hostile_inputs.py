@@ -63,6 +63,25 @@ def test_a_64x64x300_tiff_without_axes_is_planes_as_stored_with_a_note(tmp_path,
     _expect_error(argv, tmp_path, capsys, "300 channels")
 
 
+def test_training_on_such_a_tiff_says_so_too(tmp_path, capsys, monkeypatch):
+    from napari_unet.core import train as train_module
+    from napari_unet.core.errors import NapariUnetError
+
+    def stop_here(*args, **kwargs):  # the note comes before training: no need to train
+        raise NapariUnetError("stopped by the test")
+
+    monkeypatch.setattr(train_module, "iter_train", stop_here)
+    for name in ("images", "labels"):
+        (tmp_path / name).mkdir()
+    stack = np.random.default_rng(0).integers(0, 255, (40, 40, 90), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "images" / "a.tif", stack)
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", (stack > 200).astype(np.uint16))
+    argv = ["train", "--images", tmp_path / "images", "--labels", tmp_path / "labels"]
+    code, err = _run(argv + ["--out", tmp_path / "m.pt"], capsys)
+    assert code == 2 and "stopped by the test" in err
+    assert "trained as 40 planes of 40 x 90 pixels" in err and "save the stack" in err
+
+
 def test_an_ordinary_z_stack_gets_no_note(tmp_path, capsys, model):
     code, err = _run(_predict(tmp_path, model, "z.tif", np.stack([_image()] * 5)), capsys)
     assert code == 0 and "note" not in err, err
