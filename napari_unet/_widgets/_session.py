@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psygnal import Signal
 
+from napari_unet.core.corrections import SavedPair, to_sparse
+
 if TYPE_CHECKING:
     from napari_unet.core.checkpoint import ModelBundle
 
@@ -25,46 +27,14 @@ if TYPE_CHECKING:
 METADATA_KEY = "napari-unet"
 
 
-@dataclass
-class TrainingPair:
-    """One image with its (possibly partial) annotation.
+#: One image with its (possibly partial) annotation: ``name``, ``image`` (channels-last if
+#: it has channels), ``labels`` and ``sparse`` (True: 0 = not annotated, 1 = background,
+#: >= 2 = objects). A pair with the same name replaces an older one. The same record as a
+#: saved training set's (:mod:`napari_unet.core.corrections`).
+TrainingPair = SavedPair
 
-    Attributes
-    ----------
-    name : str
-        Usually the image layer's name; a pair with the same name replaces an older one.
-    image : (..., Y, X[, C]) ndarray
-        Channels-last if it has channels.
-    labels : (..., Y, X) ndarray of int
-        Instance labels or a mask.
-    sparse : bool
-        True when `labels` follows the sparse convention (0 = not annotated,
-        1 = background, >= 2 = objects).
-    """
-
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-    sparse: bool = False
-
-
-def to_sparse_convention(labels: np.ndarray) -> np.ndarray:
-    """Re-code fully annotated labels in the sparse convention (0 -> 1, k -> k + 1).
-
-    Parameters
-    ----------
-    labels : (..., Y, X) ndarray of int
-        0 = background, k > 0 = objects.
-
-    Returns
-    -------
-    (..., Y, X) ndarray of int64
-        1 = background, k + 1 = objects, nothing left "not annotated".
-    """
-    out = labels.astype(np.int64, copy=True)
-    out[labels > 0] += 1
-    out[labels == 0] = 1
-    return out
+#: Fully annotated labels re-coded in the sparse convention (0 -> 1, k -> k + 1).
+to_sparse_convention = to_sparse
 
 
 @dataclass
