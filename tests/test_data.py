@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,44 @@ def test_polarity_auto_inverts_bright_background_images_only():
     assert Normalisation.from_dict({"low": 1, "high": 99.8}).polarity == "keep"  # old models
     with pytest.raises(NapariUnetError, match="polarity"):
         Normalisation(polarity="invert")
+
+
+def test_polarity_auto_inverts_dense_stained_tissue():
+    """Dense H&E: tissue fills the image, so the stained channels' medians fall below the
+    middle; the background is still bright in red, which decides."""
+    rng = np.random.default_rng(1)
+    h, w = 96, 96
+    # pink tissue everywhere (red bright, green and blue mid), purple nuclei (dark in all)
+    img = np.empty((3, h, w), np.float32)
+    img[0] = rng.normal(200, 8, (h, w))
+    img[1] = rng.normal(110, 15, (h, w))
+    img[2] = rng.normal(150, 12, (h, w))
+    img[:, :3, :] = 240  # a sliver of bare glass: white
+    yy, xx = np.mgrid[:h, :w]
+    for cy, cx in [(20, 20), (20, 70), (50, 45), (75, 20), (75, 75)]:
+        nucleus = (yy - cy) ** 2 + (xx - cx) ** 2 < 81
+        img[0][nucleus], img[1][nucleus], img[2][nucleus] = 100, 50, 110
+    sub = img.reshape(3, -1)
+    lo, hi = np.percentile(sub, [1, 99.8], axis=1)
+    position = (np.median(sub, axis=1) - lo) / (hi - lo)
+    assert position.mean() < 0.5 < position.max()  # the old rule (the mean) kept it
+    auto = Normalisation(polarity="auto")
+    out = auto.apply(img, *auto.ranges(img))
+    assert out[:, 50, 45].mean() > np.median(out)  # nuclei came out bright
+
+
+def test_polarity_auto_on_real_dense_he_tiles():
+    from napari_unet.core.io import read_image
+
+    root = Path(__file__).resolve().parents[2] / "shared/data/external/miccai_he_nuclei/images"
+    files = sorted(root.glob("*.png")) if root.is_dir() else []
+    if not files:
+        pytest.skip(f"no MICCAI H&E tiles at {root}")
+    auto = Normalisation(polarity="auto")
+    for f in files:  # every H&E tile has a bright background: all are inverted
+        img = np.moveaxis(read_image(f), -1, 0).astype(np.float32)
+        lo, hi = auto.ranges(img)
+        assert np.all(lo > hi), f.name
 
 
 def test_constant_image_does_not_blow_up():

@@ -12,7 +12,9 @@ returns a :class:`TrainResult` holding the best model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -80,6 +82,21 @@ class TrainConfig:
     zoom : float
         Scale augmentation (with ``augment``): patches are resized by a factor drawn
         log-uniformly from ``[1 / (1 + zoom), 1 + zoom]``; 0 = off.
+    object_diameter : float or None
+        Object size normalisation: every training image is resized so that its median
+        object diameter becomes this many pixels, and the value is stored with the
+        model, so that prediction resizes images to it (see
+        :func:`napari_unet.core.data.prepare_samples`); ``zoom`` then varies the size
+        around it. None (the default): images are used at their own size. A model
+        being fine-tuned keeps the value it was trained with.
+    style_augment : bool
+        Appearance augmentation (gamma, blur, noise, stain gains, colour turned grey),
+        for models meant for images of other microscopes and stains (see
+        :class:`napari_unet.core.data.PatchSampler`).
+    workers : int or None
+        Processes that cut and augment patches beside the training loop; None: 0 on
+        the CPU (they would compete with the training for its cores) and up to 6 on a
+        GPU, which the loop alone cannot keep busy.
     fg_fraction : float
         Share of patches centred on an object.
     sample_by_loss : float
@@ -161,6 +178,9 @@ class TrainConfig:
     batch_size: int = 8
     augment: bool = True
     zoom: float = 0.0
+    object_diameter: float | None = None
+    style_augment: bool = False
+    workers: int | None = None
     fg_fraction: float = 0.5
     sample_by_loss: float = 0.0
     ema: float = 0.0
@@ -240,6 +260,22 @@ class TrainConfig:
             raise NapariUnetError(
                 f"contact_gap must be a whole number of pixels from 0 (off) to 5, got "
                 f"{self.contact_gap!r}."
+            )
+        if self.object_diameter is not None and not (
+            isinstance(self.object_diameter, (int, float))
+            and np.isfinite(self.object_diameter)
+            and 4 <= self.object_diameter <= 200
+        ):
+            raise NapariUnetError(
+                "object_diameter must be a number of pixels between 4 and 200 (or None: "
+                f"images at their own size), got {self.object_diameter!r}."
+            )
+        if self.workers is not None and not (
+            isinstance(self.workers, int) and 0 <= self.workers <= 64
+        ):
+            raise NapariUnetError(
+                "workers must be a whole number from 0 to 64 (or None: auto), got "
+                f"{self.workers!r}."
             )
         if not (np.isfinite(self.zoom) and 0 <= self.zoom <= 1):
             raise NapariUnetError(
@@ -850,6 +886,10 @@ def iter_train(
     config.validate()
     if init is not None:
         norm = Normalisation.from_dict(init.meta.get("normalisation", {}))
+        if init.meta.get("object_diameter"):  # the model's scale is part of the model
+            config = dataclasses.replace(
+                config, object_diameter=float(init.meta["object_diameter"])
+            )
     else:
         norm = Normalisation(config.norm_low, config.norm_high, config.polarity)
     border_weight = config.border_weight
@@ -868,6 +908,7 @@ def iter_train(
         contact_gap=int(config.contact_gap),
         seed=config.seed,
         in_channels=init.in_channels if init is not None else None,
+        object_diameter=config.object_diameter,
     )
     in_channels = samples[0].image.shape[0]
     if config.targets == "auto":
@@ -918,6 +959,17 @@ def iter_train(
         n_val_images=n_held_back,  # validation scores len(val_s) of them
         validation=val_text,
     )
+    if config.object_diameter:
+        diameters = np.array([s.diameter for s in samples if np.isfinite(s.diameter)])
+        bundle.meta["object_diameter"] = float(config.object_diameter)
+        if diameters.size:
+            p10, p50, p90 = np.percentile(diameters, [10, 50, 90])
+            bundle.meta["train_diameters"] = {
+                "p10": round(float(p10), 2),
+                "p50": round(float(p50), 2),
+                "p90": round(float(p90), 2),
+                "n_images": int(diameters.size),
+            }
     model = bundle.model.to(device)
     amp = config.amp if config.amp is not None else device.type == "cuda"
     channels_last = (
@@ -941,7 +993,14 @@ def iter_train(
         seed=config.seed if distributed is None else distributed.seed(config.seed),
         by_loss=config.sample_by_loss,
         zoom=config.zoom,
+        style=config.style_augment,
     )
+    workers = config.workers
+    if workers is None:
+        workers = min(6, max(0, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
+    if distributed is not None or sampler.by_loss > 0:  # both need this process's sampler
+        workers = 0
+    batches = _BatchStream(sampler, workers, config.seed)
     if config.steps_per_epoch:
         steps_per_epoch = int(config.steps_per_epoch)
     else:
@@ -1089,10 +1148,7 @@ def iter_train(
             warm = min(1.0, (step + 1) / 20)
             for g in opt.param_groups:
                 g["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * f)))
-            x, y, w = sampler.batch()
-            xt = torch.from_numpy(x).to(device, non_blocking=True)
-            yt = torch.from_numpy(y).to(device, non_blocking=True)
-            wt = torch.from_numpy(w).to(device, non_blocking=True)
+            xt, yt, wt = (a.to(device, non_blocking=True) for a in batches.next())
             if channels_last:
                 xt = xt.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
@@ -1120,6 +1176,8 @@ def iter_train(
                 xt = yt = wt = logits = loss = None
                 opt.zero_grad(set_to_none=True)
                 release_memory(device)
+                batches.close()  # the workers hold copies of the sampler: cut here instead
+                batches = _BatchStream(sampler, 0, config.seed)
                 note = _shrink_sampler(sampler, dev_text)
                 notes.append(note)
                 bundle.meta["memory_adjustments"] = {
@@ -1198,6 +1256,7 @@ def iter_train(
                 _describe(entry),
             )
     finally:
+        batches.close()
         if best_state is not None:
             model.load_state_dict(best_state)
         elif stopped == "diverged":
@@ -1323,6 +1382,70 @@ MIN_USEFUL_STEPS = 100
 
 #: The smallest training patch tried when the device runs out of memory.
 MIN_PATCH = 32
+
+
+def _sampler_dataset(sampler: PatchSampler, seed: int):
+    """Return an endless torch IterableDataset of a sampler's batches.
+
+    Each worker process reseeds its copy of the sampler, so they draw different patches.
+    """
+    import torch
+
+    class SamplerDataset(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            if info is not None:
+                sampler.rng = np.random.default_rng([seed, 7919, info.id])
+            while True:
+                yield sampler.batch()
+
+    return SamplerDataset()
+
+
+class _BatchStream:
+    """Training batches as tensors: cut in this process, or by ``workers`` processes.
+
+    Workers are forked (the samples are shared, not copied) and only run numpy; the
+    batches come back through torch's DataLoader, pinned for the copy to the GPU.
+    """
+
+    def __init__(self, sampler: PatchSampler, workers: int, seed: int) -> None:
+        self.sampler = sampler
+        self._iter = None
+        self._loader = None
+        if workers > 0:
+            import multiprocessing
+
+            import torch
+
+            try:
+                ctx = multiprocessing.get_context("fork")
+            except ValueError:  # no fork (Windows, macOS default): cut patches here
+                return
+            self._loader = torch.utils.data.DataLoader(
+                _sampler_dataset(sampler, seed),
+                batch_size=None,
+                num_workers=workers,
+                pin_memory=torch.cuda.is_available(),
+                prefetch_factor=4,
+                multiprocessing_context=ctx,
+            )
+            self._iter = iter(self._loader)
+
+    def next(self):
+        """Return the next ``(images, targets, weights)`` tensors, on the CPU."""
+        import torch
+
+        if self._iter is None:
+            return tuple(torch.from_numpy(a) for a in self.sampler.batch())
+        return next(self._iter)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader = None
 
 
 def _shrink_sampler(sampler: PatchSampler, device_text: str) -> str:
