@@ -1,6 +1,7 @@
 import csv
 import os
 import stat
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -423,3 +424,51 @@ def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
     run(fail=False)
     assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif"]
     assert (out / "a.tif").read_bytes() == b"a"  # replaced when the run ended
+
+
+@pytest.mark.parametrize(
+    "compression",
+    ["lzw", "zlib", "zstd", "packbits", "lzma", ("jpeg", {"level": 95}), "png"],
+)
+def test_read_compressed_tiff_variants(tmp_path, compression):
+    """TIFFs as microscopes, the Cell Tracking Challenge and Fiji write them."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((64, 80)) * 200).astype(np.uint8)
+    kwargs = {}
+    if isinstance(compression, tuple):
+        compression, args = compression
+        kwargs["compressionargs"] = args
+    path = tmp_path / f"frame_{compression}.tif"
+    tifffile.imwrite(path, img, compression=compression, **kwargs)
+    out = read_image(path)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    if compression == "jpeg":  # lossy
+        assert np.abs(out.astype(int) - img).mean() < 8
+    else:
+        np.testing.assert_array_equal(out, img)
+
+
+def test_missing_codec_says_what_to_install(tmp_path, monkeypatch):
+    import tifffile
+
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, np.ones((8, 8), np.uint8), compression="lzw")
+
+    def no_codec(self, *a, **k):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", no_codec)
+    with pytest.raises(NapariUnetError, match="pip install imagecodecs") as info:
+        read_image(path)
+    assert "truncated" not in str(info.value)
+
+
+def test_read_real_gowt1_lzw_frame():
+    root = Path(__file__).resolve().parents[2] / "shared/data/external/ctc_gowt1_nuclei/images"
+    files = sorted(root.glob("*.tif")) if root.is_dir() else []
+    if not files:
+        pytest.skip(f"no Cell Tracking Challenge GOWT1 frames at {root}")
+    img = read_image(files[0])
+    assert img.shape == (1024, 1024) and img.dtype == np.uint8 and img.max() > 0

@@ -207,6 +207,11 @@ def _read_raw(path: Path, *, palette_indices: bool = False) -> tuple[np.ndarray,
     except NapariUnetError:
         raise
     except _READ_ERRORS as exc:
+        if "imagecodecs" in str(exc):  # a compression tifffile decodes only with it
+            raise NapariUnetError(
+                f"cannot read {path}: its compression needs the 'imagecodecs' package ({exc}). "
+                "Install it (pip install imagecodecs) and try again."
+            ) from exc
         raise NapariUnetError(
             f"cannot read {path}: {exc}. The file may be truncated or not an image; "
             "re-export it or remove it from the folder."
