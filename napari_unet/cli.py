@@ -324,6 +324,15 @@ def _drain(gen, on_progress):
 
 from napari_unet.core.measure import AXES, MEASUREMENTS_CSV  # noqa: E402 - numpy only
 
+#: napari_unet.core.predict.PRECISIONS, spelt out so that the CLI starts without it
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+PRECISION_HELP = (
+    "compute precision on the CPU: auto (default) uses bfloat16 where the CPU computes it "
+    "natively (AMX or AVX-512 BF16: 2-3x faster), else float32; bf16 forces it (emulated, "
+    "slower, elsewhere); fp32 never. GPUs ignore it. Also NAPARI_UNET_PRECISION=fp32|bf16 "
+    "decides what auto means"
+)
+
 
 # ---------------------------------------------------------------- train
 def _config_from_json(path: str) -> dict:
@@ -405,6 +414,7 @@ def _train_locked(
         "val_fraction": args.val_fraction,
         "patience": args.patience,
         "device": args.device,
+        "precision": args.precision,
         "seed": args.seed,
         "steps_per_epoch": args.steps_per_epoch,
         "polarity": args.polarity,
@@ -413,12 +423,17 @@ def _train_locked(
         "contact_gap": args.contact_gap,
         "zoom": args.zoom,
         "ema": args.ema,
+        "workers": args.workers,
     }
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
     if args.sparse:
         cfg.sparse = True
+    if args.style_augment:
+        cfg.style_augment = True
+    if args.object_diameter is not None:  # 0: images at their own size
+        cfg.object_diameter = args.object_diameter or None
     _validate_as_options(cfg, args, _train_limits)  # before reading the images
     cfg.checkpoint_path = str(out)
     imgs, labs, names = [], [], []
@@ -458,6 +473,7 @@ def _train_locked(
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model: ``napari-unet train``."""
+    from napari_unet.core.builtin import check_not_builtin, resolve_model
     from napari_unet.core.distributed import Distributed
     from napari_unet.core.io import (
         check_writable_folder,
@@ -469,11 +485,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     distributed = Distributed.from_env()  # set when started by torchrun
     out = Path(args.out)
-    resume = Path(args.resume) if args.resume else None
+    check_not_builtin(out)  # a built-in model is never overwritten: fine-tune into a copy
+    # a built-in model's name, else a path (that may not exist yet with --out equal to it)
+    resume = resolve_model(args.resume, must_exist=False) if args.resume else None
     if resume is not None and not resume.exists() and resolved(resume) == resolved(out):
         # "--resume X --out X": continue from X after a restart, or start fresh the first time
         _info(f"note: {out} does not exist yet: training from scratch")
         resume = None
+    elif resume is not None:
+        resume = resolve_model(args.resume)  # neither a file nor a built-in name: say so
     if args.config:
         _config_from_json(args.config)  # bad settings: refuse before reading images
     if out.is_dir():
@@ -532,6 +552,55 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- predict
+def _diameter_option(option: str, *, name: str = "--diameter") -> float | str | None:
+    """Check ``--diameter``: 'auto', 'off' (None) or a number of pixels above 0."""
+    import math
+
+    text = str(option).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise NapariUnetError(
+            f"{name} must be 'auto', 'off' or an object diameter in pixels above 0 (e.g. 30), "
+            f"got {option!r}."
+        )
+    return value
+
+
+def _scales_text(scales: list) -> str:
+    """' (object diameter ...)' for the summary line from the images' ObjectScale."""
+    used = [s for s in scales if s.diameter is not None and s.factor != 1]
+    if not scales:
+        return ""
+    if not used:
+        notes = {s.note for s in scales if s.note}
+        given = [s for s in scales if s.diameter is not None]
+        if given and given[0].model_diameter is not None:  # within 10 %: not resized
+            return f"; object diameter {_range(s.diameter for s in given)} px: not resized"
+        return f"; {sorted(notes)[0]}" if len(notes) == 1 else ""
+    how = "estimated" if all(s.estimated for s in used) else "given"
+    text = (
+        f"; object diameter {how} {_range(s.diameter for s in used)} px, resized "
+        f"x{_range((s.factor for s in used), '.2g')} to the model's "
+        f"{used[0].model_diameter:g} px"
+    )
+    if len(used) < len(scales):
+        text += f" ({len(scales) - len(used)} image(s) at their own size)"
+    return text
+
+
+def _range(values, fmt: str = ".0f") -> str:
+    values = sorted(values)
+    lo, hi = format(values[0], fmt), format(values[-1], fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict label images: ``napari-unet predict``."""
     import numpy as np
@@ -554,7 +623,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise NapariUnetError(f"--block-size must be at least 16 pixels, got {args.block_size}.")
     if args.block_margin is not None and args.block_margin < 1:
         raise NapariUnetError(f"--block-margin must be at least 1 pixel, got {args.block_margin}.")
-    bundle = load_checkpoint(args.model, device="cpu")
+    from napari_unet.core.builtin import builtin_entry, resolve_model
+
+    model_file = resolve_model(args.model)  # a built-in model's name, or a file
+    bundle = load_checkpoint(model_file, device="cpu")
+    builtin = builtin_entry(model_file)
+    if builtin is not None:
+        _info(f"model: the built-in model {builtin.name!r} ({builtin.title})")
     _readable_folder(args.images)
     zarr_input = is_zarr_path(args.images)
     if zarr_input:
@@ -579,6 +654,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "boundary_threshold",
             "min_size",
             "device",
+            "precision",
         )
         if getattr(args, k) is not None
     }
@@ -587,7 +663,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise NapariUnetError(f"--h must be 0 (off) or positive, got {given['h']}.")
         given["h"] = None
     # the model's fitted threshold and split depth, unless given here
-    cfg = PredictConfig.for_model(bundle, split=not args.no_split, flips=args.flips, **given)
+    cfg = PredictConfig.for_model(
+        bundle,
+        split=not args.no_split,
+        flips=args.flips,
+        diameter=_diameter_option(args.diameter),
+        **given,
+    )
     _validate_as_options(cfg, args)
     if args.overlap is not None and args.overlap >= cfg.tile_size:
         raise NapariUnetError(
@@ -612,6 +694,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.measure and (args.pixel_size is not None or args.unit or args.axes != "auto"):
         raise NapariUnetError("--pixel-size, --unit and --axes go with --measure.")
     _pixel_size_option(args)
+    said = _precision_info(cfg)
     if zarr_input or args.scheduler:
         with _dask_scheduler(args.scheduler) as scheduler:
             if zarr_input:
@@ -632,6 +715,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.overwrite,
     )
     tables: list[tuple[str, dict]] = []
+    scales = []  # how each image was resized for the model's object size
     bar = _Progress("predict")
     t0 = time.perf_counter()
     # the outputs appear together when every image is done (or the run was stopped: the
@@ -665,8 +749,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if res is None:
                 _info(f"\nstopped: {i} of {len(files)} images were written to {out}")
                 return 130
+            scales.append(res.scale)
             for note in res.notes:
-                _info(f"\nnote: {f.name}: {note}")
+                if note != said:  # said once above
+                    _info(f"\nnote: {f.name}: {note}")
             write_labels_tiff(stage(target), res.labels, overwrite=True)
             if csv_path is not None:
                 tables.append(
@@ -693,10 +779,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _non_utf8_note([name for name, _ in tables])
             _, rows = write_measurements_csv(stage(csv_path), tables, overwrite=True)
     bar.done(f"{len(files)} images in {time.perf_counter() - t0:.1f} s")
-    _info(f"wrote {len(files)} label image(s) to {out}")
+    _info(f"wrote {len(files)} label image(s) to {out}{_scales_text(scales)}")
     if csv_path is not None:
         _info(f"measured {rows} object(s): {csv_path}")
     return 0
+
+
+def _precision_info(cfg) -> str | None:
+    """Say once when the CPU predicts in bfloat16, or why the precision asked is slow here.
+
+    Returns the warning said (iter_predict repeats it in each image's notes), or None.
+    """
+    from napari_unet.core.device import (
+        describe_device,
+        precision_note,
+        resolve_precision,
+        select_device,
+    )
+
+    device = select_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    note = precision_note(cfg.precision, device)
+    if note:
+        _info(f"note: {note}")
+    elif precision == "bf16":
+        _info(
+            f"predicting on {describe_device(device, precision)} (this CPU computes "
+            "bfloat16 natively; --precision fp32 switches it off)"
+        )
+    return note
 
 
 class _dask_scheduler:
@@ -770,7 +881,7 @@ def _predict_zarr(args, bundle, path: Path, out: Path, cfg, scheduler) -> int:
     _info(
         f"{path} {tuple(arr.shape)} {arr.dtype} (channel axis {ax}): wrote {summary.n_objects} "
         f"objects ({summary.n_blocks} blocks, {summary.seconds:.1f} s) to {target} "
-        "(arrays 'labels' and 'probabilities')"
+        f"(arrays 'labels' and 'probabilities'){_scales_text([summary.scale])}"
     )
     return 0
 
@@ -816,7 +927,9 @@ def cmd_split(args: argparse.Namespace) -> int:
         )
     from napari_unet.core.split import MAX_SMOOTH
 
-    if not 0 <= args.smooth <= MAX_SMOOTH:  # also NaN; before reading anything
+    if args.diameter is not None and _diameter_option(args.diameter) is None:
+        raise NapariUnetError("--diameter must be 'auto' or a nucleus diameter in pixels.")
+    if args.smooth is not None and not 0 <= args.smooth <= MAX_SMOOTH:  # also NaN
         raise NapariUnetError(
             f"--smooth must be from 0 (no smoothing) to {MAX_SMOOTH:g} pixels, got {args.smooth}."
         )
@@ -870,15 +983,34 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
                 "probabilities as floats from 0 to 1 (napari-unet predict "
                 "--save-probabilities does), or threshold the image first."
             )
-    lab = split_nuclei(
-        np.asarray(mask),
-        min_distance=args.min_distance,
-        h=args.h,
-        smooth=args.smooth,
-        min_size=args.min_size,
-        fill_holes=not args.no_fill_holes,
-    )
+    mask = np.asarray(mask)
+    lab = split_nuclei(mask, fill_holes=not args.no_fill_holes, **_split_settings(mask, args, f))
     write_labels_tiff(target, lab, overwrite=True)
+
+
+def _split_settings(mask, args: argparse.Namespace, f: Path) -> dict:
+    """Return the split's pixel settings: given, else for ``--diameter``, else defaults."""
+    from napari_unet.core.split import split_settings
+
+    settings = {"min_distance": 4, "h": None, "smooth": 1.0, "min_size": 10}
+    diameter = None if args.diameter is None else _diameter_option(args.diameter)
+    if diameter == "auto":
+        from napari_unet.core.size import mask_diameter
+
+        plane = mask[tuple(n // 2 for n in mask.shape[:-2])]  # the middle plane of a stack
+        est = mask_diameter(plane)
+        if est.found:
+            diameter = est.diameter
+            _info(f"{f.name}: nuclei about {diameter:.0f} px across ({est.n_objects} measured)")
+        else:
+            diameter = None
+            _info(f"{f.name}: no nuclei to measure: the default settings are used")
+    if diameter is not None:
+        settings = split_settings(diameter)
+        if args.min_distance is not None and args.h is None:
+            settings["h"] = None  # markers by distance, as asked
+    given = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
+    return {**settings, **given}
 
 
 # ---------------------------------------------------------------- evaluate
@@ -1161,8 +1293,10 @@ def cmd_export_bioimageio(args: argparse.Namespace) -> int:
         from napari_unet.core.io import read_image
 
         test_image = read_image(args.test_image)
+    from napari_unet.core.builtin import resolve_model
+
     export_bioimageio(  # its last progress line says what was written and validated
-        args.model,
+        resolve_model(args.model),  # a built-in model's name, or a file
         out,
         name=args.name,
         description=args.description,
@@ -1171,6 +1305,35 @@ def cmd_export_bioimageio(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=_info,
     )
+    return 0
+
+
+# ---------------------------------------------------------------- models
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the built-in models: ``napari-unet models``."""
+    from napari_unet.core.builtin import ENV_VAR, list_models, models_dir
+
+    models = list_models()
+    if args.json:
+        rows = [{**m.to_json(), "path": str(m.path), "size_bytes": m.size_bytes} for m in models]
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not models:
+        print(
+            f"no built-in model is installed (none listed in {models_dir() / 'builtin.json'}; "
+            f"{ENV_VAR} may name another models folder)"
+        )
+        return 0
+    for m in models:
+        mb = m.size_bytes / 1e6
+        size = f"{mb:.1f} MB" if mb >= 1 else f"{1000 * mb:.0f} kB"
+        diameter = f", objects about {m.object_diameter:g} px across" if m.object_diameter else ""
+        channels = "grey" if m.channels == 1 else f"{m.channels} channels (grey or colour)"
+        print(f"{m.name}: {m.title}")
+        print(f"    input {channels}, {size}{diameter}")
+        if m.description:
+            print(f"    {m.description}")
+        print(f"    use: napari-unet predict --model {m.name} ...  (file {m.path})")
     return 0
 
 
@@ -1257,7 +1420,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, help="number of epochs (default 50 without --minutes)")
     t.add_argument(
         "--resume",
-        help="fine-tune / continue from this model file; equal to --out, it may not exist "
+        help="fine-tune / continue from this model file or built-in model (its name, e.g. "
+        "nuclei: the built-in file is never written); equal to --out, it may not exist "
         "yet (a restarted job continues, a first one starts from scratch)",
     )
     t.add_argument(
@@ -1283,6 +1447,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--zoom",
         type=float,
         help="scale augmentation: resize patches by up to 1 + ZOOM either way (0 = off)",
+    )
+    t.add_argument(
+        "--object-diameter",
+        type=float,
+        metavar="PX",
+        help="object size normalisation: resize each training image so that its median "
+        "object diameter is PX pixels, and store PX with the model so that prediction "
+        "resizes images to it (0, the default: images at their own size)",
+    )
+    t.add_argument(
+        "--style-augment",
+        action="store_true",
+        help="appearance augmentation (gamma, blur, noise, stain gains, colour turned "
+        "grey) for a model meant for images of other microscopes and stains",
+    )
+    t.add_argument(
+        "--workers",
+        type=int,
+        help="processes cutting training patches beside the loop (default: 0 on the CPU, "
+        "up to 6 on a GPU)",
     )
     t.add_argument(
         "--interface-weight",
@@ -1318,14 +1502,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int)
     t.add_argument("--steps-per-epoch", type=int)
     t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    t.add_argument("--precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     t.add_argument("--seed", type=int)
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("predict", help="predict label images with a trained model")
-    q.add_argument("--model", required=True)
+    q.add_argument(
+        "--model",
+        required=True,
+        help="a model file saved by napari-unet (.pt), or a built-in model's name "
+        "(`napari-unet models` lists them)",
+    )
     q.add_argument("--images", required=True, help="folder or glob of images")
     q.add_argument("--out", required=True, help="folder for <stem>.tif label images")
     q.add_argument("--no-split", action="store_true", help="do not split touching objects")
+    q.add_argument(
+        "--diameter",
+        default="auto",
+        metavar="auto|PX|off",
+        help="typical object diameter in the images, in pixels, for a model trained with "
+        "--object-diameter: images are resized so that their objects have the model's size, "
+        "and the labels come back at the images' own size. auto (default): estimated per "
+        "image; off: never resize. Models trained without it predict images as they are",
+    )
     q.add_argument(
         "--flips",
         action="store_true",
@@ -1369,6 +1568,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--boundary-threshold", type=float)
     q.add_argument("--min-size", type=int)
     q.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    q.add_argument("--precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     q.add_argument(
         "--channel-axis",
         default="auto",
@@ -1394,10 +1594,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("split", help="split touching nuclei in masks with a watershed")
     s.add_argument("--input", required=True, help="folder or glob of masks / label images")
     s.add_argument("--out", required=True)
-    s.add_argument("--min-distance", type=int, default=4)
-    s.add_argument("--h", type=float, default=None, help="use h-maxima markers of this height")
-    s.add_argument("--smooth", type=float, default=1.0)
-    s.add_argument("--min-size", type=int, default=10)
+    s.add_argument(
+        "--diameter",
+        metavar="auto|PX",
+        help="typical nucleus diameter: the pixel settings below follow it (those given "
+        "win); auto: measured in each mask. Without it: min distance 4, smoothing 1, min "
+        "size 10 (nuclei of about 20 px)",
+    )
+    s.add_argument("--min-distance", type=int, help="min. pixels between centres (4)")
+    s.add_argument(
+        "--h", type=float, help="use h-maxima markers of this height (default with --diameter)"
+    )
+    s.add_argument("--smooth", type=float, help="sigma of the distance map's smoothing (1)")
+    s.add_argument("--min-size", type=int, help="smallest object in pixels (10)")
     s.add_argument("--threshold", type=float, default=0.5, help="for probability images")
     s.add_argument("--no-fill-holes", action="store_true")
     s.add_argument("--overwrite", action="store_true")
@@ -1456,7 +1665,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export-bioimageio",
         help="a model as a bioimage.io package (.zip) for Fiji (deepImageJ), ilastik, ...",
     )
-    b.add_argument("model", help="a model file saved by napari-unet (.pt)")
+    b.add_argument(
+        "model", help="a model file saved by napari-unet (.pt), or a built-in model's name"
+    )
     b.add_argument("out", help="the package to write (.zip)")
     b.add_argument("--name", help="the model's name in the package (default: from the file)")
     b.add_argument("--description", help="one sentence on what the model segments")
@@ -1468,6 +1679,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--overwrite", action="store_true", help="replace an existing OUT file")
     b.set_defaults(func=cmd_export_bioimageio)
+
+    o = sub.add_parser(
+        "models", help="list the built-in models (predict --model NAME, train --resume NAME)"
+    )
+    o.add_argument("--json", action="store_true", help="print the list as JSON")
+    o.set_defaults(func=cmd_models)
 
     d = sub.add_parser("demo", help="try it on the built-in sample nuclei")
     d.add_argument(

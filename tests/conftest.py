@@ -16,6 +16,49 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_builtin_models(tmp_path_factory):
+    """Run every test with no built-in model installed, whatever the package ships.
+
+    The widgets and the demo pick a built-in model by default when one is installed;
+    the tests stay the same whether or not ``napari_unet/models`` holds one.
+    ``NAPARI_UNET_MODELS_DIR`` points at an empty folder (child processes inherit it);
+    tests/test_builtin_models.py installs tiny real models in folders of their own, and
+    checks the package's real index directly.
+    """
+    from napari_unet.core.builtin import ENV_VAR
+
+    old = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = str(tmp_path_factory.mktemp("no_builtin_models"))
+    yield
+    if old is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = old
+
+
+#: napari_unet.core.device.PRECISION_ENV (not imported here: that would import torch)
+PRECISION_ENV = "NAPARI_UNET_PRECISION"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _float32_on_the_cpu():
+    """Compute in float32 on the CPU unless a test asks otherwise.
+
+    On a CPU with native bfloat16 (AMX, AVX-512 BF16) precision "auto" would compute in
+    bfloat16; the tests' tolerances were set in float32, so ``NAPARI_UNET_PRECISION``
+    makes "auto" mean float32 everywhere (child processes inherit it).
+    tests/test_precision.py covers bfloat16 and the "auto" choice itself.
+    """
+    old = os.environ.get(PRECISION_ENV)
+    os.environ[PRECISION_ENV] = "fp32"
+    yield
+    if old is None:
+        os.environ.pop(PRECISION_ENV, None)
+    else:
+        os.environ[PRECISION_ENV] = old
+
+
 def _shared_data_dir() -> Path:
     env = os.environ.get("NAPARI_UNET_DATA")
     return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"

@@ -496,6 +496,21 @@ def test_split_depth_zero_means_markers_by_distance(tmp_path, capsys, model):
     )
 
 
+@pytest.mark.parametrize("value", ["big", "0", "-3", "nan", "inf"])
+def test_bad_object_diameter(tmp_path, capsys, model, value):
+    images, labels = _dataset(tmp_path)
+    argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o"]
+    _expect_error([*argv, "--diameter", value], tmp_path, capsys, "--diameter", "'auto'")
+    argv = ["split", "--input", labels, "--out", tmp_path / "o", "--diameter", value]
+    _expect_error(argv, tmp_path, capsys, "--diameter", "'auto'")
+
+
+def test_split_has_no_diameter_off(tmp_path, capsys):
+    _, labels = _dataset(tmp_path)
+    argv = ["split", "--input", labels, "--out", tmp_path / "o", "--diameter", "off"]
+    _expect_error(argv, tmp_path, capsys, "--diameter", "'auto'")
+
+
 @pytest.mark.parametrize("value", ["-0.5", "1", "nan"])
 def test_ema_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)

@@ -9,7 +9,12 @@ from _synthetic import nuclei_image
 
 from napari_unet.core.checkpoint import load_checkpoint
 from napari_unet.core.corrections import annotation_from_edits, to_sparse
-from napari_unet.core.data import Normalisation, PatchSampler, prepare_samples
+from napari_unet.core.data import (
+    Normalisation,
+    PatchSampler,
+    median_object_diameter,
+    prepare_samples,
+)
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.finetune import FinetuneConfig, finetune, iter_finetune
 from napari_unet.core.train import DONE, TrainConfig, train
@@ -231,3 +236,36 @@ def test_a_run_without_a_fit_says_which_settings_prediction_uses(base_model):
         tuned.bundle.meta["postprocess"]["threshold"] == base_model.meta["postprocess"]["threshold"]
     )
     assert torch.is_tensor(next(iter(tuned.bundle.model.state_dict().values())))
+
+
+def test_finetune_of_a_size_normalised_gpu_model_runs_at_its_scale_on_this_machine():
+    """A built-in-like start: trained with object size normalisation and a GPU recipe."""
+    from napari_unet.core.finetune import _annotation_scale, score_on_annotations
+    from napari_unet.core.train import TrainConfig, train
+
+    img, lab = nuclei_image((96, 96), n=8, radius=5, seed=0)  # about 10 px across
+    start = train(
+        [img],
+        [lab],
+        TrainConfig(
+            epochs=1,
+            steps_per_epoch=2,
+            patch_size=32,
+            batch_size=16,
+            workers=0,
+            object_diameter=20,
+            val_fraction=0.0,
+            tune_postprocessing=False,
+        ),
+    ).bundle
+    start.meta["train_config"]["workers"] = 4  # as the GPU recipe recorded it
+    sparse = np.where(lab > 0, lab + 1, 1).astype(np.int32)
+    assert _annotation_scale(start, sparse) == pytest.approx(
+        20 / median_object_diameter(lab), rel=0.01
+    )
+    scored = score_on_annotations(start, [img], [sparse], device="cpu")
+    assert scored is not None and scored["images"] == 1
+    result = finetune([img], [sparse], start, FinetuneConfig(steps=2, max_seconds=30))
+    used = result.bundle.meta["train_config"]
+    assert used["workers"] is None and used["batch_size"] == TrainConfig.batch_size
+    assert used["object_diameter"] == 20.0

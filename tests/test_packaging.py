@@ -1,5 +1,6 @@
 """The package is importable without heavy imports, and its wheel carries the manifest."""
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -30,7 +31,11 @@ def test_core_modules_never_import_gui_packages():
         assert not found, f"{path.name} imports {found}"
 
 
-def test_wheel_contains_the_manifest_and_sample_data(tmp_path):
+#: Largest wheel accepted: the built-in models (float16) and the samples must stay small.
+MAX_WHEEL_BYTES = 50_000_000
+
+
+def test_wheel_contains_the_manifest_sample_data_and_built_in_models(tmp_path):
     r = subprocess.run(
         [
             sys.executable,
@@ -59,6 +64,12 @@ def test_wheel_contains_the_manifest_and_sample_data(tmp_path):
     assert "napari-unet-trainer = napari_unet:napari.yaml" in eps
     assert "napari-unet = napari_unet.cli:main" in eps
     assert any(n.startswith("napari_unet/sample_data/") and n.endswith(".tif") for n in names)
+    # the built-in models' index and every model file it lists (napari_unet/models)
+    assert "napari_unet/models/builtin.json" in names
+    index = json.loads((ROOT / "napari_unet" / "models" / "builtin.json").read_text() or "[]")
+    for entry in index:
+        assert f"napari_unet/models/{entry['file']}" in names, entry
+    assert wheel.stat().st_size < MAX_WHEEL_BYTES, f"{wheel.name}: {wheel.stat().st_size} bytes"
     from npe2 import PluginManifest
 
     pm = PluginManifest.from_file(ROOT / "napari.yaml")

@@ -12,6 +12,7 @@ from napari.layers import Layer
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
+    QComboBox,
     QDockWidget,
     QDoubleSpinBox,
     QFrame,
@@ -39,6 +40,7 @@ __all__ = [
     "source_image",
     "notify_error",
     "path_value",
+    "precision_box",
     "report_worker_error",
     "scrollable_layout",
     "widget_body",
@@ -251,6 +253,26 @@ def spin_box(
     box.setRange(lo, hi)
     box.setValue(value)
     box.setToolTip(tip)
+    return box
+
+
+def precision_box(value: str = "auto") -> QComboBox:
+    """Return the Advanced settings' choice of compute precision on the CPU.
+
+    The choices are :data:`napari_unet.core.predict.PRECISIONS` ("auto", "fp32",
+    "bf16"); see :func:`napari_unet.core.device.resolve_precision`.
+    """
+    from napari_unet.core.predict import PRECISIONS  # numpy only
+
+    box = QComboBox()
+    box.addItems(list(PRECISIONS))
+    box.setCurrentText(value)
+    box.setToolTip(
+        "Compute precision on the CPU. auto: bfloat16 where the CPU computes it natively "
+        "(Intel AMX or AVX-512 BF16: 2-3x faster), else float32. bf16: always (slower "
+        "where it is emulated). fp32: never. GPUs ignore it. The device line shows "
+        "', bfloat16' when it is used."
+    )
     return box
 
 

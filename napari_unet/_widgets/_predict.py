@@ -59,6 +59,7 @@ from napari_unet._widgets._common import (
     layer_geometry,
     notify_error,
     path_value,
+    precision_box,
     relay,
     report_worker_error,
     scrollable_layout,
@@ -80,6 +81,7 @@ from napari_unet._widgets._jobs import (
 )
 from napari_unet._widgets._session import Session, session_for
 from napari_unet._widgets._train import DEFAULT_MODEL_DIR
+from napari_unet.core.builtin import builtin_entry, is_builtin, list_models
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.finetune import FinetuneConfig
 from napari_unet.core.predict import SPLIT_METHODS, PredictConfig
@@ -155,10 +157,39 @@ class PredictWidget(TabbedPanel):
         )
         form.addRow("Image", self.image)
         self.model_choice = QComboBox()
-        self.model_choice.addItems([MODEL_SESSION, MODEL_FILE])
+        self.model_choice.addItem(MODEL_SESSION)
+        # the built-in models by title (only the index is read here: each is loaded when a
+        # prediction runs), chosen while the session has no model of its own
+        self._builtins = {m.title: m for m in list_models()}
+        self.model_choice.addItems(list(self._builtins))
+        self.model_choice.addItem(MODEL_FILE)
+        self.model_choice.setToolTip(
+            "The model to predict with: the one trained or loaded in this session, a "
+            "built-in model shipped with napari-unet, or a model file (.pt)."
+        )
+        #: True while the choice is the default one (a built-in model with no session
+        #: model): a model trained or loaded later then becomes the choice
+        self._default_choice = bool(self._builtins) and self.session.bundle is None
+        if self._default_choice:
+            self.model_choice.setCurrentText(next(iter(self._builtins)))
         form.addRow("Model", self.model_choice)
         self.model_path = file_edit("r", "*.pt", "A model file saved by napari-unet (.pt).")
         form.addRow("Model file", self.model_path.native)
+        self.diameter = _spin(
+            0.0,
+            100000.0,
+            0.0,
+            step=1.0,
+            decimals=2,
+            tip="Typical object diameter in the image, for a model trained with object size "
+            "normalisation: the image is resized so that its objects have the model's size, "
+            "and the labels come back at the image's size. auto (0): estimated from the "
+            "image. In the layer's units when it has a scale, else in pixels. Models "
+            "trained without it predict images as they are.",
+        )
+        self.diameter.setSpecialValueText("auto")
+        self.diameter_label = QLabel("Object diameter (px)")
+        form.addRow(self.diameter_label, self.diameter)
         layout.addLayout(form)
         self.model_label = help_label(self.session.describe_model())
         layout.addWidget(self.model_label)
@@ -250,6 +281,8 @@ class PredictWidget(TabbedPanel):
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.device.setToolTip("auto: CUDA GPU if available, then Apple MPS, then the CPU.")
         adv_form.addRow("Device", self.device)
+        self.precision = precision_box(d.precision)
+        adv_form.addRow("Precision", self.precision)
         self.advanced.addWidget(adv)
         layout.addWidget(self.advanced)
 
@@ -384,6 +417,7 @@ class PredictWidget(TabbedPanel):
         self.load_set_button.clicked.connect(self._on_load_set_clicked)
         self.export_button.clicked.connect(self._on_export_clicked)
         self.model_choice.currentTextChanged.connect(self._on_model_choice_changed)
+        self.model_choice.activated.connect(self._on_model_choice_activated)
         self.image.currentTextChanged.connect(self._on_image_changed)
         self.corrected.currentTextChanged.connect(self._update_buttons)
         self.session.model_changed.connect(self._on_session_model_changed)
@@ -416,6 +450,7 @@ class PredictWidget(TabbedPanel):
             "overlap": int(self.overlap.value()),
             "batch_size": int(self.batch_size.value()),
             "device": self.device.currentText(),
+            "precision": self.precision.currentText(),
             "threshold": float(self.threshold.value()),
             "boundary_threshold": float(self.boundary_threshold.value()),
             "split": self.split.isChecked(),
@@ -426,7 +461,28 @@ class PredictWidget(TabbedPanel):
             "min_size": int(self.min_size.value()),
             "fill_holes": self.fill_holes.isChecked(),
             "flips": self.flips.isChecked(),
+            "diameter": self.diameter_pixels(),
         }
+
+    def diameter_pixels(self) -> float | str:
+        """Return the object diameter in the image's pixels, or "auto".
+
+        A value in the layer's units (when the chosen Image layer has a scale) is
+        divided by its pixel size (the geometric mean of its Y and X scale).
+        """
+        value = float(self.diameter.value())
+        if value <= 0:
+            return "auto"
+        name = self.image.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        size = _pixel_size(layer) if isinstance(layer, Image) else None
+        return value / size[0] if size is not None else value
+
+    def _update_diameter_units(self) -> None:
+        name = self.image.currentText()
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        size = _pixel_size(layer) if isinstance(layer, Image) else None
+        self.diameter_label.setText(f"Object diameter ({size[1] if size else 'px'})")
 
     def _image_layer(self) -> Image:
         name = self.image.currentText()
@@ -439,6 +495,9 @@ class PredictWidget(TabbedPanel):
 
     def _model(self) -> tuple[Any, str | None]:
         """(bundle, None) for the session's model, or (None, path) to load a file."""
+        builtin = self._builtins.get(self.model_choice.currentText())
+        if builtin is not None:  # loaded (and its checksum verified) in the worker
+            return None, str(builtin.path)
         if self.model_choice.currentText() == MODEL_FILE:
             path = path_value(self.model_path)
             if path is None:
@@ -447,9 +506,10 @@ class PredictWidget(TabbedPanel):
                 raise NapariUnetError(f"Model file {path} does not exist.")
             return None, str(Path(path).expanduser())
         if self.session.bundle is None:
+            builtin = " or a built-in model" if self._builtins else ""
             raise NapariUnetError(
                 "There is no model in this session yet: train one with the Train widget, "
-                "or choose 'A model file'."
+                f"or choose '{MODEL_FILE}'{builtin}."
             )
         return self.session.bundle, None
 
@@ -666,10 +726,15 @@ class PredictWidget(TabbedPanel):
     def finetune_config(self) -> dict[str, Any]:
         """:class:`~napari_unet.core.finetune.FinetuneConfig` dict of the widget's values.
 
-        The model is saved next to the session's checkpoint.
+        The model is saved next to the session's checkpoint; one fine-tuned from a
+        built-in model goes to :data:`DEFAULT_MODEL_DIR` (the built-in file and its
+        folder are never written).
         """
         info = self.session.model_info
-        if info is not None and info.checkpoint is not None:
+        if info is not None and info.checkpoint is not None and is_builtin(info.checkpoint):
+            stem = info.checkpoint.stem
+            path = DEFAULT_MODEL_DIR / f"{stem}-retrained-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+        elif info is not None and info.checkpoint is not None:
             base = info.checkpoint
             stem = base.stem.split("-retrained")[0]
             path = base.with_name(f"{stem}-retrained-{time.strftime('%H%M%S')}.pt")
@@ -893,9 +958,14 @@ class PredictWidget(TabbedPanel):
             return
         if isinstance(value, Predicted):
             if value.loaded_from is not None:
+                builtin = builtin_entry(value.loaded_from)
                 self.session.set_model(
                     value.bundle,
-                    source=f"Loaded from {Path(value.loaded_from).name}",
+                    source=(
+                        f"Built-in model: {builtin.title}"
+                        if builtin is not None
+                        else f"Loaded from {Path(value.loaded_from).name}"
+                    ),
                     checkpoint=value.loaded_from,
                 )
             if value.result is None:
@@ -906,7 +976,8 @@ class PredictWidget(TabbedPanel):
             n = int(value.result.labels.max()) if value.result.labels.size else 0
             self.status.setText(
                 f"Found {n} nuclei{_settings_text(value.result.settings)}: "
-                f"{', '.join(layer.name for layer in layers)}."
+                f"{', '.join(layer.name for layer in layers)}.\n"
+                f"{_scale_text(value.result.scale, job['layer'])}"
             )
             _warn_notes(value.result.notes)
 
@@ -1070,6 +1141,7 @@ class PredictWidget(TabbedPanel):
         candidate = f"{name}_labels"
         if self.corrected.findText(candidate) >= 0:
             self.corrected.setCurrentText(candidate)
+        self._update_diameter_units()
         self._update_buttons()
 
     def _on_fitted_toggled(self, fitted: bool) -> None:
@@ -1081,9 +1153,16 @@ class PredictWidget(TabbedPanel):
         self.model_path.native.setEnabled(text == MODEL_FILE)
         self._update_buttons()
 
+    def _on_model_choice_activated(self, index: int) -> None:
+        self._default_choice = False  # the user's choice stays
+
     def _on_session_model_changed(self) -> None:
         if not is_alive(self):  # its viewer was closed
             return
+        if self._default_choice and self.session.bundle is not None:
+            # a model trained (or the built-in one loaded) in this session: predict with it
+            self._default_choice = False
+            self.model_choice.setCurrentText(MODEL_SESSION)
         self.model_label.setText(self.session.describe_model())
         self._update_buttons()
 
@@ -1101,7 +1180,11 @@ class PredictWidget(TabbedPanel):
     def _update_buttons(self, *args: Any) -> None:
         running = self._worker is not None
         has_image = bool(self.image.currentText())
-        has_model = self.session.bundle is not None or self.model_choice.currentText() == MODEL_FILE
+        has_model = (
+            self.session.bundle is not None
+            or self.model_choice.currentText() == MODEL_FILE
+            or self.model_choice.currentText() in self._builtins
+        )
         self.predict_button.setEnabled(not running and has_image and has_model)
         own = running and self._stop is not None and not self._stop.is_set()
         self.stop_button.setEnabled(own or (not running and self.session.stoppable))
@@ -1119,6 +1202,23 @@ class PredictWidget(TabbedPanel):
             self._export_worker is None
             and any(isinstance(layer, Labels) for layer in self.viewer.layers)
         )
+
+
+def _pixel_size(layer: Image) -> tuple[float, str] | None:
+    """(pixel size, unit) of an Image layer's Y and X axes; None when its scale is 1."""
+    yx = np.asarray(layer.scale[-2:], dtype=float)
+    if np.allclose(yx, 1.0):
+        return None
+    units = getattr(layer, "units", None)
+    unit = format(units[-1], "~") if units is not None and len(units) else "pixel"
+    return float(np.sqrt(yx[0] * yx[1])), "units" if unit in ("pixel", "px", "") else unit
+
+
+def _scale_text(scale: Any, layer: Image) -> str:
+    """Return the object diameter a prediction used, as a sentence for the status line."""
+    size = _pixel_size(layer)
+    text = scale.describe(*size) if size is not None else scale.describe()
+    return text[:1].upper() + text[1:] + "."
 
 
 def _warn_notes(notes: list[str]) -> None:

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -42,6 +43,7 @@ from napari_unet._widgets._jobs import Measured, split_and_measure_job, split_jo
 from napari_unet._widgets._predict import result_metadata
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.split import split_settings
 
 if TYPE_CHECKING:
     import napari
@@ -52,7 +54,8 @@ PREVIEW_MARGIN = 32
 SPLIT_HELP = (
     "Separates touching nuclei with a distance-transform watershed. Pick a Labels layer "
     "(instance labels or a mask) or a probability image from Predict. Larger 'minimum "
-    "distance' or 'h' merge more, smaller split more."
+    "distance' or 'h' merge more, smaller split more. A nucleus diameter (typed, or "
+    "measured in the layer) sets the settings in pixels to suit nuclei of that size."
 )
 
 
@@ -71,6 +74,7 @@ class SplitWidget(TabbedPanel):
         self.session: Session = session_for(napari_viewer)
         self._worker: Any = None
         self._preview_worker: Any = None
+        self._measure_worker: Any = None
         self._preview_dirty = False
         self._preview_layer: Labels | None = None
         self._apply_source: str | None = None
@@ -97,6 +101,25 @@ class SplitWidget(TabbedPanel):
             "Probability above which a pixel is a nucleus (probability input)."
         )
         form.addRow("Probability threshold", self.threshold)
+        self.diameter = QDoubleSpinBox()
+        self.diameter.setRange(0.0, 10000.0)
+        self.diameter.setDecimals(1)
+        self.diameter.setValue(0.0)
+        self.diameter.setSpecialValueText("not set")
+        self.diameter.setToolTip(
+            "Typical nucleus diameter (px): sets the minimum distance, split depth, smoothing "
+            "and minimum size below for nuclei of this size (you can still change them). "
+            "Measure: from the objects of the current plane of the layer."
+        )
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip(
+            "Measure the typical nucleus diameter in the current plane of the layer (its "
+            "touching nuclei may be merged)."
+        )
+        row = QHBoxLayout()
+        row.addWidget(self.diameter, 1)
+        row.addWidget(self.measure_button)
+        form.addRow("Nucleus diameter (px)", row)
         self.min_distance = QSpinBox()
         self.min_distance.setRange(1, 200)
         self.min_distance.setValue(4)
@@ -142,6 +165,8 @@ class SplitWidget(TabbedPanel):
 
     def _connect(self) -> None:
         self.apply_button.clicked.connect(self._on_apply_clicked)
+        self.measure_button.clicked.connect(self._on_measure_clicked)
+        self.diameter.valueChanged.connect(self._on_diameter_changed)
         self.preview.toggled.connect(self._on_preview_toggled)
         self.source.currentTextChanged.connect(self._on_source_changed)
         for box in (self.threshold, self.min_distance, self.h, self.smooth, self.min_size):
@@ -206,6 +231,61 @@ class SplitWidget(TabbedPanel):
                 "probability image."
             )
         return layer
+
+    # ---- nucleus diameter -----------------------------------------------------------------
+    def _on_diameter_changed(self, value: float) -> None:
+        """Set the pixel settings for nuclei of ``value`` pixels (0: leave them)."""
+        if value <= 0:
+            return
+        settings = split_settings(value)
+        self.min_distance.setValue(int(settings["min_distance"]))
+        self.h.setValue(float(settings["h"]))
+        self.smooth.setValue(min(float(settings["smooth"]), self.smooth.maximum()))
+        self.min_size.setValue(int(settings["min_size"]))
+
+    def _on_measure_clicked(self) -> None:
+        try:
+            self.measure_diameter()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def measure_diameter(self) -> None:
+        """Measure the typical nucleus diameter in the current plane, in a worker.
+
+        The result goes into the diameter box, which sets the pixel settings.
+        """
+        from napari_unet.core.size import mask_diameter
+
+        layer = self._source_layer()
+        index, _ = self.preview_region(layer)
+        plane = np.asarray(layer_array(layer, in_memory=False)[index])
+        if isinstance(layer, Image):
+            mask = plane > float(self.threshold.value())
+        else:
+            mask = plane > 0
+        worker = create_worker(mask_diameter, mask, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_measured)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_measure_finished)
+        self._measure_worker = worker
+        self.measure_button.setEnabled(False)
+        self.status.setText(f"Measuring the nuclei of {layer.name}...")
+        worker.start()
+
+    def _on_measured(self, estimate: Any) -> None:
+        if not estimate.found:
+            self.status.setText("No nuclei to measure in this plane; the settings are unchanged.")
+            return
+        self.diameter.setValue(round(float(estimate.diameter), 1))
+        note = f" ({estimate.notes})" if estimate.notes else ""
+        self.status.setText(
+            f"Nuclei about {estimate.diameter:.0f} px across ({estimate.n_objects} measured)"
+            f"{note}: settings set for them."
+        )
+
+    def _on_measure_finished(self) -> None:
+        self._measure_worker = None
+        self.measure_button.setEnabled(bool(self.source.currentText()))
 
     # ---- apply ----------------------------------------------------------------------------
     def _on_apply_clicked(self) -> None:
@@ -385,5 +465,6 @@ class SplitWidget(TabbedPanel):
         # with an explicit h the markers are h-maxima: min_distance is not used
         self.min_distance.setEnabled(layer is not None and not self.h.value())
         self.apply_button.setEnabled(layer is not None and self._worker is None)
+        self.measure_button.setEnabled(layer is not None and self._measure_worker is None)
         self.preview.setEnabled(layer is not None)
         self._schedule_preview()

@@ -44,6 +44,7 @@ from napari_unet._widgets._common import (
     layer_array,
     notify_error,
     path_value,
+    precision_box,
     relay,
     report_worker_error,
     scrollable_layout,
@@ -55,6 +56,7 @@ from napari_unet._widgets._jobs import train_job
 from napari_unet._widgets._pairs import LayerPairs
 from napari_unet._widgets._plot import TrainingPlot
 from napari_unet._widgets._session import Session, session_for
+from napari_unet.core.builtin import check_not_builtin, list_models
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.train import TrainConfig, score_name
 from napari_unet.core.tune import describe_settings
@@ -133,10 +135,17 @@ class TrainWidget(TabbedPanel):
         model_box = self.model_box = QGroupBox("Model")
         form = QFormLayout(model_box)
         self.start_from = QComboBox()
-        self.start_from.addItems([START_NEW, START_SESSION, START_FILE])
+        # the built-in models by title; one is chosen while the picked images' channels fit
+        # it (only the index is read here; the model is loaded when training starts)
+        self._builtins = {m.title: m for m in list_models()}
+        self.start_from.addItems([START_NEW, START_SESSION, *self._builtins, START_FILE])
         self.start_from.setToolTip(
-            "Train a new model, or fine-tune the session's model or a saved model file."
+            "Train a new model, or fine-tune the session's model, a built-in model (a copy "
+            "of it: the built-in file is never changed) or a saved model file."
         )
+        #: True until the user picks "Start from" themselves: the choice then follows the
+        #: picked images (a built-in model that fits them, else a new model)
+        self._default_start = True
         form.addRow("Start from", self.start_from)
         self.init_path = file_edit("r", "*.pt", "A model file saved by napari-unet (.pt).")
         form.addRow("Model file", self.init_path.native)
@@ -220,6 +229,8 @@ class TrainWidget(TabbedPanel):
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.device.setToolTip("auto: CUDA GPU if available, then Apple MPS, then the CPU.")
         adv_form.addRow("Device", self.device)
+        self.precision = precision_box(d.precision)
+        adv_form.addRow("Precision", self.precision)
         self.seed = _spin(0, 2**31 - 1, d.seed, tip="Random seed, for repeatable training.")
         adv_form.addRow("Seed", self.seed)
         self.advanced.addWidget(adv)
@@ -269,7 +280,8 @@ class TrainWidget(TabbedPanel):
         self.export_button.clicked.connect(self._on_export_clicked)
         self.bioimageio_button.clicked.connect(self._on_bioimageio_clicked)
         self.start_from.currentTextChanged.connect(self._on_start_from_changed)
-        self.pairs.changed.connect(self._update_buttons)
+        self.start_from.activated.connect(self._on_start_from_activated)
+        self.pairs.changed.connect(self._on_pairs_changed)
         self.session.busy_changed.connect(self._on_session_busy_changed)
         self.session.model_changed.connect(self._on_session_model_changed)
         self._on_start_from_changed(self.start_from.currentText())
@@ -280,6 +292,7 @@ class TrainWidget(TabbedPanel):
         images = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
         labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
         self.pairs.set_choices(images, labels)
+        self._choose_default_start()
 
     # ---- config ---------------------------------------------------------------------
     def config_dict(self, checkpoint_path: Path) -> dict[str, Any]:
@@ -299,6 +312,7 @@ class TrainWidget(TabbedPanel):
             "augment": self.augment.isChecked(),
             "polarity": "auto" if self.invert_bright.isChecked() else "keep",
             "device": self.device.currentText(),
+            "precision": self.precision.currentText(),
             "seed": int(self.seed.value()),
             "checkpoint_path": str(checkpoint_path),
         }
@@ -356,6 +370,8 @@ class TrainWidget(TabbedPanel):
                     "There is no model in this session yet: start from a new model or a file."
                 )
             init = self.session.bundle
+        elif start_from in self._builtins:  # loaded (checksum verified) where it trains
+            init_path = str(self._builtins[start_from].path)
         elif start_from == START_FILE:
             init_path = path_value(self.init_path)
             if init_path is None:
@@ -363,6 +379,7 @@ class TrainWidget(TabbedPanel):
         checkpoint = Path(path_value(self.save_path) or default_model_path()).expanduser()
         if checkpoint.suffix != ".pt":
             checkpoint = checkpoint.with_suffix(checkpoint.suffix + ".pt")
+        check_not_builtin(checkpoint)  # before training, not when saving
         config = self.config_dict(checkpoint)
 
         self._stop = threading.Event()
@@ -436,6 +453,10 @@ class TrainWidget(TabbedPanel):
             start_from = self.start_from.currentText()
             if start_from == START_SESSION and self.session.bundle is not None:
                 start_model = self.session.bundle
+            elif start_from in self._builtins:
+                from napari_unet.core.checkpoint import load_checkpoint
+
+                start_model = load_checkpoint(self._builtins[start_from].path)
             elif start_from == START_FILE and path_value(self.init_path):
                 from napari_unet.core.checkpoint import load_checkpoint
 
@@ -629,6 +650,49 @@ class TrainWidget(TabbedPanel):
     def _on_start_from_changed(self, text: str) -> None:
         self.init_path.native.setEnabled(text == START_FILE)
         self._update_buttons()
+
+    def _on_start_from_activated(self, index: int) -> None:
+        self._default_start = False  # the user's choice stays
+
+    def _on_pairs_changed(self) -> None:
+        self._choose_default_start()
+        self._update_buttons()
+
+    def _choose_default_start(self) -> None:
+        """Start from the first built-in model the picked images fit, else a new model.
+
+        Only until the user picks "Start from" themselves.
+        """
+        if not self._default_start or not self._builtins:
+            return
+        channels = self._picked_channels()
+        fitting = [
+            title
+            for title, model in self._builtins.items()
+            if channels and all(model.fits(c) for c in channels)
+        ]
+        self.start_from.setCurrentText(fitting[0] if fitting else START_NEW)
+
+    def _picked_channels(self) -> set[int]:
+        """Channel counts of the picked images (1: grey), read from the layers' shapes."""
+        from napari_unet.core.data import find_channel_axis
+
+        channels = set()
+        for image_name, labels_name in self.pairs.pairs():
+            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
+                continue
+            image = self.viewer.layers[image_name]
+            shape = tuple(layer_array(image, in_memory=False).shape)
+            if getattr(image, "rgb", False):
+                channels.add(shape[-1])
+                continue
+            labels = layer_array(self.viewer.layers[labels_name], in_memory=False)
+            try:
+                axis = find_channel_axis(shape, tuple(labels.shape))
+            except NapariUnetError:  # told when training starts
+                continue
+            channels.add(1 if axis is None else shape[axis])
+        return channels
 
     def _on_session_busy_changed(self, busy: bool) -> None:
         if not is_alive(self):  # its viewer was closed

@@ -151,8 +151,8 @@ class {wrapper}(_nn.Module):
     """A napari-unet UNet that returns probability maps, as the package describes.
 
     The input must already be normalised per image and channel (the package's
-    ``scale_range`` preprocessing). With ``invert_bright_background`` an image whose
-    per-channel medians average above 0.5 (a bright background: brightfield, H&E) is
+    ``scale_range`` preprocessing). With ``invert_bright_background`` an image with a
+    channel whose median is above 0.5 (a bright background: brightfield, H&E) is
     inverted, ``1 - x`` on all channels together, as napari-unet does. The image is
     mirror-padded at the bottom and right to a multiple of ``2**depth`` and the output is
     cropped back, so any size of at least ``2**depth`` works. Returns ``sigmoid(logits)``.
@@ -196,7 +196,7 @@ class {wrapper}(_nn.Module):
             # the median as numpy computes it (mean of the two middle values)
             lower = flat.kthvalue((n + 1) // 2, dim=-1).values
             upper = flat.kthvalue(n // 2 + 1, dim=-1).values
-            bright = (0.5 * (lower + upper)).mean(dim=1) > 0.5
+            bright = (0.5 * (lower + upper)).amax(dim=1) > 0.5
             x = _torch.where(bright[:, None, None, None], 1.0 - x, x)
         h, w = x.shape[-2], x.shape[-1]
         pad_h = (self.multiple - h % self.multiple) % self.multiple
@@ -639,7 +639,7 @@ def _documentation(
     if norm.polarity == "auto":
         lines += [
             "**Bright backgrounds** (napari-unet's `polarity: auto`): after the scaling, the "
-            "model computes the median of each channel; if their mean is above 0.5 (a bright "
+            "model computes the median of each channel; if one is above 0.5 (a bright "
             "background, as in brightfield or H&E images) the image is inverted, `1 - x` on all "
             "channels together, so that objects are bright on a dark background, as the "
             "network was trained. The bioimage.io format has no preprocessing step for this, "
@@ -921,7 +921,7 @@ def export_bioimageio(
     preprocessed = scale_range(test_input, norm.low, norm.high)
     if norm.polarity == "auto" and _inversion_margin(preprocessed) < 1e-3:
         raise NapariUnetError(
-            "The test image lies on the edge of napari-unet's bright-background decision (mean "
+            "The test image lies on the edge of napari-unet's bright-background decision (largest "
             "channel median 0.5 after normalisation), so tools could disagree on it; give "
             "another test image."
         )
@@ -1084,9 +1084,9 @@ def _validate_package(package: Path, known_files: dict):
 
 
 def _inversion_margin(preprocessed: np.ndarray) -> float:
-    """Distance of the mean channel median from 0.5 (the bright-background decision)."""
+    """Distance of the largest channel median from 0.5 (the bright-background decision)."""
     medians = np.median(preprocessed.reshape(*preprocessed.shape[:2], -1), axis=-1)
-    return float(np.min(np.abs(medians.mean(axis=1) - 0.5)))
+    return float(np.min(np.abs(medians.max(axis=1) - 0.5)))
 
 
 def _save_torchscript(

@@ -7,6 +7,11 @@ weights_only=True)``, PyTorch's restricted unpickler, which refuses any object
 that is not a tensor or a primitive container: a file carrying a pickle payload
 that would run code is rejected, never executed. Writes are atomic (temporary
 file in the same folder, flushed, then renamed over the target).
+
+The weights may be stored as float16 (``save_checkpoint(..., half=True)``, half the
+size: the built-in models are); they are loaded as float32. A built-in model's file
+(:mod:`napari_unet.core.builtin`) is checked against its index checksum before it is
+loaded, and is never written.
 """
 
 from __future__ import annotations
@@ -76,13 +81,22 @@ def new_bundle(spec: UNetSpec, meta: dict) -> ModelBundle:
     return ModelBundle(UNet(spec), meta)
 
 
-def _payload(bundle: ModelBundle) -> dict:
+def _payload(bundle: ModelBundle, half: bool = False) -> dict:
     from napari_unet import __version__
 
     meta = dict(bundle.meta)
     meta["spec"] = bundle.spec.to_dict()
     meta["version"] = __version__
     state = {k: v.detach().to("cpu").clone() for k, v in bundle.model.state_dict().items()}
+    if half:
+        for k, v in state.items():
+            if v.is_floating_point():
+                state[k] = v.to(torch.float16)
+                if not bool(torch.isfinite(state[k]).all()) and bool(torch.isfinite(v).all()):
+                    raise NapariUnetError(
+                        f"the weights {k!r} do not fit in float16 (values up to "
+                        f"{float(v.abs().max()):.3g}); save the model without half=True."
+                    )
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -91,7 +105,9 @@ def _payload(bundle: ModelBundle) -> dict:
     }
 
 
-def save_checkpoint(bundle: ModelBundle, path: str | Path, *, overwrite: bool = True) -> Path:
+def save_checkpoint(
+    bundle: ModelBundle, path: str | Path, *, overwrite: bool = True, half: bool = False
+) -> Path:
     """Write ``bundle`` to ``path`` atomically.
 
     Parameters
@@ -100,16 +116,33 @@ def save_checkpoint(bundle: ModelBundle, path: str | Path, *, overwrite: bool = 
     path : str or Path
     overwrite : bool
         When False, an existing file is never replaced.
+    half : bool
+        Store the floating-point weights as float16 (half the file size; they are
+        loaded as float32, the predictions barely differ).
 
     Returns
     -------
     Path
+
+    Raises
+    ------
+    NapariUnetError
+        ``path`` exists (without ``overwrite``) or is a built-in model's file, which is
+        never written.
     """
+    from napari_unet.core.builtin import check_not_builtin
+
     path = Path(path)
+    check_not_builtin(path)
     if path.exists() and not overwrite:
         raise NapariUnetError(f"{path} exists; choose another name or allow overwriting.")
+    return _write_checkpoint(bundle, path, half=half)
+
+
+def _write_checkpoint(bundle: ModelBundle, path: Path, *, half: bool = False) -> Path:
+    """Write ``bundle`` to ``path`` atomically, whatever is there (no checks)."""
     buf = io.BytesIO()
-    torch.save(_payload(bundle), buf)
+    torch.save(_payload(bundle, half=half), buf)
     with atomic_write(path) as tmp:
         Path(tmp).write_bytes(buf.getvalue())
     return path
@@ -186,8 +219,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
     Raises
     ------
     CheckpointError
-        Missing, truncated, foreign, unsafe or incompatible file.
+        Missing, truncated, foreign, unsafe or incompatible file, or a built-in model
+        whose file does not match its checksum.
     """
+    from napari_unet.core.builtin import verify_builtin
     from napari_unet.core.device import select_device
 
     path = Path(path)
@@ -212,6 +247,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
         raise CheckpointError(
             f"{path} is {kind}, not a model file; choose a .pt file saved by napari-unet."
         )
+    verify_builtin(path)  # a damaged built-in file: say so, and reinstall
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -239,7 +275,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
         meta = json.loads(obj["meta"])
         spec = UNetSpec.from_dict(meta["spec"])
         model = UNet(spec)
-        model.load_state_dict(obj["state_dict"], strict=True)
+        state = obj["state_dict"]
+        if isinstance(state, dict):  # float16 weights (save_checkpoint(half=True)) -> float32
+            state = {
+                k: v.float() if isinstance(v, torch.Tensor) and v.dtype == torch.float16 else v
+                for k, v in state.items()
+            }
+        model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{path} is a napari-unet model whose contents are damaged or incompatible: "

