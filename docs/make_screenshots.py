@@ -112,6 +112,21 @@ def main() -> None:
         layer.visible = layer.name.startswith("fluo_dense")
     _shot(viewer, "sample_data.png")
 
+    # ---- Predict with the built-in model, before any training
+    predict_dock, predict = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Predict")
+    predict.image.setCurrentText("fluo_dense")
+    predict.predict_button.click()
+    _wait(lambda: predict._worker is None, widget=predict)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("fluo_dense", "fluo_dense_labels")
+    viewer.layers.selection.active = viewer.layers["fluo_dense_labels"]
+    _wait(lambda: True)
+    _shot(viewer, "predict_builtin.png")
+    viewer.window.remove_dock_widget(predict_dock)
+    viewer.layers.remove("fluo_dense_labels")
+    for layer in viewer.layers:
+        layer.visible = layer.name.startswith("fluo_dense")
+
     # ---- Train
     train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Train")
     train.pairs.set_pairs(
