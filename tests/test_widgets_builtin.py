@@ -91,6 +91,8 @@ def test_predict_uses_the_built_in_model_with_no_other_step(
     session = predict.session
     assert session.bundle.in_channels == 3
     assert session.describe_model().startswith(f"Built-in model: {TITLE}")
+    assert "Shipped with napari-unet" in session.describe_model()
+    assert "Saved as" not in session.describe_model()
     # the loaded model is the session's now: predicting again does not reload the file
     assert predict.model_choice.currentText() == MODEL_SESSION
 

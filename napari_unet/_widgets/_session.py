@@ -91,7 +91,12 @@ class Session:
         channels = self.bundle.in_channels
         text = f"{self.model_info.source} ({channels} input channel(s); outputs: {outputs})"
         if self.model_info.checkpoint is not None:
-            text += f"\nSaved as {self.model_info.checkpoint}"
+            from napari_unet.core.builtin import is_builtin
+
+            if is_builtin(self.model_info.checkpoint):  # shipped, never written
+                text += "\nShipped with napari-unet; retraining saves a copy in your models folder"
+            else:
+                text += f"\nSaved as {self.model_info.checkpoint}"
         return text
 
     # ---- training set ----------------------------------------------------------
