@@ -691,8 +691,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "--measure is not available with --scheduler or zarr input: run "
             "`napari-unet measure --labels OUT --images IMAGES --out table.csv` afterwards."
         )
-    if not args.measure and (args.pixel_size is not None or args.unit or args.axes != "auto"):
-        raise NapariUnetError("--pixel-size, --unit and --axes go with --measure.")
+    if not args.measure and (args.pixel_size is not None or args.unit):
+        raise NapariUnetError(
+            "--pixel-size and --unit go with --measure (the voxel size of a z-stack is "
+            "--voxel-size Z Y X)."
+        )
     _pixel_size_option(args)
     said = _precision_info(cfg)
     if zarr_input or args.scheduler:
@@ -745,7 +748,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 frac = (i + (p.done / p.total if p.total else 0)) / len(files)
                 bar.update(frac, f"{i + 1}/{len(files)} {f.name}")
 
-            res = _drain(iter_predict(bundle, img, channel_axis=ax, config=cfg, stop=stop), show)
+            stack_axes, voxel, calibration = _stack_geometry(f, img.ndim, ax, file_axes, args)
+            res = _drain(
+                iter_predict(
+                    bundle,
+                    img,
+                    channel_axis=ax,
+                    config=cfg,
+                    stop=stop,
+                    axes=stack_axes,
+                    voxel_size=voxel,
+                ),
+                show,
+            )
             if res is None:
                 _info(f"\nstopped: {i} of {len(files)} images were written to {out}")
                 return 130
@@ -753,7 +768,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for note in res.notes:
                 if note != said:  # said once above
                     _info(f"\nnote: {f.name}: {note}")
-            write_labels_tiff(stage(target), res.labels, overwrite=True)
+            write_labels_tiff(
+                stage(target),
+                res.labels,
+                overwrite=True,
+                axes=res.settings["axes"] if res.labels.ndim > 2 else None,
+                **calibration,
+            )
             if csv_path is not None:
                 tables.append(
                     _measure_file(
@@ -783,6 +804,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if csv_path is not None:
         _info(f"measured {rows} object(s): {csv_path}")
     return 0
+
+
+def _stack_geometry(
+    f: Path, ndim: int, channel_axis: int | None, file_axes: str | None, args
+) -> tuple[str | None, tuple[float, float, float] | None, dict]:
+    """Return the axes and voxel size to predict an image with, and its labels' calibration.
+
+    Axes: ``--axes``, else the file's axes without its channel axis (an ImageJ hyperstack
+    or OME-TIFF says them), else None (:func:`~napari_unet.core.predict.resolve_axes`
+    guesses by the number of axes). The voxel size of a z-stack: ``--voxel-size``, else the
+    file's (an ImageJ stack's spacing and pixel size). The calibration (``pixel_size`` and
+    ``unit`` for :func:`~napari_unet.core.io.write_labels_tiff`) is the file's, so the label
+    image opens in Fiji with the image's pixel (or voxel) size.
+    """
+    from napari_unet.core.io import read_calibration
+    from napari_unet.core.predict import STACK_AXES, resolve_axes
+
+    n = ndim - (channel_axis is not None)
+    if args.axes != "auto":
+        axes = args.axes
+    else:
+        axes = None
+        if file_axes and len(file_axes) == ndim:
+            kept = "".join(
+                a
+                for i, a in enumerate(file_axes)
+                if channel_axis is None or i != channel_axis % ndim
+            )
+            if kept in STACK_AXES:
+                axes = kept
+    axes = resolve_axes(axes, n)  # a clear message when --axes does not fit
+    _, size, unit = read_calibration(f)
+    calibration = {} if size is None else {"pixel_size": size, "unit": unit or "um"}
+    if "Z" not in axes:
+        if size is not None and len(size) == 3:
+            calibration["pixel_size"] = size[-2:]
+        return axes, None, calibration
+    if args.voxel_size is not None:
+        voxel = tuple(float(v) for v in args.voxel_size)
+        calibration["pixel_size"] = voxel
+        calibration.setdefault("unit", "um")
+    elif size is not None and len(size) == 3:
+        voxel = tuple(float(v) for v in size)
+    else:
+        voxel = None
+    return axes, voxel, calibration
 
 
 def _precision_info(cfg) -> str | None:
@@ -984,8 +1051,31 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
                 "--save-probabilities does), or threshold the image first."
             )
     mask = np.asarray(mask)
-    lab = split_nuclei(mask, fill_holes=not args.no_fill_holes, **_split_settings(mask, args, f))
-    write_labels_tiff(target, lab, overwrite=True)
+    from napari_unet.core.io import image_axes
+    from napari_unet.core.volume import min_volume, spacing_from_voxel_size, split_by_axes
+
+    axes, voxel, calibration = _stack_geometry(f, mask.ndim, None, image_axes(f)[0], args)
+    settings = _split_settings(mask, args, f)
+    if "Z" in axes:
+        spacing = spacing_from_voxel_size(voxel)
+        if args.min_size is None:  # an area: the ball with that cross-section
+            settings["min_size"] = min_volume(settings["min_size"], spacing)
+        _info(
+            f"{f.name}: split in 3D ({axes}), "
+            + (
+                f"z-step {spacing[0]:.3g} pixels"
+                if voxel is not None
+                else "z-steps taken as long as the pixels (give --voxel-size Z Y X)"
+            )
+        )
+        lab = split_by_axes(
+            mask, axes, spacing=spacing, fill_holes=not args.no_fill_holes, **settings
+        )
+    else:
+        lab = split_nuclei(mask, fill_holes=not args.no_fill_holes, **settings)
+    write_labels_tiff(
+        target, lab, overwrite=True, axes=axes if lab.ndim > 2 else None, **calibration
+    )
 
 
 def _split_settings(mask, args: argparse.Namespace, f: Path) -> dict:
@@ -1382,13 +1472,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_measure_options(parser: argparse.ArgumentParser) -> None:
+def _add_voxel_size_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="z-stacks: the voxel size (any one unit), so the 3D split knows how long a "
+        "z-step is against a pixel; default: from the TIFF's metadata (ImageJ spacing), "
+        "else z-steps as long as the pixels",
+    )
+
+
+def _add_measure_options(parser: argparse.ArgumentParser, what: str = "measured") -> None:
     parser.add_argument(
         "--axes",
         default="auto",
         choices=["auto", *AXES],
-        help="what the label images' axes are: a z-stack (ZYX) is measured in 3D, a time "
-        "series (TYX) per frame; auto: from the TIFF's metadata, else 3D = ZYX",
+        help=f"what the images' axes are (channels left out): a z-stack (ZYX) is {what} in "
+        "3D, one object per nucleus across slices; a time series (TYX) frame by frame; "
+        "auto: from the TIFF's metadata, else 3D = ZYX, 4D = TZYX",
     )
     parser.add_argument(
         "--pixel-size",
@@ -1542,7 +1645,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"also write {MEASUREMENTS_CSV} in --out: one row per object (area, position, "
         "shape, intensity of each channel), with the image name in a column",
     )
-    _add_measure_options(q)
+    _add_measure_options(q, "labelled (and measured)")
+    _add_voxel_size_option(q)
     q.add_argument("--ids-file")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--tile-size", type=int)
@@ -1606,8 +1710,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--h", type=float, help="use h-maxima markers of this height (default with --diameter)"
     )
     s.add_argument("--smooth", type=float, help="sigma of the distance map's smoothing (1)")
-    s.add_argument("--min-size", type=int, help="smallest object in pixels (10)")
+    s.add_argument(
+        "--min-size", type=int, help="smallest object in pixels (10), in voxels for z-stacks"
+    )
     s.add_argument("--threshold", type=float, default=0.5, help="for probability images")
+    s.add_argument(
+        "--axes",
+        default="auto",
+        choices=["auto", *AXES],
+        help="a z-stack (ZYX, TZYX) is split in 3D, a time series (TYX) frame by frame; "
+        "auto: from the TIFF's metadata, else 3D = ZYX",
+    )
+    _add_voxel_size_option(s)
     s.add_argument("--no-fill-holes", action="store_true")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_split)

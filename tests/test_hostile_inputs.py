@@ -84,7 +84,8 @@ def test_training_on_such_a_tiff_says_so_too(tmp_path, capsys, monkeypatch):
 
 def test_an_ordinary_z_stack_gets_no_note(tmp_path, capsys, model):
     code, err = _run(_predict(tmp_path, model, "z.tif", np.stack([_image()] * 5)), capsys)
-    assert code == 0 and "note" not in err, err
+    assert code == 0 and "does not say what its axes are" not in err, err
+    assert "labelled in 3D across 5 z-slices (ZYX)" in err  # says how it was read
 
 
 def test_a_last_axis_of_1_or_up_to_8_is_channels(tmp_path, capsys, model):

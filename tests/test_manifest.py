@@ -48,7 +48,7 @@ def test_sample_data_and_writers(manifest):
     from napari_unet.samples import SAMPLE_NAMES
 
     keys = [s.key for s in manifest.contributions.sample_data]
-    assert keys == list(SAMPLE_NAMES)
+    assert keys == [*SAMPLE_NAMES, "nuclei_zstack"]  # the DSB2018 images, then a synthetic stack
     writers = {w.command: w for w in manifest.contributions.writers}
     # the TIFF writer first: napari gives a name without a suffix to a plugin's first writer
     assert list(writers) == [

@@ -246,8 +246,9 @@ def test_stacks_dask_and_stop(trained):
         trained.bundle,
         da.from_array(stack, chunks=(1, 48, 48)),
         config=PredictConfig(tile_size=64, overlap=16, device="cpu"),
+        axes="TYX",  # two frames, labelled one by one
     )
-    assert res.labels.shape == stack.shape
+    assert res.labels.shape == stack.shape and res.settings["axes"] == "TYX"
     n0 = len(np.unique(res.labels[0])) - 1
     # ids stay unique across slices
     assert n0 > 0 and res.labels[1][res.labels[1] > 0].min() > res.labels[0].max()

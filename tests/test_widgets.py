@@ -433,6 +433,7 @@ def test_split_preview_follows_the_current_slice_and_the_settings(viewer, qtbot)
     viewer.add_labels(touching, name="mask")
     split = open_widget(viewer, "Split nuclei")
     split.source.setCurrentText("mask")
+    split.first_axis.setCurrentIndex(split.first_axis.findData("time"))  # frame by frame
     viewer.dims.set_current_step(0, 0)
     split.preview.setChecked(True)
     qtbot.waitUntil(lambda: "mask_split_preview" in viewer.layers, timeout=30_000)

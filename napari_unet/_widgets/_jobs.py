@@ -102,9 +102,10 @@ class Measured:
 def measure_options(geometry: dict[str, Any] | None, labels_ndim: int) -> dict[str, Any]:
     """``axes``, ``scale`` and ``unit`` for measuring labels of `labels_ndim` dimensions.
 
-    `geometry` is what :func:`._common.layer_geometry` read from the layer: a 3D result
-    is a time series when the layer's first axis is labelled ``t`` / ``time``, else a
-    z-stack; the pixel size is the layer's scale in its unit, and there are no
+    `geometry` is what :func:`._common.layer_geometry` read from the layer, and ``axes``
+    when the widget knows them: a 3D result is then a z-stack or a time series as they
+    say; without them, a time series when the layer's first axis is labelled ``t`` /
+    ``time``, else a z-stack; the pixel size is the layer's scale in its unit, and there are no
     calibrated columns when the scale is 1 in "pixel" units.
 
     Examples
@@ -117,7 +118,9 @@ def measure_options(geometry: dict[str, Any] | None, labels_ndim: int) -> dict[s
     from napari_unet.core.measure import default_axes
 
     geometry = geometry or {}
-    axes = stack_axes(geometry.get("axis_labels"), labels_ndim)
+    axes = geometry.get("axes")  # what the widget was told (its "First axis" choice)
+    if axes is None or len(axes) != labels_ndim:
+        axes = stack_axes(geometry.get("axis_labels"), labels_ndim)
     if axes is None:
         try:
             axes = default_axes(labels_ndim)
@@ -425,9 +428,29 @@ def split_and_measure_job(
 
 
 def split_array(data: np.ndarray, *, from_probability: bool, params: dict[str, Any]) -> np.ndarray:
-    """Compute what :func:`split_job` returns; the live preview uses it too."""
+    """Compute what :func:`split_job` returns; the live preview uses it too.
+
+    ``params["axes"]`` with a Z (a z-stack) splits in 3D with ``params["spacing"]`` (the
+    voxel size in y/x pixels), ``min_size`` then in voxels
+    (:func:`napari_unet.core.volume.split_by_axes`); otherwise every plane in 2D.
+    """
     from napari_unet.core.split import labels_from_probabilities, split_nuclei
 
+    axes = params.get("axes")
+    if axes is not None and "Z" in axes:
+        from napari_unet.core.volume import split_by_axes
+
+        mask = data > params["threshold"] if from_probability else data
+        return split_by_axes(
+            mask,
+            axes,
+            spacing=params.get("spacing") or (1.0, 1.0, 1.0),
+            min_distance=params["min_distance"],
+            h=params["h"],
+            smooth=params["smooth"],
+            min_size=params["min_size"],
+            fill_holes=params["fill_holes"],
+        )
     if from_probability:
         return labels_from_probabilities(
             data,

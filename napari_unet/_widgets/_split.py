@@ -6,6 +6,11 @@ Image, e.g. ``<image>_probability`` from Predict). While "Live preview" is on, t
 current plane (the part in view, with a margin) is split in a worker every time a
 parameter, the slice or the view changes, and shown in a ``<layer>_split_preview``
 layer; Apply splits everything in a worker and adds ``<layer>_split``.
+
+A z-stack is split in 3D (:func:`napari_unet.core.volume.split_by_axes`: one object per
+nucleus across slices, with the layer's z-step against its pixel size); its preview
+splits the stack in view in 3D (the slices around the current one) and shows the
+current slice, as Apply would give it. A time series is split frame by frame.
 """
 
 from __future__ import annotations
@@ -44,12 +49,21 @@ from napari_unet._widgets._predict import result_metadata
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.split import split_settings
+from napari_unet.core.volume import guess_axes, spacing_from_voxel_size, voxel_size_from_scale
 
 if TYPE_CHECKING:
     import napari
 
 #: Pixels added around the visible region when previewing (watershed needs context).
 PREVIEW_MARGIN = 32
+#: A z-stack's preview splits this many slices above and below the current one in 3D.
+PREVIEW_SLICES = 12
+#: The "First axis" choices of a 3D layer: text shown, and the value for ``guess_axes``.
+FIRST_AXIS_ITEMS = (
+    ("auto (from the axis names)", "auto"),
+    ("z: a z-stack, 3D nuclei", "z"),
+    ("time: 2D nuclei per frame", "time"),
+)
 
 SPLIT_HELP = (
     "Separates touching nuclei with a distance-transform watershed. Pick a Labels layer "
@@ -101,6 +115,16 @@ class SplitWidget(TabbedPanel):
             "Probability above which a pixel is a nucleus (probability input)."
         )
         form.addRow("Probability threshold", self.threshold)
+        self.first_axis = QComboBox()
+        for text, value in FIRST_AXIS_ITEMS:
+            self.first_axis.addItem(text, value)
+        self.first_axis.setToolTip(
+            "What the first axis of a 3D layer is. A z-stack is split in 3D: one object per "
+            "nucleus across slices, with the layer's scale (z-step against pixel size); a "
+            "time series frame by frame. Auto: a first axis named t, time or frame is time, "
+            "anything else z."
+        )
+        form.addRow("First axis", self.first_axis)
         self.diameter = QDoubleSpinBox()
         self.diameter.setRange(0.0, 10000.0)
         self.diameter.setDecimals(1)
@@ -143,8 +167,11 @@ class SplitWidget(TabbedPanel):
         self.min_size = QSpinBox()
         self.min_size.setRange(0, 10**6)
         self.min_size.setValue(10)
-        self.min_size.setToolTip("Pieces smaller than this (pixels) are removed.")
+        self.min_size.setToolTip(
+            "Pieces smaller than this are removed: pixels, or voxels when a z-stack is split in 3D."
+        )
         form.addRow("Minimum size (px)", self.min_size)
+        self._min_size_label = form.labelForField(self.min_size)
         self.fill_holes = QCheckBox("Fill holes")
         self.fill_holes.setChecked(True)
         form.addRow(self.fill_holes)
@@ -172,6 +199,9 @@ class SplitWidget(TabbedPanel):
         for box in (self.threshold, self.min_distance, self.h, self.smooth, self.min_size):
             box.valueChanged.connect(self._schedule_preview)
         self.fill_holes.toggled.connect(self._schedule_preview)
+        self.first_axis.currentIndexChanged.connect(
+            lambda _: self._on_source_changed(self.source.currentText())
+        )
         self.h.valueChanged.connect(lambda _: self._on_source_changed(self.source.currentText()))
         self._preview_timer.timeout.connect(self._run_preview)
         self.viewer.dims.events.current_step.connect(self._schedule_preview)
@@ -208,15 +238,39 @@ class SplitWidget(TabbedPanel):
 
     # ---- inputs -------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        """Return the parameters of :func:`~napari_unet.core.split.split_nuclei` (+ threshold)."""
-        return {
+        """Return the parameters of :func:`~napari_unet.core.split.split_nuclei` (+ threshold).
+
+        With the layer's ``axes`` (see :meth:`layer_axes`) and, for a z-stack, ``spacing``:
+        its voxel size in y/x pixels (from the layer's scale).
+        """
+        params: dict[str, Any] = {
             "threshold": float(self.threshold.value()),
             "min_distance": int(self.min_distance.value()),
             "h": float(self.h.value()) or None,
             "smooth": float(self.smooth.value()),
             "min_size": int(self.min_size.value()),
             "fill_holes": self.fill_holes.isChecked(),
+            "axes": None,
+            "spacing": None,
         }
+        name = self.source.currentText()
+        layer = self.viewer.layers[name] if name and name in self.viewer.layers else None
+        if layer is not None:
+            axes, voxel = self.layer_axes(layer)
+            params["axes"] = axes
+            if "Z" in axes:
+                params["spacing"] = spacing_from_voxel_size(voxel)
+        return params
+
+    def layer_axes(self, layer: Layer) -> tuple[str, tuple[float, float, float] | None]:
+        """Return the layer's axes (``YX``, ``ZYX``, ``TYX``, ``TZYX``) and its voxel size.
+
+        The voxel size (z, y, x) comes from the layer's scale; None when it is napari's
+        default (all 1: z-steps taken as long as the pixels).
+        """
+        ndim = layer.ndim
+        axes = guess_axes(ndim, getattr(layer, "axis_labels", None), self.first_axis.currentData())
+        return axes, voxel_size_from_scale(tuple(layer.scale), axes)
 
     def _source_layer(self) -> Layer:
         name = self.source.currentText()
@@ -317,7 +371,7 @@ class SplitWidget(TabbedPanel):
             params=self.params(),
             image=image,
             channel_axis=axis,
-            measure=layer_geometry(layer),
+            measure={**layer_geometry(layer), "axes": self.layer_axes(layer)[0]},
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -402,17 +456,35 @@ class SplitWidget(TabbedPanel):
             return
         index, region = self.preview_region(layer)
         data = layer_array(layer, in_memory=False)
-        crop = np.array(data[index + region], copy=True)
+        params = self.params()
+        axes = params["axes"] or "YX"
+        plane = None
+        if "Z" in axes:  # split the slices around the current one in 3D, show the current
+            z_axis = len(index) - 1
+            z = index[z_axis]
+            z_range = slice(
+                max(0, z - PREVIEW_SLICES), min(data.shape[z_axis], z + PREVIEW_SLICES + 1)
+            )
+            crop = np.array(data[index[:z_axis] + (z_range,) + region], copy=True)
+            params = {**params, "axes": "ZYX"}
+            plane = z - z_range.start
+        else:
+            crop = np.array(data[index + region], copy=True)
+            params = {**params, "axes": None}
         worker = create_worker(
             split_job,
             crop,
             from_probability=isinstance(layer, Image),
-            params=self.params(),
+            params=params,
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
         offset = (region[0].start, region[1].start)
-        worker.returned.connect(lambda labels: self._show_preview(layer, labels, offset))
+
+        def show(labels: np.ndarray) -> None:
+            self._show_preview(layer, labels if plane is None else labels[plane], offset)
+
+        worker.returned.connect(show)
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_preview_finished)
         self._preview_worker = worker
@@ -442,7 +514,9 @@ class SplitWidget(TabbedPanel):
             layer.scale = tuple(scale)
             layer.name = name
         n = len(np.unique(labels)) - 1 if labels.size else 0
-        self.status.setText(f"Preview: {n} nuclei in view.")
+        axes = self.params()["axes"] or "YX"
+        where = " (split in 3D; this slice shown)" if "Z" in axes else ""
+        self.status.setText(f"Preview: {n} nuclei in view{where}.")
 
     def _on_preview_finished(self) -> None:
         self._preview_worker = None
@@ -467,4 +541,10 @@ class SplitWidget(TabbedPanel):
         self.apply_button.setEnabled(layer is not None and self._worker is None)
         self.measure_button.setEnabled(layer is not None and self._measure_worker is None)
         self.preview.setEnabled(layer is not None)
+        is_3d = layer is not None and layer.ndim == 3
+        self.first_axis.setEnabled(is_3d)
+        axes = self.layer_axes(layer)[0] if layer is not None else "YX"
+        self._min_size_label.setText(
+            "Minimum size (voxels)" if "Z" in axes else "Minimum size (px)"
+        )
         self._schedule_preview()

@@ -990,14 +990,16 @@ def _check_overwrite(path: Path, overwrite: bool) -> None:
         )
 
 
-def _pixel_size_yx(pixel_size: float | tuple[float, float]) -> tuple[float, float]:
+def _pixel_size_yx(pixel_size: float | tuple[float, ...]) -> tuple[float, float]:
     if isinstance(pixel_size, (int, float, np.number)):
         size_y = size_x = float(pixel_size)
     else:
         values = tuple(float(v) for v in pixel_size)
-        if len(values) != 2:
-            raise NapariUnetError(f"pixel_size must be one number or (y, x), got {pixel_size!r}.")
-        size_y, size_x = values
+        if len(values) not in (2, 3):
+            raise NapariUnetError(
+                f"pixel_size must be one number, (y, x) or (z, y, x), got {pixel_size!r}."
+            )
+        size_y, size_x = values[-2:]
     if not (np.isfinite(size_y) and np.isfinite(size_x) and size_y > 0 and size_x > 0):
         raise NapariUnetError(f"pixel_size must be positive, got {pixel_size!r}.")
     return size_y, size_x
@@ -1030,8 +1032,9 @@ def write_labels_tiff(
         Output file (``.tif``). A missing folder is created.
     labels : (Y, X) or (Z, Y, X) or (T, Z, Y, X) ... ndarray of int or bool
         0 = background, 1..N = objects. Whole-valued floats are accepted.
-    pixel_size : float or (float, float), optional
-        Pixel size, one value or ``(y, x)``, in `unit`.
+    pixel_size : float or (float, float) or (float, float, float), optional
+        Pixel size, one value or ``(y, x)``, in `unit`; or the voxel size ``(z, y, x)``
+        of a z-stack: Fiji then shows the stack with its z-step (ImageJ ``spacing``).
     unit : str, optional
         Unit of `pixel_size`, e.g. ``"um"`` (ImageJ shows micron).
     overwrite : bool, optional
@@ -1081,6 +1084,12 @@ def write_labels_tiff(
             "consecutively (skimage.segmentation.relabel_sequential)."
         )
     size_yx = None if pixel_size is None else _pixel_size_yx(pixel_size)
+    z_step = None
+    if size_yx is not None and not isinstance(pixel_size, (int, float, np.number)):
+        if len(tuple(pixel_size)) == 3:
+            z_step = float(tuple(pixel_size)[0])
+            if not (np.isfinite(z_step) and z_step > 0):
+                raise NapariUnetError(f"pixel_size must be positive, got {pixel_size!r}.")
     # tifffile cannot read back an ImageJ stack one pixel wide: write a plain TIFF then.
     imagej = (
         high <= _UINT16_MAX and axes is not None and not (labels.ndim > 2 and labels.shape[-1] == 1)
@@ -1092,6 +1101,8 @@ def write_labels_tiff(
         if size_yx is not None:
             kwargs["resolution"] = (1.0 / size_yx[1], 1.0 / size_yx[0])
             metadata["unit"] = unit
+            if z_step is not None and "Z" in axes.upper():
+                metadata["spacing"] = z_step
         kwargs.update(imagej=True, metadata=metadata)
     else:
         data = labels.astype(np.uint16 if high <= _UINT16_MAX else np.uint32, copy=False)

@@ -5,7 +5,9 @@ at its borders as in the UNet paper, and the tiles' probabilities are blended
 with weights that fall off towards the tile edges, so there are no seams.
 Accumulation happens in a strip one tile high; finished rows are written to the
 output, so working memory is bounded by ``tile_size x image width``, not by
-the image area. 3D stacks and time series are predicted slice by slice.
+the image area. 3D stacks and time series are predicted slice by slice by the 2D
+network; the labels of a z-stack are then built in 3D (one object per nucleus across
+slices, see :mod:`napari_unet.core.volume`), those of a time series frame by frame.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ __all__ = [
     "object_scale",
     "SPLIT_METHODS",
     "PRECISIONS",
+    "STACK_AXES",
+    "resolve_axes",
+    "labels_from_output_3d",
 ]
 
 SPLIT_METHODS = ("distance", "boundary")
@@ -181,6 +186,46 @@ class PredictConfig:
         if "min_distance" in settings and "h" not in settings:
             tuned["h"] = None  # markers by distance, not by the fitted or default depth
         return cls(**{**tuned, **settings})
+
+
+#: The axes a stack may have (the image's axes without its channel axis): a z-stack
+#: (``ZYX``) is labelled in 3D, a time series (``TYX``) frame by frame, a time series of
+#: stacks (``TZYX``) in 3D per frame.
+STACK_AXES = ("YX", "ZYX", "TYX", "TZYX")
+
+
+def resolve_axes(axes: str | None, ndim: int) -> str:
+    """Return the axes of an image with ``ndim`` axes (its channel axis left out).
+
+    ``axes`` None: a 2D image is ``YX``, a 3D one a z-stack (``ZYX``), a 4D one a time
+    series of stacks (``TZYX``); more leading axes than that are read as frames of 2D
+    images (``...YX``, labelled slice by slice).
+
+    Raises
+    ------
+    NapariUnetError
+        When ``axes`` is not one of :data:`STACK_AXES` or does not fit ``ndim``.
+
+    Examples
+    --------
+    >>> resolve_axes(None, 3), resolve_axes("tyx", 3)
+    ('ZYX', 'TYX')
+    """
+    if axes is None:
+        return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
+    text = str(axes).strip().upper()
+    if text not in STACK_AXES:
+        raise NapariUnetError(
+            f"axes must be one of {', '.join(STACK_AXES)} (the image's axes without its "
+            f"channels), got {axes!r}."
+        )
+    if len(text) != ndim:
+        raise NapariUnetError(
+            f"axes {text!r} names {len(text)} axes, but the image has {ndim} (without its "
+            f"channels); give {ndim} letters, e.g. "
+            f"{ {2: 'YX', 3: 'ZYX or TYX', 4: 'TZYX'}.get(ndim, 'fewer axes') }."
+        )
+    return text
 
 
 @dataclass
@@ -618,8 +663,14 @@ def iter_predict(
     channel_axis: int | None = None,
     config: PredictConfig | None = None,
     stop: threading.Event | None = None,
+    axes: str | None = None,
+    voxel_size: tuple[float, float, float] | None = None,
 ) -> Generator[PredictProgress, None, PredictResult | None]:
     """Predict probabilities and labels for an image, yielding progress.
+
+    The network sees one 2D slice at a time. The labels of a z-stack (``axes`` with a
+    Z) are built in 3D from the stacked probabilities (:mod:`napari_unet.core.volume`),
+    with the voxel size's anisotropy; those of 2D frames (``TYX``) slice by slice.
 
     With a model trained with object size normalisation, every slice is resized so that
     its objects have the model's size (``config.diameter``, see :func:`object_scale`);
@@ -639,6 +690,13 @@ def iter_predict(
     stop : threading.Event, optional
         When set, the prediction ends after the current batch of tiles and the
         generator returns None.
+    axes : str, optional
+        The image's axes without its channel axis, one of :data:`STACK_AXES`; None:
+        see :func:`resolve_axes` (a 3D image is a z-stack).
+    voxel_size : (float, float, float), optional
+        (z, y, x) in any one unit, for z-stacks: the z-step in pixels sets the
+        distances of the 3D split (:func:`napari_unet.core.volume.spacing_from_voxel_size`).
+        None: z-steps as long as the pixels (the notes say so).
 
     Yields
     ------
@@ -647,7 +705,8 @@ def iter_predict(
     Returns
     -------
     PredictResult or None
-        None when stopped.
+        None when stopped. ``settings`` holds ``axes`` and, for z-stacks, ``voxel_size``
+        and ``z_step_px`` (the z-step in y/x pixels used).
     """
     from napari_unet.core.device import (
         describe_device,
@@ -663,6 +722,9 @@ def iter_predict(
     if not hasattr(image, "shape") or not hasattr(image, "ndim"):
         image = np.asarray(image)
     img = prepare_image(image, bundle.in_channels, channel_axis)
+    axes = resolve_axes(axes, img.ndim - 1)
+    volume = "Z" in axes
+    spacing = _volume_spacing(voxel_size) if volume else None
     norm = Normalisation.from_dict(bundle.meta.get("normalisation", {}))
     scale = object_scale(bundle, img, config)
     device = select_device(config.device)
@@ -681,6 +743,8 @@ def iter_predict(
     progress = [0]
     next_id = 0
     notes: list[str] = [scale.note] if scale.note and scale.diameter is not None else []
+    if volume:
+        notes.append(_volume_note(img.shape[1:], axes, voxel_size, spacing))
     precision = resolve_precision(config.precision, device)
     slow = precision_note(config.precision, device)
     if slow:
@@ -718,13 +782,27 @@ def iter_predict(
         p = _back_to_image(p, (H, W))
         for k, name in enumerate(outputs):
             probs[name][idx] = p[k]
-        lab = labels_from_output(p, outputs, config, pixel_scale=1 / scale.factor)
+        if volume:
+            if idx[-1] != lead[-1] - 1:
+                continue  # the stack's labels are built when its last slice is in
+            frame = idx[:-1]
+            yield PredictProgress(progress[0], total, "building 3D objects")
+            stacked = np.stack([probs[name][frame] for name in outputs])
+            lab = labels_from_output_3d(
+                stacked, outputs, config, spacing=spacing, pixel_scale=1 / scale.factor
+            )
+            idx = frame
+        else:
+            lab = labels_from_output(p, outputs, config, pixel_scale=1 / scale.factor)
         if lab.size and lab.max() > 0:
             lab[lab > 0] += next_id
             next_id = int(lab.max())
         labels[idx] = lab
     release_memory(device)
-    settings = {**config.to_dict(), "precision_used": precision}
+    settings = {**config.to_dict(), "precision_used": precision, "axes": axes}
+    if volume:
+        settings["voxel_size"] = None if voxel_size is None else [float(v) for v in voxel_size]
+        settings["z_step_px"] = round(float(spacing[0]), 4)
     return PredictResult(
         labels=labels, probabilities=probs, notes=notes, settings=settings, scale=scale
     )
@@ -797,6 +875,60 @@ def labels_from_output(
         **extra,
     )
     return lab.astype(np.uint32, copy=False)
+
+
+def labels_from_output_3d(
+    prob: np.ndarray,
+    outputs: list[str],
+    config: PredictConfig,
+    *,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    pixel_scale: float = 1.0,
+) -> np.ndarray:
+    """Turn a z-stack's probabilities ``(K, Z, M, N)`` into 3D labels ``(Z, M, N)``.
+
+    The 2D settings carry over: ``min_distance``, ``h`` and the smoothing in pixels (z
+    measured with ``spacing``), ``min_size`` (an area) as the volume of the ball with that
+    cross-section (:func:`napari_unet.core.volume.min_volume`). ``pixel_scale`` as in
+    :func:`labels_from_output`.
+    """
+    from napari_unet.core.volume import labels_from_probabilities_3d, min_volume
+
+    use_boundary = config.split_method == "boundary" and "boundary" in outputs
+    s = float(pixel_scale)
+    lab = labels_from_probabilities_3d(
+        prob[0],
+        prob[outputs.index("boundary")] if use_boundary else None,
+        spacing=spacing,
+        threshold=config.threshold,
+        boundary_threshold=config.boundary_threshold,
+        min_size=min_volume(config.min_size * s * s, spacing),
+        fill_holes=config.fill_holes,
+        split=config.split,
+        min_seed_size=max(1, min_volume(4 * s * s, spacing)),
+        min_distance=max(1.0, config.min_distance * s),
+        h=None if config.h is None else config.h * s,
+        smooth=1.0 * s,
+    )
+    return lab.astype(np.uint32, copy=False)
+
+
+def _volume_spacing(voxel_size) -> tuple[float, float, float]:
+    from napari_unet.core.volume import spacing_from_voxel_size
+
+    return spacing_from_voxel_size(voxel_size)
+
+
+def _volume_note(shape: tuple[int, ...], axes: str, voxel_size, spacing) -> str:
+    """Say how a z-stack was labelled: in 3D, with which z-step."""
+    n_z = shape[axes.index("Z")]
+    if voxel_size is None:
+        step = "voxel size not given: z-steps taken as long as the pixels (give the voxel size)"
+    else:
+        z, y, x = (float(v) for v in voxel_size)
+        step = f"voxel size {z:g} x {y:g} x {x:g} (z-step {spacing[0]:.3g} pixels)"
+    per = " per time point" if "T" in axes else ""
+    return f"labelled in 3D{per} across {n_z} z-slices ({axes}); {step}"
 
 
 def predict(bundle: ModelBundle, image, **kwargs) -> PredictResult:

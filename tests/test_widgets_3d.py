@@ -1,0 +1,84 @@
+"""z-stacks in the widgets (issue 22): Split nuclei in 3D, its preview, time series per frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_unet.core.metrics import match_objects
+from napari_unet.samples import synthetic_nuclei_stack
+from tests._gui_helpers import error_messages, open_widget, wait_idle
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.records.clear()
+    return make_napari_viewer()
+
+
+def click(qtbot, button):
+    assert button.isEnabled(), button.text()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two label images hold the same objects (ids may differ)."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
+    return len(set(pairs[0])) == len(set(pairs[1])) == pairs.shape[1]
+
+
+def test_split_nuclei_splits_a_z_stack_in_3d_and_its_preview_agrees(viewer, qtbot):
+    _, truth, pairs = synthetic_nuclei_stack((16, 128, 128), n=14, seed=4)
+    assert pairs  # some nuclei touch
+    viewer.add_labels((truth > 0).astype(np.uint8), name="mask", scale=(1.5, 0.5, 0.5))
+    split = open_widget(viewer, "Split nuclei")
+    split.source.setCurrentText("mask")
+    assert split.first_axis.isEnabled()
+    assert split.layer_axes(viewer.layers["mask"]) == ("ZYX", (1.5, 0.5, 0.5))
+    assert split.params()["spacing"] == (3.0, 1.0, 1.0)  # z-step of 3 pixels
+    split.h.setValue(1.0)
+    split.min_size.setValue(30)
+    click(qtbot, split.apply_button)
+    wait_idle(qtbot, split)
+    assert not error_messages()
+    result = viewer.layers["mask_split"].data
+    m = match_objects(truth, result, 0.5)
+    assert int(m.tp[0]) >= truth.max() - 1 and int(m.fp[0]) <= 1, m
+    assert tuple(viewer.layers["mask_split"].scale) == (1.5, 0.5, 0.5)
+
+    # the preview of the current slice is the 3D result's slice
+    viewer.dims.set_current_step(0, 8)
+    split.preview.setChecked(True)
+    qtbot.waitUntil(lambda: "mask_split_preview" in viewer.layers, timeout=60_000)
+    preview = viewer.layers["mask_split_preview"]
+    qtbot.waitUntil(lambda: preview.data.max() > 0, timeout=60_000)
+    assert "split in 3D" in split.status.text()
+    index, region = split.preview_region(viewer.layers["mask"])
+    assert index == (8,)
+    assert _same_partition(preview.data, result[(8,) + region])
+    split.preview.setChecked(False)
+
+    # read as a time series, every slice is split on its own: many more objects
+    split.first_axis.setCurrentIndex(split.first_axis.findData("time"))
+    assert split.params()["axes"] == "TYX"
+    click(qtbot, split.apply_button)
+    wait_idle(qtbot, split)
+    frames = viewer.layers[-1].data
+    assert len(np.unique(frames)) - 1 > 3 * truth.max()
+
+
+def test_a_layer_named_like_time_is_split_per_frame(viewer, qtbot):
+    _, truth, _ = synthetic_nuclei_stack((8, 96, 96), n=6, seed=2)
+    viewer.add_labels(truth, name="movie", axis_labels=("t", "y", "x"))
+    split = open_widget(viewer, "Split nuclei")
+    split.source.setCurrentText("movie")
+    assert split.layer_axes(viewer.layers["movie"]) == ("TYX", None)
+    assert split.params()["spacing"] is None
+    assert split._min_size_label.text() == "Minimum size (px)"
+    split.first_axis.setCurrentIndex(split.first_axis.findData("z"))
+    assert split._min_size_label.text() == "Minimum size (voxels)"
