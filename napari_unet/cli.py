@@ -926,6 +926,12 @@ def _predict_zarr(args, bundle, path: Path, out: Path, cfg, scheduler) -> int:
             ax = _auto_channel_axis(tuple(arr.shape), bundle.in_channels, "auto")
     else:
         ax = _auto_channel_axis(tuple(arr.shape), bundle.in_channels, args.channel_axis)
+    spatial = arr.ndim - (ax is not None)
+    if spatial >= 3 and args.axes not in ("YX", "TYX"):
+        _info(
+            f"note: {path.name} has {spatial} axes: zarr input is labelled plane by plane (2D "
+            "objects); for one object per nucleus in 3D predict it as a TIFF, or in napari"
+        )
     target = out / f"{_zarr_name(path)}.zarr"
     _refuse_existing([target], out, args.overwrite)
     summary = predict_to_zarr(

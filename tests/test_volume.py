@@ -233,3 +233,33 @@ def test_cli_predict_and_split_in_3d(real_models, builtin, tmp_path, capsys):
         + ["--axes", "TZYX"]
     )
     assert code == 2 and "names 4 axes, but the image has 3" in capsys.readouterr().err
+
+
+def test_partly_painted_3d_labels_train_on_their_painted_slices():
+    """3 of 40 slices painted, "labels are partial": 3 training samples, one per slice."""
+    from napari_unet.core.data import Normalisation, prepare_samples
+
+    image, truth, _ = synthetic_nuclei_stack((40, 64, 64), n=6, seed=8)
+    painted = np.zeros_like(truth)
+    for z in (5, 20, 33):
+        painted[z] = truth[z] + (truth[z] > 0)  # objects 2.., background 1 (sparse)
+        painted[z][truth[z] == 0] = 1
+    samples = prepare_samples([image], [painted], normalisation=Normalisation(), sparse=True)
+    assert len(samples) == 3
+
+
+def test_a_3d_correction_annotates_the_planes_it_touched():
+    """Fixing a 3D object in one slice annotates that slice, not the object's other slices."""
+    from napari_unet.core.corrections import annotation_from_edits
+
+    _, truth, _ = synthetic_nuclei_stack((16, 64, 64), n=4, seed=9)
+    before = truth.copy()
+    k = int(np.bincount(truth.ravel())[1:].argmax()) + 1  # the largest nucleus
+    zs = np.flatnonzero((truth == k).any(axis=(1, 2)))
+    assert zs.size > 2
+    z = int(zs[zs.size // 2])
+    after = before.copy()
+    after[z][after[z] == k] = 0  # the user erased it in one slice
+    annotation = annotation_from_edits(after, before)
+    annotated = np.flatnonzero((annotation > 0).any(axis=(1, 2)))
+    assert annotated.tolist() == [z]

@@ -289,19 +289,17 @@ def annotation_from_edits(
         baseline = _labels(baseline, "baseline labels")
         _same_shape(corrected, baseline, "corrected labels", "baseline labels")
         changed = corrected != baseline
-        base_ids = np.unique(baseline[changed])
-        base_ids = base_ids[base_ids != 0]
-        involved_base = np.isin(baseline, base_ids) if base_ids.size else np.zeros_like(changed)
+        involved_base = _involved(baseline, changed)
     if not changed.any():
         return done(out)
-    # Every corrected id in the changed pixels or the touched baseline footprints, whole.
+    # Every corrected id in the changed pixels or the touched baseline footprints, whole
+    # (in the planes where it was touched: a 3D object's other planes were not looked at).
     # This region is closed: an unchanged pixel of an involved corrected id has that same
     # id in the baseline, so its footprint brings no new id.
     region = changed | involved_base
+    region |= _involved(corrected, region)
     ids = np.unique(corrected[region])
     ids = ids[ids != 0]
-    if ids.size:
-        region |= np.isin(corrected, ids)
     if ids.size > _INT32_MAX - 2:  # pragma: no cover - needs > 2**31 objects
         raise NapariUnetError("too many annotated objects for int32 labels.")
     objects = region & (corrected != 0)
@@ -332,6 +330,27 @@ def annotation_from_edits(
         out[box][band] = 1
         band_mask[box] = band
     return done(out)
+
+
+def _involved(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Pixels of the ids of ``labels`` found in ``where``, plane by plane (last two axes).
+
+    An id met in one plane of a stack brings its pixels in that plane only: a 3D object
+    (one id across planes) touched in one plane is involved there, not in the others.
+    """
+    if not where.any():
+        return np.zeros(labels.shape, dtype=bool)
+    if labels.ndim == 2:
+        ids = np.unique(labels[where])
+        ids = ids[ids != 0]
+        return np.isin(labels, ids) if ids.size else np.zeros(labels.shape, dtype=bool)
+    n_ids = int(labels.max()) + 1
+    planes = np.arange(math.prod(labels.shape[:-2]), dtype=np.int64).reshape(
+        labels.shape[:-2] + (1, 1)
+    )
+    key = planes * n_ids + labels.astype(np.int64)
+    keys = np.unique(key[where & (labels != 0)])
+    return np.isin(key, keys) if keys.size else np.zeros(labels.shape, dtype=bool)
 
 
 def merge_annotations(
