@@ -11,6 +11,7 @@ from qtpy.QtCore import Qt
 
 from napari_unet import PLUGIN_NAME
 from napari_unet._widgets._predict import COUNT_ALL, MODEL_FILE, MODEL_SESSION
+from napari_unet._widgets._process import LazyBundle
 from napari_unet._widgets._train import START_FILE, START_NEW
 from napari_unet.core.builtin import ENV_VAR, install_model
 from tests._gui_helpers import error_messages, make_tiny, open_widget, tiny_model_file, wait_idle
@@ -86,9 +87,11 @@ def test_predict_uses_the_built_in_model_with_no_other_step(
     click(qtbot, predict.predict_button)
     wait_idle(qtbot, predict)
     assert not error_messages()
-    assert loads == [str(builtin_file)]
+    assert not loads  # the child process predicting loaded it, not the viewer's
     assert "fluo_small_labels" in viewer.layers
     session = predict.session
+    assert str(session.model_info.checkpoint) == str(builtin_file)
+    assert isinstance(session.bundle, LazyBundle) and not session.bundle.loaded
     assert session.bundle.in_channels == 3
     assert session.describe_model().startswith(f"Built-in model: {TITLE}")
     assert "Shipped with napari-unet" in session.describe_model()

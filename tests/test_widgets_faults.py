@@ -192,6 +192,7 @@ def test_out_of_memory_in_predict_retries_with_smaller_tiles(viewer, qtbot, tmp_
     predict.model_choice.setCurrentText("A model file")
     predict.model_path.value = str(tiny_model_file(tmp_path / "tiny.pt"))
     predict.tile_size.setValue(256)
+    predict.predict_in_child_process = False  # the fault is injected into this process
     memory_limit["eval"] = 128 * 128
     click(qtbot, predict.predict_button)
     wait_idle(qtbot, predict)

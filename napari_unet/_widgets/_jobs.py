@@ -1,10 +1,13 @@
 """What the widgets' workers run: thin generators over the core, Qt-free.
 
-Each job imports the core module it needs *inside* the generator, so torch is imported
-in the worker thread the first time and never when napari starts. The jobs get plain
-arrays and config dictionaries (read from layers and widgets on the main thread), yield
-the core's progress objects and return the core's results; they never see a layer or a
-widget.
+Each job imports the core module it needs *inside* the generator, so torch is never
+imported when napari starts. The jobs get plain arrays and config dictionaries (read
+from layers and widgets on the main thread), yield the core's progress objects and
+return the core's results; they never see a layer or a widget.
+
+Training, prediction and retraining run their ``*_generator`` in a child process
+(:mod:`._process`): the worker thread only relays progress, the stop event and the
+result, so the viewer's interpreter never imports torch for them nor runs their Python.
 """
 
 from __future__ import annotations
@@ -260,8 +263,10 @@ def train_generator(
     stop: Any = None,
 ) -> Generator[Any, None, Any]:
     """Load the model to fine-tune (if any) and run the core trainer; what trains in the child."""
+    from napari_unet._widgets._process import as_model_bundle
     from napari_unet.core.train import TrainConfig, iter_train
 
+    init = as_model_bundle(init)
     if init is None and init_path:
         from napari_unet.core.checkpoint import load_checkpoint
 
@@ -270,6 +275,14 @@ def train_generator(
         images, labels, TrainConfig.from_dict(config), names=names, init=init, stop=stop
     )
     return result
+
+
+#: What :class:`._process.ChildProcessDied` suggests when a prediction's process dies.
+PREDICT_ADVICE = "try a smaller tile size or fewer tiles per step (batch size)."
+
+
+def _not_sent_note(error: NapariUnetError) -> str:
+    return f"the image was predicted in napari's own process, which may pause the viewer: {error}"
 
 
 @reraise_runtime_errors
@@ -282,13 +295,72 @@ def predict_job(
     bundle_path: str | None = None,
     stop: threading.Event | None = None,
     measure: dict[str, Any] | None = None,
+    in_child: bool = True,
+    **predict_kwargs: Any,
 ) -> Generator[Any, None, Predicted]:
     """Predict with :func:`napari_unet.core.predict.iter_predict`.
 
     Loads the model from `bundle_path` when `bundle` is None. Yields PredictProgress;
     returns :class:`Predicted` (its ``result`` is None when stopped), with the objects
-    measured (:func:`measure_result`) when `measure` is given.
+    measured (:func:`measure_result`) when `measure` is given. `predict_kwargs` go to
+    ``iter_predict`` unchanged.
+
+    With `in_child` (the default) all of it (loading the model, the prediction, the
+    measurements) runs in a child process (:mod:`._process`, :func:`predict_generator`):
+    the labels and probabilities come back in pieces into arrays allocated here, and a
+    model loaded from `bundle_path` comes back as a :class:`._process.LazyBundle`, so
+    this process never imports torch for it. An image that cannot be sent to another
+    process (an array type neither pickle nor cloudpickle can pickle) is predicted here,
+    as the result's notes say.
     """
+    options = {
+        "rgb": rgb,
+        "config": config,
+        "bundle_path": bundle_path,
+        "measure": measure,
+        **predict_kwargs,
+    }
+    note = None
+    if in_child:
+        from napari_unet._widgets._process import NotSendable, run_in_child
+
+        try:
+            predicted = yield from run_in_child(
+                f"{__name__}:predict_generator",
+                bundle,
+                image,
+                stop=stop,
+                advice=PREDICT_ADVICE,
+                **options,
+            )
+        except NotSendable as error:
+            in_child, note = False, _not_sent_note(error)
+    if not in_child:
+        predicted = yield from predict_generator(bundle, image, stop=stop, **options)
+    if bundle is not None:  # the child sends back only a model it loaded
+        predicted.bundle = bundle
+    if note is not None and predicted.result is not None:
+        predicted.result.notes.append(note)
+    return predicted
+
+
+def predict_generator(
+    bundle: Any,
+    image: Any,
+    *,
+    rgb: bool,
+    config: dict[str, Any],
+    bundle_path: str | None = None,
+    measure: dict[str, Any] | None = None,
+    stop: Any = None,
+    **predict_kwargs: Any,
+) -> Generator[Any, None, Predicted]:
+    """Load the model (if given a path), predict and measure; what predicts in the child.
+
+    The returned :class:`Predicted` holds the model only when it was loaded here (the
+    caller has the model it gave).
+    """
+    from napari_unet._widgets._process import as_model_bundle
     from napari_unet.core.predict import PredictConfig, iter_predict
 
     loaded_from = None
@@ -297,6 +369,7 @@ def predict_job(
 
         bundle = load_checkpoint(bundle_path)
         loaded_from = bundle_path
+    bundle = as_model_bundle(bundle)
     axis = channel_axis_for(tuple(image.shape), rgb, bundle.in_channels)
     settings = dict(config)
     if settings.pop("fitted", False):  # the model's own threshold and split depth
@@ -305,7 +378,9 @@ def predict_job(
         cfg = PredictConfig.for_model(bundle, **settings)
     else:
         cfg = PredictConfig(**settings)
-    result = yield from iter_predict(bundle, image, channel_axis=axis, config=cfg, stop=stop)
+    result = yield from iter_predict(
+        bundle, image, channel_axis=axis, config=cfg, stop=stop, **predict_kwargs
+    )
     measured = None
     if result is not None and measure is not None:
         n = int(result.labels.max()) if result.labels.size else 0
@@ -320,7 +395,7 @@ def predict_job(
             )
         else:
             measured = measure_result(result.labels, image, channel_axis=axis, measure=measure)
-    return Predicted(bundle, result, loaded_from, measured)
+    return Predicted(bundle if loaded_from else None, result, loaded_from, measured)
 
 
 @reraise_runtime_errors
@@ -338,36 +413,109 @@ def retrain_job(
     stop: threading.Event | None = None,
     measure: dict[str, Any] | None = None,
     in_child: bool = True,
+    **predict_kwargs: Any,
 ) -> Generator[Any, None, Retrained]:
     """Fine-tune `bundle` on the training set, then predict `image` again.
 
     The fine-tune (:func:`napari_unet.core.finetune.iter_finetune`: training, then the
-    old and the new model compared on the corrections) runs in a child process like
-    training. Yields TrainProgress, then PredictProgress. Stopping during training keeps
-    the fine-tuned weights so far and skips the prediction (``predicted.result`` is
-    None).
+    old and the new model compared on the corrections) and the new prediction run in one
+    child process (:func:`retrain_generator`) with `in_child`, the default: the
+    fine-tuned model comes back as a :class:`._process.LazyBundle`, the prediction as
+    :func:`predict_job`'s does. Yields TrainProgress, then PredictProgress. Stopping
+    during training keeps the fine-tuned weights so far and skips the prediction
+    (``predicted.result`` is None). `predict_kwargs` go to ``iter_predict`` unchanged.
     """
-    kwargs = {"names": names, "init": bundle, "scored": scored}
-    if in_child:
-        from napari_unet._widgets._process import run_in_child
+    finetune = {"names": names, "scored": scored}
+    predict = {"rgb": rgb, "predict_config": predict_config, "measure": measure}
+    predict.update(predict_kwargs)
+    arguments = (images, annotations, finetune_config, bundle, image)
+    if not in_child:
+        return (yield from retrain_generator(*arguments, stop=stop, **finetune, **predict))
+    from napari_unet._widgets._process import NotSendable, run_in_child
 
-        tuned = yield from run_in_child(
-            f"{__name__}:finetune_generator",
-            images,
-            annotations,
-            finetune_config,
+    try:
+        return (
+            yield from run_in_child(
+                f"{__name__}:retrain_generator",
+                *arguments,
+                stop=stop,
+                advice=PREDICT_ADVICE,
+                **finetune,
+                **predict,
+            )
+        )
+    except NotSendable as error:  # the image cannot travel: fine-tune there, predict here
+        note = _not_sent_note(error)
+    tuned = yield from run_in_child(
+        f"{__name__}:finetune_generator",
+        images,
+        annotations,
+        finetune_config,
+        init=bundle,
+        stop=stop,
+        **finetune,
+    )
+    retrained = yield from _predict_tuned(tuned, image, stop=stop, **predict)
+    if retrained.predicted.result is not None:
+        retrained.predicted.result.notes.append(note)
+    return retrained
+
+
+def retrain_generator(
+    images: Sequence[np.ndarray],
+    annotations: Sequence[np.ndarray],
+    finetune_config: dict[str, Any],
+    bundle: Any,
+    image: Any,
+    *,
+    names: Sequence[str],
+    scored: Sequence[int],
+    rgb: bool,
+    predict_config: dict[str, Any],
+    measure: dict[str, Any] | None = None,
+    stop: Any = None,
+    **predict_kwargs: Any,
+) -> Generator[Any, None, Retrained]:
+    """Fine-tune, then predict with the model kept; what retrains in the child."""
+    tuned = yield from finetune_generator(
+        images, annotations, finetune_config, names=names, init=bundle, scored=scored, stop=stop
+    )
+    return (
+        yield from _predict_tuned(
+            tuned,
+            image,
+            rgb=rgb,
+            predict_config=predict_config,
+            measure=measure,
             stop=stop,
-            **kwargs,
+            **predict_kwargs,
         )
-    else:
-        tuned = yield from finetune_generator(
-            images, annotations, finetune_config, stop=stop, **kwargs
-        )
+    )
+
+
+def _predict_tuned(
+    tuned: Any,
+    image: Any,
+    *,
+    rgb: bool,
+    predict_config: dict[str, Any],
+    measure: dict[str, Any] | None,
+    stop: Any,
+    **predict_kwargs: Any,
+) -> Generator[Any, None, Retrained]:
+    """Predict `image` with the model a fine-tune kept (unless it was stopped)."""
     if tuned.stopped or (stop is not None and stop.is_set()):
         return Retrained(tuned, Predicted(tuned.bundle, None))
-    predicted = yield from predict_job(
-        tuned.bundle, image, rgb=rgb, config=predict_config, stop=stop, measure=measure
+    predicted = yield from predict_generator(
+        tuned.bundle,
+        image,
+        rgb=rgb,
+        config=predict_config,
+        measure=measure,
+        stop=stop,
+        **predict_kwargs,
     )
+    predicted.bundle = tuned.bundle
     return Retrained(tuned, predicted)
 
 
@@ -382,13 +530,14 @@ def finetune_generator(
     stop: Any = None,
 ) -> Generator[Any, None, Any]:
     """Run :func:`napari_unet.core.finetune.iter_finetune`; what retrains in the child."""
+    from napari_unet._widgets._process import as_model_bundle
     from napari_unet.core.finetune import FinetuneConfig, iter_finetune
 
     return (
         yield from iter_finetune(
             images,
             annotations,
-            init,
+            as_model_bundle(init),
             FinetuneConfig(**config),
             names=names,
             scored=scored,
@@ -636,9 +785,11 @@ def bioimageio_job(
     package's test input and cover. napari's save dialog has already asked before
     replacing `out`. Yields what it is doing; returns the package's path.
     """
+    from napari_unet._widgets._process import as_model_bundle
     from napari_unet.core.bioimageio import export_bioimageio
 
     yield "exporting"
+    bundle = as_model_bundle(bundle)  # a model a child process sent is loaded here
     if test_image is not None and channel_axis is not None:
         test_image = np.moveaxis(np.asarray(test_image), channel_axis, 0)
     return export_bioimageio(bundle, out, name=name, test_image=test_image, overwrite=True)

@@ -2,8 +2,9 @@
 
 Three parts, each a thin adapter over the core:
 
-* **Predict** runs :func:`napari_unet.core.predict.iter_predict` in a worker and adds
-  ``<image>_probability`` (Image) and ``<image>_labels`` (Labels) layers. A result layer
+* **Predict** runs :func:`napari_unet.core.predict.iter_predict` in a child process (a
+  worker thread relays it, see :mod:`._process`) and adds ``<image>_probability`` (Image)
+  and ``<image>_labels`` (Labels) layers. A result layer
   that napari-unet made and nobody has painted on since is updated in place; a layer the
   user painted is never replaced unless "Replace layers I painted" is ticked (a new
   layer is added instead).
@@ -138,6 +139,9 @@ class PredictWidget(TabbedPanel):
         self.session: Session = session_for(napari_viewer)
         self._worker: Any = None
         self._stop: threading.Event | None = None
+        # prediction and retraining run in a child process (the viewer never stalls);
+        # tests that inject faults into this process switch it off
+        self.predict_in_child_process = True
         self._job: dict[str, Any] | None = None
         self._guard: JobGuard | None = None
         self._export_worker: Any = None
@@ -541,6 +545,7 @@ class PredictWidget(TabbedPanel):
             bundle_path=path,
             stop=self._stop,
             measure=layer_geometry(layer),
+            in_child=self.predict_in_child_process,
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -625,6 +630,7 @@ class PredictWidget(TabbedPanel):
             predict_config=self.predict_config(),
             stop=self._stop,
             measure=layer_geometry(layer),
+            in_child=self.predict_in_child_process,
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
