@@ -82,3 +82,36 @@ def test_a_layer_named_like_time_is_split_per_frame(viewer, qtbot):
     assert split._min_size_label.text() == "Minimum size (px)"
     split.first_axis.setCurrentIndex(split.first_axis.findData("z"))
     assert split._min_size_label.text() == "Minimum size (voxels)"
+
+
+def test_predict_a_z_stack_gives_3d_nuclei_with_the_builtin_model(viewer, qtbot, monkeypatch):
+    """The z-stack sample, as a user opens it, predicted with the built-in model: 3D objects."""
+    from napari_unet import PLUGIN_NAME
+    from napari_unet.core.builtin import ENV_VAR, PACKAGE_MODELS_DIR, read_index
+
+    if not any(e.name == "nuclei" for e in read_index(PACKAGE_MODELS_DIR, strict=False)):
+        pytest.skip("the package ships no 'nuclei' model")
+    monkeypatch.delenv(ENV_VAR, raising=False)  # the package's own models
+    viewer.open_sample(PLUGIN_NAME, "nuclei_zstack")
+    truth = viewer.layers["nuclei_zstack_ground_truth"].data
+    predict = open_widget(viewer, "Predict")
+    predict.image.setCurrentText("nuclei_zstack")
+    assert predict.first_axis.isEnabled()
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict, timeout=300_000)
+    assert not error_messages()
+    labels = viewer.layers["nuclei_zstack_labels"]
+    assert labels.data.shape == truth.shape and tuple(labels.scale) == (1.5, 0.5, 0.5)
+    m = match_objects(truth, labels.data, 0.5)
+    f1 = 2 * int(m.tp[0]) / (2 * int(m.tp[0]) + int(m.fp[0]) + int(m.fn[0]))
+    assert f1 >= 0.9, m
+    assert "Labelled in 3D across 32 z-slices (ZYX); voxel size 1.5 x 0.5 x 0.5" in (
+        predict.status.text()
+    )
+    # told it is a time series, the same image is labelled frame by frame
+    predict.first_axis.setCurrentIndex(predict.first_axis.findData("time"))
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict, timeout=300_000)
+    frames = viewer.layers["nuclei_zstack_labels"].data
+    assert len(np.unique(frames)) - 1 > 3 * truth.max()
+    assert "Labelled in 3D" not in predict.status.text()

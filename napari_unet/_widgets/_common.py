@@ -30,6 +30,7 @@ from napari_unet.core.errors import NapariUnetError
 _log = logging.getLogger(__name__)
 
 __all__ = [
+    "FIRST_AXIS_ITEMS",
     "METADATA_KEY",
     "NapariUnetError",
     "file_edit",
@@ -57,6 +58,15 @@ def layer_array(layer: Layer, *, in_memory: bool = True) -> Any:
     """
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     return np.array(data, copy=True) if in_memory else data
+
+
+#: The "First axis" choices of a 3D layer in Predict and Split nuclei: the text shown, and
+#: the value for :func:`napari_unet.core.volume.guess_axes`.
+FIRST_AXIS_ITEMS = (
+    ("auto (from the axis names)", "auto"),
+    ("z: a z-stack, 3D nuclei", "z"),
+    ("time: 2D nuclei per frame", "time"),
+)
 
 
 def layer_geometry(layer: Layer) -> dict[str, Any]:

@@ -353,12 +353,16 @@ def predict_generator(
     bundle_path: str | None = None,
     measure: dict[str, Any] | None = None,
     stop: Any = None,
+    stack: dict[str, Any] | None = None,
     **predict_kwargs: Any,
 ) -> Generator[Any, None, Predicted]:
     """Load the model (if given a path), predict and measure; what predicts in the child.
 
     The returned :class:`Predicted` holds the model only when it was loaded here (the
-    caller has the model it gave).
+    caller has the model it gave). `stack` (``first_axis``, ``axis_labels``, ``scale`` of
+    the layer) decides, once the channel axis is known, whether a 3D image is a z-stack
+    (labelled in 3D with the layer's voxel size) or a time series
+    (:func:`napari_unet.core.volume.guess_axes`), unless ``axes`` is given.
     """
     from napari_unet._widgets._process import as_model_bundle
     from napari_unet.core.predict import PredictConfig, iter_predict
@@ -371,6 +375,18 @@ def predict_generator(
         loaded_from = bundle_path
     bundle = as_model_bundle(bundle)
     axis = channel_axis_for(tuple(image.shape), rgb, bundle.in_channels)
+    if stack is not None and "axes" not in predict_kwargs:
+        from napari_unet.core.volume import guess_axes, voxel_size_from_scale
+
+        axes = guess_axes(
+            len(image.shape) - (axis is not None),
+            stack.get("axis_labels"),
+            stack.get("first_axis", "auto"),
+        )
+        voxel = voxel_size_from_scale(stack.get("scale"), axes)
+        predict_kwargs = {**predict_kwargs, "axes": axes, "voxel_size": voxel}
+        if measure is not None:
+            measure = {**measure, "axes": axes}
     settings = dict(config)
     if settings.pop("fitted", False):  # the model's own threshold and split depth
         for key in ("threshold", "h", "min_distance"):  # min_distance only serves h = None

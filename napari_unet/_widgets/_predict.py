@@ -50,6 +50,7 @@ from superqt import QCollapsible
 from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
+    FIRST_AXIS_ITEMS,
     METADATA_KEY,
     JobGuard,
     TabbedPanel,
@@ -156,10 +157,20 @@ class PredictWidget(TabbedPanel):
         form = QFormLayout()
         self.image = QComboBox()
         self.image.setToolTip(
-            "The image to segment: 2D, a 3D stack or a time series; grey, RGB or "
+            "The image to segment: 2D, a z-stack or a time series; grey, RGB or "
             "multi-channel; also large (dask) images, predicted tile by tile."
         )
         form.addRow("Image", self.image)
+        self.first_axis = QComboBox()
+        for text, value in FIRST_AXIS_ITEMS:
+            self.first_axis.addItem(text, value)
+        self.first_axis.setToolTip(
+            "What the first axis of a 3D image is. A z-stack is labelled in 3D: one object per "
+            "nucleus across slices, with the layer's scale as the voxel size (z-step against "
+            "pixel size); a time series frame by frame. Auto: a first axis named t, time or "
+            "frame is time, anything else z. A 4D image is a time series of z-stacks."
+        )
+        form.addRow("First axis", self.first_axis)
         self.model_choice = QComboBox()
         self.model_choice.addItem(MODEL_SESSION)
         # the built-in models by title (only the index is read here: each is loaded when a
@@ -488,6 +499,18 @@ class PredictWidget(TabbedPanel):
         size = _pixel_size(layer) if isinstance(layer, Image) else None
         self.diameter_label.setText(f"Object diameter ({size[1] if size else 'px'})")
 
+    def stack_settings(self, layer: Image) -> dict[str, Any]:
+        """Return what the job needs to tell a z-stack from a time series (``stack=``).
+
+        The axes are decided in the job, once the model says whether the image has a
+        channel axis (:func:`._jobs.predict_generator`).
+        """
+        return {
+            "first_axis": self.first_axis.currentData(),
+            "axis_labels": [str(a) for a in getattr(layer, "axis_labels", ())],
+            "scale": tuple(float(v) for v in layer.scale),
+        }
+
     def _image_layer(self) -> Image:
         name = self.image.currentText()
         if not name or name not in self.viewer.layers:
@@ -546,6 +569,7 @@ class PredictWidget(TabbedPanel):
             stop=self._stop,
             measure=layer_geometry(layer),
             in_child=self.predict_in_child_process,
+            stack=self.stack_settings(layer),
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -631,6 +655,7 @@ class PredictWidget(TabbedPanel):
             stop=self._stop,
             measure=layer_geometry(layer),
             in_child=self.predict_in_child_process,
+            stack=self.stack_settings(layer),
             _start_thread=False,
             _ignore_errors=True,  # errored is connected below: report_worker_error
         )
@@ -980,12 +1005,14 @@ class PredictWidget(TabbedPanel):
             layers = self._add_results(job["layer"], value.result, measured=value.measured)
             self.corrected.setCurrentText(layers[-1].name)  # the layer to correct next
             n = int(value.result.labels.max()) if value.result.labels.size else 0
+            stack_note, notes = _stack_note(value.result)
             self.status.setText(
                 f"Found {n} nuclei{_settings_text(value.result.settings)}: "
                 f"{', '.join(layer.name for layer in layers)}.\n"
                 f"{_scale_text(value.result.scale, job['layer'])}"
+                + (f"\n{stack_note[0].upper()}{stack_note[1:]}." if stack_note else "")
             )
-            _warn_notes(value.result.notes)
+            _warn_notes(notes)
 
     def _on_retrained(self, value: Retrained, job: dict[str, Any]) -> None:
         """Set the kept model; put the new prediction next to the corrected layer."""
@@ -1025,7 +1052,7 @@ class PredictWidget(TabbedPanel):
         text += f" New prediction: '{new.name}'."
         self.status.setText(text)
         show_info(text)
-        _warn_notes(notes + list(predicted.result.notes))
+        _warn_notes(notes + _stack_note(predicted.result)[1])
 
     def _on_errored(self, error: BaseException) -> None:
         # shown as a napari notification; no layer was changed
@@ -1147,6 +1174,8 @@ class PredictWidget(TabbedPanel):
         candidate = f"{name}_labels"
         if self.corrected.findText(candidate) >= 0:
             self.corrected.setCurrentText(candidate)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        self.first_axis.setEnabled(isinstance(layer, Image) and layer.ndim == 3)
         self._update_diameter_units()
         self._update_buttons()
 
@@ -1225,6 +1254,24 @@ def _scale_text(scale: Any, layer: Image) -> str:
     size = _pixel_size(layer)
     text = scale.describe(*size) if size is not None else scale.describe()
     return text[:1].upper() + text[1:] + "."
+
+
+def _stack_note(result: Any) -> tuple[str, list[str]]:
+    """Return how a stack was labelled (for the status line) and the other notes.
+
+    The note of a z-stack labelled in 3D goes to the status line; it stays a warning too
+    when the voxel size was not known (the layer's scale is napari's default).
+    """
+    said = [n for n in result.notes if n.startswith("labelled in 3D")]
+    if not said:
+        return "", list(result.notes)
+    others = [n for n in result.notes if n not in said]
+    if result.settings.get("voxel_size") is None:
+        others.append(
+            said[0] + ": set the layer's scale (z, y, x) to its voxel size, e.g. "
+            "layer.scale = (2.0, 0.5, 0.5)"
+        )
+    return said[0], others
 
 
 def _warn_notes(notes: list[str]) -> None:

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
+    FIRST_AXIS_ITEMS,
     TabbedPanel,
     help_label,
     layer_array,
@@ -58,12 +59,6 @@ if TYPE_CHECKING:
 PREVIEW_MARGIN = 32
 #: A z-stack's preview splits this many slices above and below the current one in 3D.
 PREVIEW_SLICES = 12
-#: The "First axis" choices of a 3D layer: text shown, and the value for ``guess_axes``.
-FIRST_AXIS_ITEMS = (
-    ("auto (from the axis names)", "auto"),
-    ("z: a z-stack, 3D nuclei", "z"),
-    ("time: 2D nuclei per frame", "time"),
-)
 
 SPLIT_HELP = (
     "Separates touching nuclei with a distance-transform watershed. Pick a Labels layer "
