@@ -91,10 +91,42 @@ def _shot(viewer, name: str) -> None:
     _save(viewer.screenshot(canvas_only=False), IMAGES / name)
 
 
+def z_stack(viewer) -> None:
+    """Predict the synthetic z-stack sample with the built-in model; show it in 3D."""
+    viewer.open_sample(PLUGIN_NAME, "nuclei_zstack")
+    dock, predict = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Predict")
+    predict.image.setCurrentText("nuclei_zstack")
+    predict.predict_button.click()
+    _wait(lambda: predict._worker is None, widget=predict)
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("nuclei_zstack", "nuclei_zstack_labels")
+    viewer.layers["nuclei_zstack"].opacity = 0.5
+    viewer.dims.ndisplay = 3
+    viewer.window._qt_window.resize(*WINDOW)
+    _wait(lambda: True)
+    viewer.reset_view()
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.angles = (-10.0, 35.0, 70.0)
+    camera.zoom = camera.zoom * 1.2
+    _wait(lambda: True)
+    _save(viewer.screenshot(canvas_only=False), IMAGES / "predict_3d.png")
+    viewer.dims.ndisplay = 2
+    viewer.window.remove_dock_widget(dock)
+    for name in (
+        "nuclei_zstack",
+        "nuclei_zstack_ground_truth",
+        "nuclei_zstack_labels",
+        "nuclei_zstack_probability",
+    ):
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+
+
 def main() -> None:
     """Drive the widgets on the sample data and save the screenshots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="train a few seconds only")
+    parser.add_argument("--only-3d", action="store_true", help="the z-stack picture only")
     args = parser.parse_args()
 
     display = _start_display()
@@ -105,6 +137,12 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-unet", show=True)
     viewer.window._qt_window.resize(*WINDOW)
     _wait(lambda: True)
+    z_stack(viewer)
+    if args.only_3d:
+        viewer.close()
+        if display is not None:
+            display.stop()
+        return
 
     for name in ("fluo_dense", "fluo_crowded", "fluo_mixed"):
         viewer.open_sample(PLUGIN_NAME, name)

@@ -1351,8 +1351,17 @@ def _spatial_transform(source: Image, shape: tuple[int, ...]) -> dict[str, Any]:
     axis that the prediction dropped (its first or last axis).
     """
     scale, translate = tuple(source.scale), tuple(source.translate)
+    units = tuple(str(u) for u in getattr(source, "units", ()) or ())
+    names = tuple(str(a) for a in getattr(source, "axis_labels", ()) or ())
+    keep = slice(None)
     if len(scale) != len(shape):
         data_shape = tuple(layer_array(source, in_memory=False).shape)
         keep = slice(1, None) if data_shape[1:] == tuple(shape) else slice(None, -1)
         scale, translate = scale[keep], translate[keep]
-    return {"scale": scale, "translate": translate}
+    out: dict[str, Any] = {"scale": scale, "translate": translate}
+    # the same units and axis names as the image: napari then draws them together
+    if len(units) == len(getattr(source, "scale", ())):
+        out["units"] = units[keep]
+    if len(names) == len(getattr(source, "scale", ())):
+        out["axis_labels"] = names[keep]
+    return out

@@ -385,7 +385,12 @@ class SplitWidget(TabbedPanel):
         source = self.viewer.layers[name] if name in self.viewer.layers else None
         kwargs: dict[str, Any] = {}
         if source is not None:
-            kwargs = {"scale": tuple(source.scale), "translate": tuple(source.translate)}
+            kwargs = {
+                "scale": tuple(source.scale),
+                "translate": tuple(source.translate),
+                "units": tuple(str(u) for u in source.units),
+                "axis_labels": tuple(str(a) for a in source.axis_labels),
+            }
         self.preview.setChecked(False)
         layer = self.viewer.add_labels(
             labels, name=f"{name}_split", metadata=result_metadata(name, "split"), **kwargs
