@@ -53,6 +53,16 @@ def _pixel_size(meta: dict[str, Any]) -> tuple[tuple[float, float] | None, str]:
     return size, unit
 
 
+def _voxel_size(meta: dict[str, Any], ndim: int) -> tuple[tuple[float, ...] | None, str]:
+    """:func:`_pixel_size`, with the z-step in front for a calibrated z-stack (Fiji's spacing)."""
+    size, unit = _pixel_size(meta)
+    scale = meta.get("scale")
+    axes = _stack_axes(meta, ndim) or {3: "ZYX", 4: "TZYX"}.get(ndim, "")
+    if size is None or "Z" not in axes or scale is None or len(scale) < 3:
+        return size, unit
+    return (float(scale[-3]),) + size, unit
+
+
 def _stack_axes(meta: dict[str, Any], ndim: int) -> str | None:
     """Axis letters for a 3-D layer whose first axis is named like time ("TYX"), else None."""
     return stack_axes(meta.get("axis_labels"), ndim)
@@ -105,7 +115,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     from napari_unet.core.io import write_labels_tiff
 
     labels = _as_array(data)
-    pixel_size, unit = _pixel_size(meta)
+    pixel_size, unit = _voxel_size(meta, labels.ndim)
     written = write_labels_tiff(
         _with_suffix(path, _TIFF_SUFFIXES),
         labels,
@@ -247,8 +257,8 @@ def export_labels(
         ) from error
     written: list[Path] = []
     for target, data, meta in jobs:
-        pixel_size, unit = _pixel_size(meta)
         labels = _as_array(data)
+        pixel_size, unit = _voxel_size(meta, labels.ndim)
         try:
             path = write_labels_tiff(
                 target,

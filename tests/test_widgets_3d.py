@@ -115,3 +115,15 @@ def test_predict_a_z_stack_gives_3d_nuclei_with_the_builtin_model(viewer, qtbot,
     frames = viewer.layers["nuclei_zstack_labels"].data
     assert len(np.unique(frames)) - 1 > 3 * truth.max()
     assert "Labelled in 3D" not in predict.status.text()
+
+
+def test_a_z_stack_saved_from_napari_keeps_its_voxel_size(viewer, tmp_path):
+    """Labels of a calibrated z-stack saved through the plugin's writer open in Fiji calibrated."""
+    from napari_unet import PLUGIN_NAME
+    from napari_unet.core.io import read_calibration
+
+    _, truth, _ = synthetic_nuclei_stack((8, 64, 64), n=4, seed=1)
+    layer = viewer.add_labels(truth, name="nuclei", scale=(2.0, 0.5, 0.5), units=("um", "um", "um"))
+    layer.save(str(tmp_path / "nuclei.tif"), plugin=PLUGIN_NAME)
+    axes, size, unit = read_calibration(tmp_path / "nuclei.tif")
+    assert axes == "ZYX" and unit == "um" and np.allclose(size, (2.0, 0.5, 0.5))
