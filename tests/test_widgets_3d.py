@@ -127,3 +127,40 @@ def test_a_z_stack_saved_from_napari_keeps_its_voxel_size(viewer, tmp_path):
     layer.save(str(tmp_path / "nuclei.tif"), plugin=PLUGIN_NAME)
     axes, size, unit = read_calibration(tmp_path / "nuclei.tif")
     assert axes == "ZYX" and unit == "um" and np.allclose(size, (2.0, 0.5, 0.5))
+
+
+def test_correct_and_retrain_on_a_z_stack(viewer, qtbot, tmp_path):
+    """A correction painted in one slice of 3D labels trains on that slice; the new
+    prediction is 3D again."""
+    from napari_unet._widgets._predict import COUNT_EDITS
+    from tests._gui_helpers import tiny_model_file
+
+    image, _, _ = synthetic_nuclei_stack((12, 96, 96), n=8, seed=11)
+    viewer.add_image(image, name="stack", scale=(1.5, 0.5, 0.5))
+    predict = open_widget(viewer, "Predict")
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(tiny_model_file(tmp_path / "tiny.pt"))
+    predict.tile_size.setValue(96)
+    predict.retrain_steps.setValue(5)
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    layer = viewer.layers["stack_labels"]
+    assert layer.data.shape == image.shape
+    # paint one nucleus into slice 6 (napari's brush paints in the slice in view)
+    viewer.dims.set_current_step(0, 6)
+    layer.brush_size = 9
+    layer.paint((6, 48, 48), 777)
+    predict.counts.setCurrentText(COUNT_EDITS)
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    pair = predict.session.training_set["stack"]
+    annotated = np.flatnonzero((np.asarray(pair.labels) > 0).any(axis=(1, 2)))
+    assert annotated.tolist() == [6]  # the slice painted, not the others
+    assert (np.asarray(pair.labels)[6, 48, 48]) >= 2
+    again = viewer.layers["stack_labels_round_2"]
+    assert again.data.shape == image.shape
+    assert "Labelled in 3D across 12 z-slices (ZYX); voxel size 1.5 x 0.5 x 0.5" in (
+        predict.status.text()
+    )

@@ -1050,9 +1050,12 @@ class PredictWidget(TabbedPanel):
             text += f" Your corrections stay in '{kept_layer}' (hidden)."
         self.corrected.setCurrentText(new.name)  # the layer to correct next
         text += f" New prediction: '{new.name}'."
+        stack_note, stack_others = _stack_note(predicted.result)
+        if stack_note:
+            text += f"\n{stack_note[0].upper()}{stack_note[1:]}."
         self.status.setText(text)
         show_info(text)
-        _warn_notes(notes + _stack_note(predicted.result)[1])
+        _warn_notes(notes + stack_others)
 
     def _on_errored(self, error: BaseException) -> None:
         # shown as a napari notification; no layer was changed
