@@ -3,8 +3,8 @@
 At the end of a run the trainer predicts the held-back images with the best-validated
 and the final weights, scores both at the default settings, and then fits the threshold
 and split depth (21 settings scored). It keeps time free for this in the budget, counted
-in predictions of the fit's images (``napari_unet.core.train.FIT_PER_PASS`` for the
-fit). This script measures those parts on the 60 DSB 2018 validation images (seed 0, as
+in predictions of the fit's images (``napari_unet.core.final_fit.FIT_PER_PASS`` for
+the fit). This script measures those parts on the 60 DSB 2018 validation images (seed 0, as
 bench/validation_score.py; the test ids are not touched) and on the 11 of them that each
 validation scores, with a trained model, repeated, and reports medians. The fit is
 timed twice in each repeat, side by side: on one thread and on the threads the trainer
@@ -28,11 +28,13 @@ def main() -> None:
     import torch
     from postprocess_sweep import validation_ids
 
-    from napari_unet.core import train as T
+    from napari_unet.core import final_fit, validation
     from napari_unet.core.checkpoint import load_checkpoint
     from napari_unet.core.data import Normalisation, prepare_samples
     from napari_unet.core.io import read_image, read_labels
+    from napari_unet.core.losses import loss_function
     from napari_unet.core.predict import PredictConfig, labels_from_output
+    from napari_unet.core.train_config import TrainConfig
     from napari_unet.core.tune import fit_threads, score_labels, tune_postprocessing
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,10 +52,10 @@ def main() -> None:
         names=ids,
         in_channels=bundle.in_channels,
     )
-    cfg = T.TrainConfig()
-    subset = T._first_pixels(samples, cfg.val_max_images, cfg.val_max_pixels)
+    cfg = TrainConfig()
+    subset = validation.first_pixels(samples, cfg.val_max_images, cfg.val_max_pixels)
     device = torch.device("cpu")
-    loss_fn = T._loss_fn(cfg.loss)
+    loss_fn = loss_function(cfg.loss)
     la0 = loadavg()
     result = {
         "what": "seconds of the parts of the end-of-training fit, medians of repeats",
@@ -61,7 +63,7 @@ def main() -> None:
         "repeats": args.repeats,
         "device": "CPU",
         "torch_threads": torch.get_num_threads(),
-        "FIT_PER_PASS": T.FIT_PER_PASS,
+        "FIT_PER_PASS": final_fit.FIT_PER_PASS,
         "fit_threads": fit_threads(),
         "sets": {},
     }
@@ -80,10 +82,10 @@ def main() -> None:
         }
         for _ in range(args.repeats):
             t = time.perf_counter()
-            T._validate(bundle, ss, loss_fn, device, len(bundle.outputs))
+            validation.validate(bundle, ss, loss_fn, device, len(bundle.outputs))
             times["validate"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            probs = T._val_set_probabilities(bundle, ss, device, None)
+            probs = final_fit.predict_held_back(bundle, ss, device, None)
             times["predict"].append(time.perf_counter() - t)
             t = time.perf_counter()
             score_labels(

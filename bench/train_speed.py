@@ -28,8 +28,8 @@ def bare_loop(config, batches, device):
     """A minimal training loop over in-memory batches; a generator of step times."""
     import torch
 
+    from napari_unet.core.losses import loss_function
     from napari_unet.core.model import UNet, UNetSpec
-    from napari_unet.core.train import _loss_fn
 
     torch.manual_seed(0)
     spec = UNetSpec(
@@ -43,7 +43,7 @@ def bare_loop(config, batches, device):
     model = UNet(spec).to(device).to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = _loss_fn(config.loss)
+    loss_fn = loss_function(config.loss)
     data = [
         (
             torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last),

@@ -88,3 +88,23 @@ def sized_nuclei(diameter, *, shape=None, n=None, seed=0, background="uneven", n
         img += ramp + patch
     img += 0.1 + rng.normal(0, noise, shape).astype(np.float32)
     return img.astype(np.float32), lab
+
+
+def touching_discs(shape=(512, 512), n=60, seed=0, radius=(8, 14)):
+    """Clusters of 1-3 overlapping discs, as labels (ground truth for the split)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    k = 0
+    while k < n:
+        centre = rng.uniform(30, np.array(shape) - 30)
+        r = rng.uniform(*radius)
+        for _ in range(rng.integers(1, 4)):
+            k += 1
+            disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < r**2
+            labels[disc & (labels == 0)] = k
+            r2 = rng.uniform(*radius)
+            angle = rng.uniform(0, 2 * np.pi)
+            centre = centre + (r + r2) * 0.8 * np.array([np.sin(angle), np.cos(angle)])
+            r = r2
+    return labels

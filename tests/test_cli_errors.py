@@ -4,37 +4,23 @@ Each case builds its data under ``tmp_path``, snapshots every file there, runs
 ``napari_unet.cli.main`` in-process and checks the snapshot is unchanged.
 """
 
-import hashlib
 import os
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+from _cli_helpers import SHAPE, expect_error, tiny_image, tiny_labels
 
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import new_bundle, save_checkpoint
 from napari_unet.core.model import UNetSpec
 
-SHAPE = (32, 32)
-
-
-def _labels(shape=SHAPE, dtype=np.uint16):
-    lab = np.zeros(shape, dtype)
-    lab[..., 4:12, 4:12] = 1
-    lab[..., 16:26, 14:28] = 2
-    return lab
-
-
-def _image(shape=SHAPE):
-    rng = np.random.default_rng(0)
-    return (rng.integers(0, 50, shape) + 150 * (_labels(shape) > 0)).astype(np.uint8)
-
 
 def _dataset(root, image=None, labels=None, name="a"):
     """Write images/<name>.png (or .tif for non-2D uint8) and labels/<name>.tif."""
-    image = _image() if image is None else image
-    labels = _labels() if labels is None else labels
+    image = tiny_image() if image is None else image
+    labels = tiny_labels() if labels is None else labels
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     if image.dtype == np.uint8 and image.ndim == 2:
@@ -43,37 +29,6 @@ def _dataset(root, image=None, labels=None, name="a"):
         tifffile.imwrite(root / "images" / f"{name}.tif", image)
     tifffile.imwrite(root / "labels" / f"{name}.tif", labels)
     return root / "images", root / "labels"
-
-
-def _snapshot(root):
-    """Every file and folder under root with a hash of its bytes."""
-    snap = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            snap[os.path.join(dirpath, d)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as handle:
-                snap[p] = hashlib.sha256(handle.read()).hexdigest()
-    return snap
-
-
-def _expect_error(argv, root, capsys, *needles):
-    """Run the CLI, check the one-line error names the problem and nothing changed."""
-    before = _snapshot(root)
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert code == 2, captured
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("napari-unet: error:"), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle.lower() in err.lower(), (needle, err)
-    assert _snapshot(root) == before
-    return err
 
 
 def _train(images, labels, out):
@@ -99,7 +54,7 @@ def model(tmp_path):
 def test_empty_folder(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
-    _expect_error(
+    expect_error(
         _train(tmp_path / "images", tmp_path / "labels", tmp_path / "m.pt"),
         tmp_path,
         capsys,
@@ -113,8 +68,8 @@ def test_folder_with_only_system_files(tmp_path, capsys, model):
     folder.mkdir()
     (folder / "Thumbs.db").write_bytes(b"\x00" * 64)
     (folder / ".DS_Store").write_bytes(b"Bud1" + b"\x00" * 60)
-    _expect_error(_train(folder, folder, tmp_path / "m.pt"), tmp_path, capsys, "no image files")
-    _expect_error(
+    expect_error(_train(folder, folder, tmp_path / "m.pt"), tmp_path, capsys, "no image files")
+    expect_error(
         ["predict", "--model", model, "--images", folder, "--out", tmp_path / "pred"],
         tmp_path,
         capsys,
@@ -125,7 +80,7 @@ def test_folder_with_only_system_files(tmp_path, capsys, model):
 def test_images_without_matching_labels(tmp_path, capsys):
     images, labels = _dataset(tmp_path)
     (labels / "a.tif").rename(labels / "other.tif")
-    _expect_error(
+    expect_error(
         _train(images, labels, tmp_path / "m.pt"),
         tmp_path,
         capsys,
@@ -137,10 +92,10 @@ def test_images_without_matching_labels(tmp_path, capsys):
 def test_evaluate_prediction_without_ground_truth(tmp_path, capsys):
     (tmp_path / "pred").mkdir()
     (tmp_path / "gt").mkdir()
-    tifffile.imwrite(tmp_path / "pred" / "a.tif", _labels())
-    tifffile.imwrite(tmp_path / "pred" / "b.tif", _labels())
-    tifffile.imwrite(tmp_path / "gt" / "a.tif", _labels())
-    _expect_error(
+    tifffile.imwrite(tmp_path / "pred" / "a.tif", tiny_labels())
+    tifffile.imwrite(tmp_path / "pred" / "b.tif", tiny_labels())
+    tifffile.imwrite(tmp_path / "gt" / "a.tif", tiny_labels())
+    expect_error(
         ["evaluate", "--pred", tmp_path / "pred", "--gt", tmp_path / "gt"],
         tmp_path,
         capsys,
@@ -156,29 +111,29 @@ def test_evaluate_prediction_without_ground_truth(tmp_path, capsys):
     "labels,needles",
     [
         (np.zeros(SHAPE, np.uint16), ["all zero"]),
-        (_labels().astype(np.float32) * 0.5, ["non-integer"]),
-        (_labels().astype(np.int16) - 1, ["negative"]),
+        (tiny_labels().astype(np.float32) * 0.5, ["non-integer"]),
+        (tiny_labels().astype(np.int16) - 1, ["negative"]),
     ],
     ids=["all-zero", "float-fractions", "negative"],
 )
 def test_bad_label_values(tmp_path, capsys, labels, needles):
     images, label_dir = _dataset(tmp_path, labels=labels)
-    _expect_error(_train(images, label_dir, tmp_path / "m.pt"), tmp_path, capsys, *needles)
+    expect_error(_train(images, label_dir, tmp_path / "m.pt"), tmp_path, capsys, *needles)
 
 
 def test_image_with_nan(tmp_path, capsys):
-    img = _image().astype(np.float32)
+    img = tiny_image().astype(np.float32)
     img[3, 5] = np.nan
     images, labels = _dataset(tmp_path, image=img)
-    _expect_error(_train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "NaN")
+    expect_error(_train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "NaN")
 
 
 def test_image_with_nan_for_predict(tmp_path, capsys, model):
-    img = _image().astype(np.float32)
+    img = tiny_image().astype(np.float32)
     img[3, 5] = np.inf
     (tmp_path / "images").mkdir()
     tifffile.imwrite(tmp_path / "images" / "a.tif", img)
-    _expect_error(
+    expect_error(
         ["predict", "--model", model, "--images", tmp_path / "images", "--out", tmp_path],
         tmp_path,
         capsys,
@@ -190,8 +145,8 @@ def test_image_with_nan_for_predict(tmp_path, capsys, model):
 
 
 def test_image_and_labels_of_different_shapes(tmp_path, capsys):
-    images, labels = _dataset(tmp_path, labels=_labels((32, 40)))
-    _expect_error(
+    images, labels = _dataset(tmp_path, labels=tiny_labels((32, 40)))
+    expect_error(
         _train(images, labels, tmp_path / "m.pt"),
         tmp_path,
         capsys,
@@ -200,9 +155,9 @@ def test_image_and_labels_of_different_shapes(tmp_path, capsys):
 
 
 def test_2d_labels_for_a_3d_stack(tmp_path, capsys):
-    stack = np.stack([_image()] * 10)  # (Z, Y, X) with Z = 10
+    stack = np.stack([tiny_image()] * 10)  # (Z, Y, X) with Z = 10
     images, labels = _dataset(tmp_path, image=stack)
-    _expect_error(
+    expect_error(
         _train(images, labels, tmp_path / "m.pt"),
         tmp_path,
         capsys,
@@ -212,8 +167,8 @@ def test_2d_labels_for_a_3d_stack(tmp_path, capsys):
 
 
 def test_3d_labels_for_a_2d_image(tmp_path, capsys):
-    images, labels = _dataset(tmp_path, labels=_labels((5, 32, 32)))
-    _expect_error(
+    images, labels = _dataset(tmp_path, labels=tiny_labels((5, 32, 32)))
+    expect_error(
         _train(images, labels, tmp_path / "m.pt"),
         tmp_path,
         capsys,
@@ -228,10 +183,10 @@ def test_corrupt_png(tmp_path, capsys):
     images, labels = _dataset(tmp_path)
     good = (images / "a.png").read_bytes()
     (images / "b.png").write_bytes(good[: len(good) // 3])  # truncated
-    tifffile.imwrite(labels / "b.tif", _labels())
+    tifffile.imwrite(labels / "b.tif", tiny_labels())
     (images / "c.png").write_bytes(b"this is not a png at all")
-    tifffile.imwrite(labels / "c.tif", _labels())
-    err = _expect_error(
+    tifffile.imwrite(labels / "c.tif", tiny_labels())
+    err = expect_error(
         _train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "cannot read", "b.png"
     )
     assert "re-export it or remove it" in err
@@ -241,7 +196,7 @@ def test_truncated_model_for_predict(tmp_path, capsys, model):
     data = model.read_bytes()
     model.write_bytes(data[: len(data) // 2])
     _dataset(tmp_path)
-    _expect_error(
+    expect_error(
         [
             "predict",
             "--model",
@@ -263,7 +218,7 @@ def test_resume_from_truncated_model(tmp_path, capsys, model):
     model.write_bytes(data[:100])
     images, labels = _dataset(tmp_path)
     argv = _train(images, labels, tmp_path / "new.pt") + ["--resume", model]
-    _expect_error(argv, tmp_path, capsys, "truncated", str(model))
+    expect_error(argv, tmp_path, capsys, "truncated", str(model))
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -279,13 +234,13 @@ def _not_a_folder(tmp_path):
 def test_export_path_under_a_file(tmp_path, capsys):
     _, labels = _dataset(tmp_path)
     blocker = _not_a_folder(tmp_path)
-    _expect_error(
+    expect_error(
         ["export-rle", "--labels", labels, "--out", blocker / "sub" / "rle.csv"],
         tmp_path,
         capsys,
         str(blocker),
     )
-    _expect_error(
+    expect_error(
         ["split", "--input", labels, "--out", blocker / "out"],
         tmp_path,
         capsys,
@@ -297,15 +252,13 @@ def test_export_path_under_a_file(tmp_path, capsys):
 def test_train_out_under_a_file_is_refused_before_training(tmp_path, capsys):
     images, labels = _dataset(tmp_path)
     blocker = _not_a_folder(tmp_path)
-    _expect_error(
-        _train(images, labels, blocker / "m.pt"), tmp_path, capsys, "cannot", str(blocker)
-    )
+    expect_error(_train(images, labels, blocker / "m.pt"), tmp_path, capsys, "cannot", str(blocker))
 
 
 def test_predict_out_under_a_file(tmp_path, capsys, model):
     _dataset(tmp_path)
     blocker = _not_a_folder(tmp_path)
-    _expect_error(
+    expect_error(
         ["predict", "--model", model, "--images", tmp_path / "images", "--out", blocker / "p"],
         tmp_path,
         capsys,
@@ -328,21 +281,21 @@ def read_only_folder(tmp_path):
 
 def test_read_only_export_folder(tmp_path, capsys, read_only_folder, model):
     images, labels = _dataset(tmp_path)
-    _expect_error(
+    expect_error(
         ["export-rle", "--labels", labels, "--out", read_only_folder / "rle.csv"],
         tmp_path,
         capsys,
         "cannot write",
         str(read_only_folder),
     )
-    _expect_error(
+    expect_error(
         ["predict", "--model", model, "--images", images, "--out", read_only_folder],
         tmp_path,
         capsys,
         "cannot write",
         str(read_only_folder),
     )
-    _expect_error(
+    expect_error(
         _train(images, labels, read_only_folder / "m.pt"),
         tmp_path,
         capsys,
@@ -354,7 +307,7 @@ def test_read_only_export_folder(tmp_path, capsys, read_only_folder, model):
 def test_existing_outputs_are_never_overwritten(tmp_path, capsys, model):
     images, labels = _dataset(tmp_path)
     (tmp_path / "rle.csv").write_text("precious")
-    _expect_error(
+    expect_error(
         ["export-rle", "--labels", labels, "--out", tmp_path / "rle.csv"],
         tmp_path,
         capsys,
@@ -363,20 +316,20 @@ def test_existing_outputs_are_never_overwritten(tmp_path, capsys, model):
     )
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "a.tif").write_text("precious")
-    _expect_error(
+    expect_error(
         ["predict", "--model", model, "--images", images, "--out", tmp_path / "pred"],
         tmp_path,
         capsys,
         "exist already",
         "a.tif",
     )
-    _expect_error(
+    expect_error(
         ["split", "--input", labels, "--out", tmp_path / "pred"],
         tmp_path,
         capsys,
         "exist already",
     )
-    _expect_error(_train(images, labels, model), tmp_path, capsys, f"{model} exists", "--overwrite")
+    expect_error(_train(images, labels, model), tmp_path, capsys, f"{model} exists", "--overwrite")
 
 
 # ----------------------------------------------------------------------------- odd names
@@ -407,15 +360,15 @@ def test_paths_with_spaces_and_non_ascii(tmp_path, capsys, model):
 
 def test_constant_image(tmp_path, capsys):
     images, labels = _dataset(tmp_path, image=np.full(SHAPE, 80, np.uint8))
-    _expect_error(_train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "constant")
+    expect_error(_train(images, labels, tmp_path / "m.pt"), tmp_path, capsys, "constant")
 
 
 def test_rgb_image_for_a_grey_model(tmp_path, capsys, model):
     (tmp_path / "images").mkdir()
-    rgb = np.stack([_image(), _image() // 2, _image() // 3], axis=-1)
+    rgb = np.stack([tiny_image(), tiny_image() // 2, tiny_image() // 3], axis=-1)
     rgb[..., 1] += 1  # a real colour image, not grey saved as RGB
     tifffile.imwrite(tmp_path / "images" / "a.tif", rgb)
-    _expect_error(
+    expect_error(
         ["predict", "--model", model, "--images", tmp_path / "images", "--out", tmp_path / "o"],
         tmp_path,
         capsys,
@@ -427,7 +380,7 @@ def test_other_programs_and_newer_model_files(tmp_path, capsys, model):
     import torch
 
     (tmp_path / "images").mkdir()
-    tifffile.imwrite(tmp_path / "images" / "a.tif", _image())
+    tifffile.imwrite(tmp_path / "images" / "a.tif", tiny_image())
     foreign = tmp_path / "resnet.pt"
     torch.save({"state_dict": {"conv.weight": torch.zeros(2, 2)}}, foreign)
     newer = tmp_path / "newer.pt"
@@ -435,7 +388,7 @@ def test_other_programs_and_newer_model_files(tmp_path, capsys, model):
     payload["format_version"] = 99
     torch.save(payload, newer)
     for path, needle in ((foreign, "not a napari-unet model"), (newer, "newer")):
-        _expect_error(
+        expect_error(
             ["predict", "--model", path, "--images", tmp_path / "images", "--out", tmp_path / "o"],
             tmp_path,
             capsys,
@@ -475,14 +428,14 @@ def test_more_than_65535_objects_stay_exact(tmp_path, capsys):
 def test_negative_split_depth(tmp_path, capsys, model):
     images, _ = _dataset(tmp_path)
     argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o", "--h", "-1"]
-    _expect_error(argv, tmp_path, capsys, "--h", "positive")
+    expect_error(argv, tmp_path, capsys, "--h", "positive")
 
 
 def test_unknown_polarity_in_a_config_file(tmp_path, capsys):
     images, labels = _dataset(tmp_path)
     (tmp_path / "cfg.json").write_text('{"polarity": "invert"}')
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--config", tmp_path / "cfg.json"]
-    _expect_error(argv, tmp_path, capsys, "polarity", "auto")
+    expect_error(argv, tmp_path, capsys, "polarity", "auto")
 
 
 def test_split_depth_zero_means_markers_by_distance(tmp_path, capsys, model):
@@ -500,36 +453,36 @@ def test_split_depth_zero_means_markers_by_distance(tmp_path, capsys, model):
 def test_bad_object_diameter(tmp_path, capsys, model, value):
     images, labels = _dataset(tmp_path)
     argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o"]
-    _expect_error([*argv, "--diameter", value], tmp_path, capsys, "--diameter", "'auto'")
+    expect_error([*argv, "--diameter", value], tmp_path, capsys, "--diameter", "'auto'")
     argv = ["split", "--input", labels, "--out", tmp_path / "o", "--diameter", value]
-    _expect_error(argv, tmp_path, capsys, "--diameter", "'auto'")
+    expect_error(argv, tmp_path, capsys, "--diameter", "'auto'")
 
 
 def test_split_has_no_diameter_off(tmp_path, capsys):
     _, labels = _dataset(tmp_path)
     argv = ["split", "--input", labels, "--out", tmp_path / "o", "--diameter", "off"]
-    _expect_error(argv, tmp_path, capsys, "--diameter", "'auto'")
+    expect_error(argv, tmp_path, capsys, "--diameter", "'auto'")
 
 
 @pytest.mark.parametrize("value", ["-0.5", "1", "nan"])
 def test_ema_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--ema", value]
-    _expect_error(argv, tmp_path, capsys, "ema must be in", "0 = off")
+    expect_error(argv, tmp_path, capsys, "ema must be in", "0 = off")
 
 
 @pytest.mark.parametrize("value", ["-1", "5", "nan"])
 def test_sample_by_loss_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--sample-by-loss", value]
-    _expect_error(argv, tmp_path, capsys, "--sample-by-loss", "between 0")
+    expect_error(argv, tmp_path, capsys, "--sample-by-loss", "between 0")
 
 
 @pytest.mark.parametrize("value", ["-1", "101", "nan"])
 def test_interface_weight_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--interface-weight", value]
-    _expect_error(argv, tmp_path, capsys, "--interface-weight", "between 0")
+    expect_error(argv, tmp_path, capsys, "--interface-weight", "between 0")
 
 
 def test_predict_with_flips_writes_other_probabilities(tmp_path, capsys, model):
@@ -547,21 +500,21 @@ def test_predict_with_flips_writes_other_probabilities(tmp_path, capsys, model):
 def test_zoom_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--zoom", value]
-    _expect_error(argv, tmp_path, capsys, "zoom must be between", "0 (off)")
+    expect_error(argv, tmp_path, capsys, "zoom must be between", "0 (off)")
 
 
 @pytest.mark.parametrize("value", ["-1", "6"])
 def test_contact_gap_out_of_range(tmp_path, capsys, value):
     images, labels = _dataset(tmp_path)
     argv = [*_train(images, labels, tmp_path / "m.pt"), "--contact-gap", value]
-    _expect_error(argv, tmp_path, capsys, "--contact-gap must be", "0 (off)")
+    expect_error(argv, tmp_path, capsys, "--contact-gap must be", "0 (off)")
 
 
 def test_train_out_that_is_a_folder_is_refused_before_training(tmp_path, capsys):
     images, labels = _dataset(tmp_path)
     (tmp_path / "models").mkdir()
     argv = _train(images, labels, tmp_path / "models") + ["--overwrite"]
-    _expect_error(argv, tmp_path, capsys, "is a folder", "model.pt")
+    expect_error(argv, tmp_path, capsys, "is a folder", "model.pt")
 
 
 def test_no_model_saved_is_said_and_the_old_file_kept(tmp_path, capsys):
@@ -580,26 +533,26 @@ def test_no_model_saved_is_said_and_the_old_file_kept(tmp_path, capsys):
 
 def test_export_rle_refuses_a_folder_and_two_files_of_one_id(tmp_path, capsys):
     (tmp_path / "lab").mkdir()
-    tifffile.imwrite(tmp_path / "lab" / "a.tif", _labels())
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", tiny_labels())
     (tmp_path / "out").mkdir()
     argv = ["export-rle", "--labels", tmp_path / "lab", "--out", tmp_path / "out", "--overwrite"]
-    _expect_error(argv, tmp_path, capsys, "is a folder")
-    iio.imwrite(tmp_path / "lab" / "a.png", _labels().astype(np.uint8))
+    expect_error(argv, tmp_path, capsys, "is a folder")
+    iio.imwrite(tmp_path / "lab" / "a.png", tiny_labels().astype(np.uint8))
     argv = ["export-rle", "--labels", tmp_path / "lab", "--out", tmp_path / "x.csv"]
-    _expect_error(argv, tmp_path, capsys, "a.png", "a.tif")
+    expect_error(argv, tmp_path, capsys, "a.png", "a.tif")
 
 
 def test_outputs_never_collide_or_replace_inputs(tmp_path, capsys, model):
     d = tmp_path / "d"
     d.mkdir()
-    tifffile.imwrite(d / "a.tif", _image())
+    tifffile.imwrite(d / "a.tif", tiny_image())
     # predicting a folder into itself would replace the input images with labels
     argv = ["predict", "--model", model, "--images", d, "--out", d, "--overwrite"]
-    _expect_error(argv, tmp_path, capsys, "would replace the input a.tif")
+    expect_error(argv, tmp_path, capsys, "would replace the input a.tif")
     # a.png and a.tif would both become a.tif
-    iio.imwrite(d / "a.png", _image())
+    iio.imwrite(d / "a.png", tiny_image())
     for cmd in (["predict", "--model", model, "--images", d], ["split", "--input", d]):
-        _expect_error(cmd + ["--out", tmp_path / "o"], tmp_path, capsys, "a.png", "a.tif")
+        expect_error(cmd + ["--out", tmp_path / "o"], tmp_path, capsys, "a.png", "a.tif")
 
 
 def test_a_glob_through_a_symlink_loop_reads_each_file_once(tmp_path):
@@ -607,7 +560,7 @@ def test_a_glob_through_a_symlink_loop_reads_each_file_once(tmp_path):
 
     loop = tmp_path / "loop"
     loop.mkdir()
-    iio.imwrite(loop / "a.png", _image())
+    iio.imwrite(loop / "a.png", tiny_image())
     (loop / "sub").symlink_to(loop)  # loop/sub/sub/... is loop again
     found = list_image_files(str(loop / "**" / "*.png"))
     assert [p.name for p in found] == ["a.png"]
@@ -617,9 +570,9 @@ def test_a_replaced_read_only_file_stays_read_only(tmp_path):
     from napari_unet.core.io import write_labels_tiff
 
     path = tmp_path / "labels.tif"
-    write_labels_tiff(path, _labels())
+    write_labels_tiff(path, tiny_labels())
     path.chmod(0o444)
-    write_labels_tiff(path, _labels() * 2, overwrite=True)
+    write_labels_tiff(path, tiny_labels() * 2, overwrite=True)
     assert (path.stat().st_mode & 0o777) == 0o444
     assert tifffile.imread(path).max() == 4
 
@@ -629,7 +582,7 @@ def test_an_unreadable_image_says_permission_denied(tmp_path, capsys, model, mon
 
     d = tmp_path / "d"
     d.mkdir()
-    iio.imwrite(d / "a.png", _image())
+    iio.imwrite(d / "a.png", tiny_image())
     real_access = os.access
 
     def no_read(path, mode):  # as for a chmod 000 file (root would read it anyway)
@@ -637,7 +590,7 @@ def test_an_unreadable_image_says_permission_denied(tmp_path, capsys, model, mon
 
     monkeypatch.setattr(io_module.os, "access", no_read)
     argv = ["predict", "--model", model, "--images", d, "--out", tmp_path / "o"]
-    _expect_error(argv, tmp_path, capsys, "permission denied", "a.png")
+    expect_error(argv, tmp_path, capsys, "permission denied", "a.png")
 
 
 @pytest.mark.parametrize(
@@ -655,7 +608,7 @@ def test_an_unreadable_image_says_permission_denied(tmp_path, capsys, model, mon
 def test_predict_options_out_of_range(tmp_path, capsys, model, extra, needle):
     images, _ = _dataset(tmp_path)
     argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o", *extra]
-    _expect_error(argv, tmp_path, capsys, needle)
+    expect_error(argv, tmp_path, capsys, needle)
 
 
 @pytest.mark.parametrize(
@@ -674,21 +627,21 @@ def test_train_options_out_of_range(tmp_path, capsys, extra, needle):
     if "--minutes" in extra:
         argv.remove("--epochs")
         argv.remove("1")
-    _expect_error(argv + extra, tmp_path, capsys, needle)
+    expect_error(argv + extra, tmp_path, capsys, needle)
 
 
 @pytest.mark.parametrize("value", ["2", "nan", "0"])
 def test_split_threshold_out_of_range(tmp_path, capsys, value):
     tifffile.imwrite(tmp_path / "p.tif", np.full((16, 16), 0.9, np.float32))
     argv = ["split", "--input", tmp_path / "p.tif", "--out", tmp_path / "o", "--threshold", value]
-    _expect_error(argv, tmp_path, capsys, "--threshold must be between 0 and 1")
+    expect_error(argv, tmp_path, capsys, "--threshold must be between 0 and 1")
 
 
 def test_ids_file_that_is_not_utf8(tmp_path, capsys, model):
     images, _ = _dataset(tmp_path)
     (tmp_path / "ids.txt").write_bytes(b"\xff\xfe\x00a\n")
     argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o"]
-    _expect_error(argv + ["--ids-file", tmp_path / "ids.txt"], tmp_path, capsys, "not UTF-8")
+    expect_error(argv + ["--ids-file", tmp_path / "ids.txt"], tmp_path, capsys, "not UTF-8")
 
 
 @pytest.mark.parametrize(
@@ -713,7 +666,7 @@ def test_model_with_damaged_metadata(tmp_path, capsys, model, edit, needle):
     torch.save(payload, model)
     images, _ = _dataset(tmp_path)
     argv = ["predict", "--model", model, "--images", images, "--out", tmp_path / "o"]
-    _expect_error(argv, tmp_path, capsys, "metadata is damaged", needle)
+    expect_error(argv, tmp_path, capsys, "metadata is damaged", needle)
 
 
 def test_resume_says_which_architecture_options_it_ignores(tmp_path, capsys, model):
@@ -743,14 +696,14 @@ def test_split_on_a_full_disk_leaves_no_folder(tmp_path, capsys, monkeypatch):
 
     from napari_unet.core import io as io_module
 
-    tifffile.imwrite(tmp_path / "m.tif", _labels())
+    tifffile.imwrite(tmp_path / "m.tif", tiny_labels())
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(io_module.os, "fsync", full)
     argv = ["split", "--input", tmp_path / "m.tif", "--out", tmp_path / "o"]
-    _expect_error(argv, tmp_path, capsys, "is full")
+    expect_error(argv, tmp_path, capsys, "is full")
     assert not (tmp_path / "o").exists()
 
 
@@ -831,7 +784,7 @@ def test_channels_of_an_imagej_hyperstack_come_from_its_axes(tmp_path, capsys, m
 
 
 def test_ome_tiff_output_name_and_multi_series_note(tmp_path, capsys, model):
-    image = _image()
+    image = tiny_image()
     argv, out = _predict_file(
         tmp_path, model, "x.ome.tif", lambda p: tifffile.imwrite(p, image, ome=True)
     )
@@ -853,7 +806,7 @@ def test_split_refuses_a_uint8_probability_map_as_labels(tmp_path, capsys):
     blob = np.clip(255 - ((yy - 32) ** 2 + (xx - 32) ** 2), 0, 255).astype(np.uint8)
     tifffile.imwrite(tmp_path / "p.tif", blob)  # a probability map scaled to 0-255
     argv = ["split", "--input", tmp_path / "p.tif", "--out", tmp_path / "o"]
-    _expect_error(argv, tmp_path, capsys, "looks like a probability or intensity image")
-    tifffile.imwrite(tmp_path / "l.tif", _labels())  # real labels still split
+    expect_error(argv, tmp_path, capsys, "looks like a probability or intensity image")
+    tifffile.imwrite(tmp_path / "l.tif", tiny_labels())  # real labels still split
     argv = ["split", "--input", tmp_path / "l.tif", "--out", tmp_path / "o"]
     assert main([str(a) for a in argv]) == 0

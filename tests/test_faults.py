@@ -265,13 +265,13 @@ def test_stop_during_the_first_step_keeps_a_loadable_model(data, tmp_path, monke
 
 def test_stop_during_validation_keeps_the_best_model_and_resumes(data, tmp_path, monkeypatch):
     stop = threading.Event()
-    validate = train_module._validate
+    validate = train_module.validate
 
     def stopping(*args, **kwargs):
         stop.set()  # the user presses Stop while the model is being scored
         return validate(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_validate", stopping)
+    monkeypatch.setattr(train_module, "validate", stopping)
     ckpt = tmp_path / "m.pt"
     cfg = TrainConfig(epochs=5, checkpoint_path=str(ckpt), **TINY)
     result = train(*data, cfg, stop=stop)
@@ -279,7 +279,7 @@ def test_stop_during_validation_keeps_the_best_model_and_resumes(data, tmp_path,
     first = load_checkpoint(ckpt)
     assert len(first.meta["history"]) == 1 and first.meta["steps"] == 10
 
-    monkeypatch.setattr(train_module, "_validate", validate)
+    monkeypatch.setattr(train_module, "validate", validate)
     resumed = train(*data, TrainConfig(epochs=1, checkpoint_path=str(ckpt), **TINY), init=first)
     assert resumed.stopped == "epochs"
     again = load_checkpoint(ckpt)

@@ -56,7 +56,8 @@ def test_finetune_keeps_the_fitted_settings_and_saves(base_model, tmp_path):
     )
     assert result.steps == 12
     assert result.before is not None and result.after is not None
-    assert 0 <= result.before["f1"] <= 1 and 0 <= result.after["f1"] <= 1
+    before, after = result.before["f1"], result.after["f1"]
+    assert f"corrections {before:.3f} before, {after:.3f} after" in result.summary()
     kept = result.bundle.meta["postprocess"]
     start = base_model.meta["postprocess"]
     if result.kept == "new":

@@ -12,7 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from test_cli_errors import _expect_error, _image, _labels, _snapshot
+from _cli_helpers import expect_error, snapshot, tiny_image, tiny_labels
 
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import new_bundle, save_checkpoint
@@ -60,7 +60,7 @@ def test_a_64x64x300_tiff_without_axes_is_planes_as_stored_with_a_note(tmp_path,
     assert "--channel-axis -1" in err  # how to say otherwise
     # taken at its word, the last axis holds 300 channels: a grey model refuses them
     argv = [*argv[:-1], tmp_path / "out2", "--channel-axis", "-1"]
-    _expect_error(argv, tmp_path, capsys, "300 channels")
+    expect_error(argv, tmp_path, capsys, "300 channels")
 
 
 def test_training_on_such_a_tiff_says_so_too(tmp_path, capsys, monkeypatch):
@@ -83,13 +83,13 @@ def test_training_on_such_a_tiff_says_so_too(tmp_path, capsys, monkeypatch):
 
 
 def test_an_ordinary_z_stack_gets_no_note(tmp_path, capsys, model):
-    code, err = _run(_predict(tmp_path, model, "z.tif", np.stack([_image()] * 5)), capsys)
+    code, err = _run(_predict(tmp_path, model, "z.tif", np.stack([tiny_image()] * 5)), capsys)
     assert code == 0 and "does not say what its axes are" not in err, err
     assert "labelled in 3D across 5 z-slices (ZYX)" in err  # says how it was read
 
 
 def test_a_last_axis_of_1_or_up_to_8_is_channels(tmp_path, capsys, model):
-    one = _image()[..., None]
+    one = tiny_image()[..., None]
     code, err = _run(_predict(tmp_path, model, "one.tif", one, photometric="minisblack"), capsys)
     assert code == 0, err
     assert tifffile.imread(tmp_path / "out" / "one.tif").shape == (32, 32)  # not 32 slivers
@@ -103,8 +103,8 @@ def test_a_last_axis_of_1_or_up_to_8_is_channels(tmp_path, capsys, model):
 
 
 def test_a_complex_image_is_refused(tmp_path, capsys, model):
-    argv = _predict(tmp_path, model, "c.tif", _image().astype(np.complex64))
-    _expect_error(argv, tmp_path, capsys, "complex numbers")
+    argv = _predict(tmp_path, model, "c.tif", tiny_image().astype(np.complex64))
+    expect_error(argv, tmp_path, capsys, "complex numbers")
 
 
 # ----------------------------------------------------------------------------- file names
@@ -117,12 +117,12 @@ def odd_names(tmp_path):
     images.mkdir()
     labels.mkdir()
     try:
-        iio.imwrite(images / f"img_{XFF}.png", _image())
+        iio.imwrite(images / f"img_{XFF}.png", tiny_image())
     except (OSError, UnicodeError) as exc:  # macOS, Windows: such names do not exist
         pytest.skip(f"this file system refuses names that are not UTF-8: {exc}")
-    iio.imwrite(images / "a.png", _image())
-    tifffile.imwrite(labels / f"img_{XFF}.tif", _labels())
-    tifffile.imwrite(labels / "a.tif", _labels())
+    iio.imwrite(images / "a.png", tiny_image())
+    tifffile.imwrite(labels / f"img_{XFF}.tif", tiny_labels())
+    tifffile.imwrite(labels / "a.tif", tiny_labels())
     return images, labels
 
 
@@ -158,17 +158,17 @@ def test_train_and_export_rle_never_write_over_an_input(tmp_path, capsys):
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
-    iio.imwrite(images / "a.png", _image())
-    tifffile.imwrite(labels / "a.tif", _labels())
+    iio.imwrite(images / "a.png", tiny_image())
+    tifffile.imwrite(labels / "a.tif", tiny_labels())
     for out in (labels / "a.tif", images / "a.png"):
         argv = ["train", "--images", images, "--labels", labels, "--out", out, "--overwrite"]
-        _expect_error(argv + ["--epochs", "1"], tmp_path, capsys, "is one of the training")
+        expect_error(argv + ["--epochs", "1"], tmp_path, capsys, "is one of the training")
     link = tmp_path / "link.pt"
     link.symlink_to(labels / "a.tif")
     argv = ["train", "--images", images, "--labels", labels, "--out", link, "--overwrite"]
-    _expect_error(argv, tmp_path, capsys, "is one of the training")
+    expect_error(argv, tmp_path, capsys, "is one of the training")
     argv = ["export-rle", "--labels", labels, "--out", labels / "a.tif", "--overwrite"]
-    _expect_error(argv, tmp_path, capsys, "is one of the label images")
+    expect_error(argv, tmp_path, capsys, "is one of the label images")
 
 
 def test_a_symlink_loop_as_model_or_resume_is_named(tmp_path, capsys, model):
@@ -176,16 +176,16 @@ def test_a_symlink_loop_as_model_or_resume_is_named(tmp_path, capsys, model):
     images, labels = work / "images", work / "labels"
     images.mkdir(parents=True)
     labels.mkdir()
-    iio.imwrite(images / "a.png", _image())
-    tifffile.imwrite(labels / "a.tif", _labels())
+    iio.imwrite(images / "a.png", tiny_image())
+    tifffile.imwrite(labels / "a.tif", tiny_labels())
     loop = tmp_path / "loop.pt"
     loop.symlink_to(loop)
     argv = ["train", "--images", images, "--labels", labels, "--out", work / "m.pt"]
-    _expect_error(argv + ["--resume", loop], work, capsys, "loop")
+    expect_error(argv + ["--resume", loop], work, capsys, "loop")
     argv = ["predict", "--model", loop, "--images", images, "--out", work / "o"]
-    _expect_error(argv, work, capsys, "symbolic link")
+    expect_error(argv, work, capsys, "symbolic link")
     argv = ["predict", "--model", images, "--images", images, "--out", work / "o"]
-    _expect_error(argv, work, capsys, "is a folder, not a model file")
+    expect_error(argv, work, capsys, "is a folder, not a model file")
 
 
 def test_unreadable_model_ids_file_and_folder_say_permission_denied(
@@ -195,7 +195,7 @@ def test_unreadable_model_ids_file_and_folder_say_permission_denied(
 
     d = tmp_path / "in"
     d.mkdir()
-    iio.imwrite(d / "a.png", _image())
+    iio.imwrite(d / "a.png", tiny_image())
     argv = ["predict", "--model", model, "--images", d, "--out", tmp_path / "o"]
     real_access, real_read_text = os.access, Path.read_text
 
@@ -203,9 +203,9 @@ def test_unreadable_model_ids_file_and_folder_say_permission_denied(
         return lambda p, mode: False if os.fspath(p).endswith(name) else real_access(p, mode)
 
     monkeypatch.setattr(os, "access", no_access("model.pt"))
-    _expect_error(argv, tmp_path, capsys, "cannot read the model file", "permission denied")
+    expect_error(argv, tmp_path, capsys, "cannot read the model file", "permission denied")
     monkeypatch.setattr(os, "access", no_access(os.sep + "in"))
-    _expect_error(argv, tmp_path, capsys, "cannot read the folder", "permission denied")
+    expect_error(argv, tmp_path, capsys, "cannot read the folder", "permission denied")
     monkeypatch.setattr(os, "access", real_access)
     ids = tmp_path / "ids.txt"
     ids.write_text("a\n")
@@ -216,21 +216,21 @@ def test_unreadable_model_ids_file_and_folder_say_permission_denied(
         return real_read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", read_text)
-    _expect_error(argv + ["--ids-file", ids], tmp_path, capsys, "cannot read the ids file")
+    expect_error(argv + ["--ids-file", ids], tmp_path, capsys, "cannot read the ids file")
 
 
 def test_probabilities_never_collide_nor_overwrite(tmp_path, capsys, model):
     d = tmp_path / "in"
     d.mkdir()
-    iio.imwrite(d / "a.png", _image())
-    iio.imwrite(d / "a_probabilities.png", _image())  # its labels: a_probabilities.tif
+    iio.imwrite(d / "a.png", tiny_image())
+    iio.imwrite(d / "a_probabilities.png", tiny_image())  # its labels: a_probabilities.tif
     argv = ["predict", "--model", model, "--images", d, "--out", tmp_path / "o"]
-    _expect_error(argv + ["--save-probabilities"], tmp_path, capsys, "would both be written")
+    expect_error(argv + ["--save-probabilities"], tmp_path, capsys, "would both be written")
     (d / "a_probabilities.png").unlink()
     out = tmp_path / "o"
     out.mkdir()
     (out / "a_probabilities.tif").write_bytes(b"an earlier run's")
-    _expect_error(argv + ["--save-probabilities"], tmp_path, capsys, "exist already")
+    expect_error(argv + ["--save-probabilities"], tmp_path, capsys, "exist already")
     code, err = _run(argv + ["--save-probabilities", "--overwrite"], capsys)
     assert code == 0 and tifffile.imread(out / "a_probabilities.tif").dtype == np.float32
 
@@ -238,19 +238,19 @@ def test_probabilities_never_collide_nor_overwrite(tmp_path, capsys, model):
 def test_measure_refuses_two_label_files_of_one_name(tmp_path, capsys):
     labels = tmp_path / "labels"
     labels.mkdir()
-    tifffile.imwrite(labels / "a.tif", _labels())
-    iio.imwrite(labels / "a.png", _labels(dtype=np.uint8))
+    tifffile.imwrite(labels / "a.tif", tiny_labels())
+    iio.imwrite(labels / "a.png", tiny_labels(dtype=np.uint8))
     argv = ["measure", "--labels", labels, "--out", tmp_path / "t.csv"]
-    _expect_error(argv, tmp_path, capsys, "a.png and a.tif would both be image 'a'")
+    expect_error(argv, tmp_path, capsys, "a.png and a.tif would both be image 'a'")
 
 
 def test_measure_refuses_an_image_with_nan(tmp_path, capsys):
-    tifffile.imwrite(tmp_path / "a_labels.tif", _labels())
-    image = _image().astype(np.float32)
+    tifffile.imwrite(tmp_path / "a_labels.tif", tiny_labels())
+    image = tiny_image().astype(np.float32)
     image[3, 3] = np.nan
     tifffile.imwrite(tmp_path / "a.tif", image)
     argv = ["measure", "--labels", tmp_path / "a_labels.tif", "--images", tmp_path / "a.tif"]
-    _expect_error(argv + ["--out", tmp_path / "t.csv"], tmp_path, capsys, "NaN or infinite")
+    expect_error(argv + ["--out", tmp_path / "t.csv"], tmp_path, capsys, "NaN or infinite")
 
 
 def test_split_float_inputs(tmp_path, capsys):
@@ -262,10 +262,10 @@ def test_split_float_inputs(tmp_path, capsys):
     prob[4:12, 4:12] = 0.9
     nan = prob.copy()
     nan[0, 0] = np.nan
-    _expect_error(split("nan.tif", nan), tmp_path, capsys, "NaN or infinite")
-    _expect_error(split("wide.tif", prob * 7.3), tmp_path, capsys, "neither a probability")
+    expect_error(split("nan.tif", nan), tmp_path, capsys, "NaN or infinite")
+    expect_error(split("wide.tif", prob * 7.3), tmp_path, capsys, "neither a probability")
     # float labels (whole numbers) are labels, not probabilities above 1
-    code, err = _run(split("flab.tif", _labels().astype(np.float32)), capsys)
+    code, err = _run(split("flab.tif", tiny_labels().astype(np.float32)), capsys)
     assert code == 0, err
     assert tifffile.imread(tmp_path / "o_flab.tif" / "flab.tif").max() == 2
 
@@ -277,8 +277,8 @@ def _train_argv(tmp_path):
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir(exist_ok=True)
     labels.mkdir(exist_ok=True)
-    iio.imwrite(images / "a.png", _image())
-    tifffile.imwrite(labels / "a.tif", _labels())
+    iio.imwrite(images / "a.png", tiny_image())
+    tifffile.imwrite(labels / "a.tif", tiny_labels())
     return ["train", "--images", images, "--labels", labels, "--out", tmp_path / "m.pt"]
 
 
@@ -294,13 +294,13 @@ def _train_argv(tmp_path):
     ],
 )
 def test_train_options_beyond_what_can_work(tmp_path, capsys, extra, needle):
-    _expect_error(_train_argv(tmp_path) + extra, tmp_path, capsys, needle)
+    expect_error(_train_argv(tmp_path) + extra, tmp_path, capsys, needle)
 
 
 def test_a_config_setting_beyond_what_can_work_is_named_as_a_setting(tmp_path, capsys):
     (tmp_path / "cfg.json").write_text('{"border_weight": -5}')
     argv = _train_argv(tmp_path) + ["--config", tmp_path / "cfg.json"]
-    _expect_error(argv, tmp_path, capsys, "border_weight must be between")
+    expect_error(argv, tmp_path, capsys, "border_weight must be between")
 
 
 @pytest.mark.parametrize(
@@ -313,17 +313,17 @@ def test_a_config_setting_beyond_what_can_work_is_named_as_a_setting(tmp_path, c
     ],
 )
 def test_other_options_beyond_what_can_work(tmp_path, capsys, argv, needle):
-    tifffile.imwrite(tmp_path / "a.tif", _labels())
+    tifffile.imwrite(tmp_path / "a.tif", tiny_labels())
     io_args = {
         "split": ["--input", tmp_path / "a.tif", "--out", tmp_path / "o"],
         "measure": ["--labels", tmp_path / "a.tif", "--out", tmp_path / "t.csv"],
         "demo": ["--out", tmp_path / "demo"],
     }[argv[0]]
-    _expect_error(argv[:1] + io_args + argv[1:], tmp_path, capsys, needle)
+    expect_error(argv[:1] + io_args + argv[1:], tmp_path, capsys, needle)
 
 
 def test_split_with_a_huge_min_distance_works(tmp_path, capsys):
-    tifffile.imwrite(tmp_path / "a.tif", _labels())
+    tifffile.imwrite(tmp_path / "a.tif", tiny_labels())
     argv = ["split", "--input", tmp_path / "a.tif", "--out", tmp_path / "o"]
     code, err = _run(argv + ["--min-distance", "1000000000000"], capsys)
     assert code == 0, err
@@ -340,7 +340,7 @@ def test_sigterm_outside_training_stops_like_ctrl_c(tmp_path, capsys, monkeypatc
     d = tmp_path / "in"
     d.mkdir()
     for name in "ab":
-        tifffile.imwrite(d / f"{name}.tif", _labels())
+        tifffile.imwrite(d / f"{name}.tif", tiny_labels())
     real_read = io_module.read_image
 
     def read_then_terminate(path):
@@ -350,8 +350,8 @@ def test_sigterm_outside_training_stops_like_ctrl_c(tmp_path, capsys, monkeypatc
 
     monkeypatch.setattr(io_module, "read_image", read_then_terminate)
     handler = signal.getsignal(signal.SIGTERM)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     code, err = _run(["split", "--input", d, "--out", tmp_path / "o"], capsys)
     assert code == 143 and "napari-unet: terminated" in err, err
-    assert _snapshot(tmp_path) == before  # a.tif was staged, then rolled back
+    assert snapshot(tmp_path) == before  # a.tif was staged, then rolled back
     assert signal.getsignal(signal.SIGTERM) is handler  # the caller's handler is back

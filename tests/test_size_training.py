@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from _synthetic import nuclei_image
 
+from napari_unet.core.batches import BatchStream
 from napari_unet.core.data import (
     Normalisation,
     PatchSampler,
@@ -12,7 +13,7 @@ from napari_unet.core.data import (
     resize_pair,
 )
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.train import TrainConfig, _BatchStream, train
+from napari_unet.core.train import TrainConfig, train
 
 
 def _disc_labels(shape, centres, radius):
@@ -96,7 +97,7 @@ def test_batch_stream_workers_give_different_patches():
     img, lab = nuclei_image((128, 128), n=10, radius=7, seed=4)
     samples = prepare_samples([img], [lab], normalisation=Normalisation())
     sampler = PatchSampler(samples, 32, 4, 2, seed=0)
-    stream = _BatchStream(sampler, 2, seed=0)
+    stream = BatchStream(sampler, 2, seed=0)
     try:
         batches = [stream.next() for _ in range(4)]
     finally:

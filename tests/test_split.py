@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tifffile
+from _synthetic import touching_discs
 from scipy import ndimage as ndi
 
 from napari_unet.core.errors import NapariUnetError
@@ -15,26 +16,6 @@ def _discs(shape, centres, radius):
     for k, (cy, cx) in enumerate(centres, 1):
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
         labels[disc & (labels == 0)] = k
-    return labels
-
-
-def _touching_discs(shape=(512, 512), n=60, seed=0, radius=(8, 14)):
-    """Clusters of 1-3 overlapping discs, as labels (ground truth for the split)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    labels = np.zeros(shape, np.int32)
-    k = 0
-    while k < n:
-        centre = rng.uniform(30, np.array(shape) - 30)
-        r = rng.uniform(*radius)
-        for _ in range(rng.integers(1, 4)):
-            k += 1
-            disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < r**2
-            labels[disc & (labels == 0)] = k
-            r2 = rng.uniform(*radius)
-            angle = rng.uniform(0, 2 * np.pi)
-            centre = centre + (r + r2) * 0.8 * np.array([np.sin(angle), np.cos(angle)])
-            r = r2
     return labels
 
 
@@ -166,7 +147,7 @@ def test_nucleus_cut_by_the_image_border_is_kept():
 
 def test_components_are_split_independently():
     """The output inside a component is the same as with that component alone."""
-    truth = _touching_discs((256, 256), n=30, seed=3)
+    truth = touching_discs((256, 256), n=30, seed=3)
     mask = truth > 0
     out = split_nuclei(mask, min_size=0)
     components, n = ndi.label(mask, structure=np.ones((3, 3)))
@@ -179,7 +160,7 @@ def test_components_are_split_independently():
 
 
 def test_synthetic_touching_discs_recovered():
-    truth = _touching_discs((512, 512), n=60, seed=1)
+    truth = touching_discs((512, 512), n=60, seed=1)
     assert len(touching_objects(truth)) > 40  # 54 of 60 touch another disc
     out = split_nuclei(truth > 0)
     _assert_consecutive(out)
@@ -265,7 +246,7 @@ def test_probabilities_unseeded_object_is_kept_and_options():
 
 
 def test_probabilities_nd_and_validation():
-    truth = _touching_discs((128, 128), n=8, seed=5)
+    truth = touching_discs((128, 128), n=8, seed=5)
     foreground, boundary = _probability_maps(truth)
     single = labels_from_probabilities(foreground, boundary)
     stack = labels_from_probabilities(np.stack([foreground] * 3), np.stack([boundary] * 3))

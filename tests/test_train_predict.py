@@ -161,7 +161,7 @@ def test_early_stopping_only_when_asked(data, monkeypatch):
     def flat(*args, **kwargs):
         return {"val_loss": 1.0, "dice": 0.5, "score": 0.5, "predict_seconds": 0.0}
 
-    monkeypatch.setattr(train_mod, "_validate", flat)
+    monkeypatch.setattr(train_mod, "validate", flat)
     cfg = dict(epochs=6, tune_postprocessing=False, **TINY)
     assert TrainConfig().patience is None  # the default trains to the end
     r = train(*data, TrainConfig(**cfg))
@@ -334,7 +334,7 @@ def test_the_final_weights_are_kept_when_they_score_better(trained):
     import torch
 
     from napari_unet.core.data import Normalisation, prepare_samples
-    from napari_unet.core.train import _tune
+    from napari_unet.core.final_fit import fit_prediction_settings
 
     img, lab = nuclei_image(seed=21)
     norm = Normalisation.from_dict(trained.bundle.meta["normalisation"])
@@ -343,12 +343,12 @@ def test_the_final_weights_are_kept_when_they_score_better(trained):
     bad = {k: torch.zeros_like(v) for k, v in good.items()}  # predicts 0.5 everywhere
     bundle = copy.deepcopy(trained.bundle)
     bundle.model.load_state_dict(bad)
-    tuned = _tune(bundle, val, torch.device("cpu"), last_state=good)
+    tuned = fit_prediction_settings(bundle, val, torch.device("cpu"), last_state=good)
     assert tuned["weights"]["weights"] == "last"
     assert tuned["weights"]["last_score"] > tuned["weights"]["best_score"]
     assert all(torch.equal(v, good[k]) for k, v in bundle.model.state_dict().items())
     bundle.model.load_state_dict(good)
-    tuned = _tune(bundle, val, torch.device("cpu"), last_state=bad)
+    tuned = fit_prediction_settings(bundle, val, torch.device("cpu"), last_state=bad)
     assert tuned["weights"]["weights"] == "best"
     assert all(torch.equal(v, good[k]) for k, v in bundle.model.state_dict().items())
 
@@ -360,7 +360,7 @@ def test_the_fit_ends_by_its_deadline_with_the_images_it_could_use(trained):
     import torch
 
     from napari_unet.core.data import Normalisation, prepare_samples
-    from napari_unet.core.train import _tune
+    from napari_unet.core.final_fit import fit_prediction_settings
 
     pairs = [nuclei_image(seed=s) for s in (21, 22, 23)]
     norm = Normalisation.from_dict(trained.bundle.meta["normalisation"])
@@ -369,8 +369,11 @@ def test_the_fit_ends_by_its_deadline_with_the_images_it_could_use(trained):
     cpu = torch.device("cpu")
     last = {k: v.clone() for k, v in bundle.model.state_dict().items()}
     # time to spare: every image; already late: the first one only, weights still chosen
-    assert _tune(bundle, val, cpu, deadline=time.perf_counter() + 3600)["n_images"] == 3
-    late = _tune(bundle, val, cpu, last_state=last, deadline=time.perf_counter() - 1)
+    early = fit_prediction_settings(bundle, val, cpu, deadline=time.perf_counter() + 3600)
+    assert early["n_images"] == 3
+    late = fit_prediction_settings(
+        bundle, val, cpu, last_state=last, deadline=time.perf_counter() - 1
+    )
     assert late["n_images"] == 1 and late["weights"]["weights"] in ("best", "last")
 
 
@@ -378,37 +381,37 @@ def test_the_fit_takes_at_most_its_share_of_a_time_budget(monkeypatch):
     from types import SimpleNamespace
 
     from napari_unet.core import tune
-    from napari_unet.core.train import TUNE_SHARE, _fit_per_pass, _tune_plan
+    from napari_unet.core.final_fit import TUNE_SHARE, fit_per_pass, plan_fit
 
     held_back = [SimpleNamespace(shape=(100, 100)) for _ in range(10)]
     val = held_back[:2]  # the subset scored at each validation: 20,000 px predicted in 2 s
     # no time budget, or plenty: all held-back images, predicted twice and fitted
-    per_image = 2.0 + _fit_per_pass()  # cost per 2 images, in predictions of the subset
-    assert _tune_plan(val, 20_000, held_back, 2.0, None) == (held_back, 5 * per_image)
-    assert _tune_plan(val, 20_000, held_back, 2.0, 1e6) == (held_back, 5 * per_image)
+    per_image = 2.0 + fit_per_pass()  # cost per 2 images, in predictions of the subset
+    assert plan_fit(val, 20_000, held_back, 2.0, None) == (held_back, 5 * per_image)
+    assert plan_fit(val, 20_000, held_back, 2.0, 1e6) == (held_back, 5 * per_image)
     # each image costs (2 + fit) s: the budget allows 5 images
     budget = 5.5 * per_image / TUNE_SHARE  # 5 images and a half
-    kept, cost = _tune_plan(val, 20_000, held_back, 2.0, budget)
+    kept, cost = plan_fit(val, 20_000, held_back, 2.0, budget)
     assert kept == held_back[:5] and cost == pytest.approx(2.5 * per_image)
     # a short budget: the validation subset, predicted once
-    assert _tune_plan(val, 20_000, held_back, 2.0, 10.0) == (val, 1.0 + _fit_per_pass())
+    assert plan_fit(val, 20_000, held_back, 2.0, 10.0) == (val, 1.0 + fit_per_pass())
     # the fit's threads shorten the time kept for it, down to its serial part
     monkeypatch.setattr(tune, "fit_threads", lambda *a: 1)
-    one = _tune_plan(val, 20_000, held_back, 2.0, None)[1]
+    one = plan_fit(val, 20_000, held_back, 2.0, None)[1]
     monkeypatch.setattr(tune, "fit_threads", lambda *a: 4)
-    four = _tune_plan(val, 20_000, held_back, 2.0, None)[1]
-    assert one == pytest.approx(5 * (2.0 + _fit_per_pass(1)))
-    assert _fit_per_pass(1) > _fit_per_pass(2) > _fit_per_pass(4) > 0.25 * _fit_per_pass(1)
+    four = plan_fit(val, 20_000, held_back, 2.0, None)[1]
+    assert one == pytest.approx(5 * (2.0 + fit_per_pass(1)))
+    assert fit_per_pass(1) > fit_per_pass(2) > fit_per_pass(4) > 0.25 * fit_per_pass(1)
     assert four < one
 
 
 def test_weight_average_follows_the_weights_and_swaps_back():
     import torch
 
-    from napari_unet.core.train import _Ema
+    from napari_unet.core.losses import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
-    ema = _Ema(model, decay=0.2)
+    ema = WeightAverage(model, decay=0.2)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():

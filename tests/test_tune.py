@@ -2,8 +2,8 @@ import threading
 
 import numpy as np
 import pytest
+from _synthetic import touching_discs
 from scipy import ndimage as ndi
-from test_split import _touching_discs
 
 from napari_unet.core import tune
 from napari_unet.core.tune import fit_threads, tune_postprocessing
@@ -21,7 +21,7 @@ def _probabilities(labels, seed):
 
 @pytest.fixture(scope="module")
 def fit_set():
-    truths = [_touching_discs((128, 128), n=10, seed=s) for s in range(3)]
+    truths = [touching_discs((128, 128), n=10, seed=s) for s in range(3)]
     return [_probabilities(t, s) for s, t in enumerate(truths)], truths
 
 

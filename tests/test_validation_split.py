@@ -6,7 +6,8 @@ from _synthetic import nuclei_image
 
 from napari_unet.core.data import Normalisation, PatchSampler, crop_sample, prepare_samples
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.train import TrainConfig, _split_validation, iter_train
+from napari_unet.core.train import TrainConfig, iter_train
+from napari_unet.core.validation import split_validation
 
 TINY = dict(
     epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, depth=2, base_channels=4, device="cpu"
@@ -81,7 +82,7 @@ def test_crop_sample_keeps_the_foreground_positions_within_the_samples_cap():
 def test_two_images_each_hold_back_a_strip_and_train_on_the_rest():
     images, labels = _pairs(2)
     samples = _samples(images, labels)
-    train, val, text = _split_validation(samples, 0.1, 0, min_size=32)
+    train, val, text = split_validation(samples, 0.1, 0, min_size=32)
     assert text == "held back the bottom 20% of each of 2 images for validation"
     assert [s.shape for s in train] == [(256, 128)] * 2 and [s.shape for s in val] == [
         (64, 128)
@@ -98,13 +99,13 @@ def test_two_images_each_hold_back_a_strip_and_train_on_the_rest():
         assert t.fg_index.max() < t.shape[0] * t.shape[1]
     # wide images hold back their right-hand columns; the fraction asked for is kept
     wide = _samples(*_pairs(2, shape=(128, 400)))
-    train, val, text = _split_validation(wide, 0.3, 0, min_size=32)
+    train, val, text = split_validation(wide, 0.3, 0, min_size=32)
     assert [s.shape for s in val] == [(128, 120)] * 2 and [s.shape for s in train] == [
         (128, 280)
     ] * 2
     assert text == "held back the right 30% of each of 2 images for validation"
     # a 256-pixel image gives a 64-pixel strip (a quarter: 20% would be too narrow to score)
-    train, val, text = _split_validation(_samples(*_pairs(1, shape=(256, 256))), 0.1, 0, 128)
+    train, val, text = split_validation(_samples(*_pairs(1, shape=(256, 256))), 0.1, 0, 128)
     assert [s.shape for s in val] == [(64, 256)] and [s.shape for s in train] == [(192, 256)]
     assert text == "held back the bottom 25% of the image for validation"
 
@@ -112,7 +113,7 @@ def test_two_images_each_hold_back_a_strip_and_train_on_the_rest():
 def test_many_images_hold_back_whole_images_and_stacks_stay_together():
     images, labels = _pairs(6, shape=(64, 64), objects=4)
     samples = _samples(images, labels, names=list("abcdef"))
-    train, val, text = _split_validation(samples, 0.1, 0, min_size=32)
+    train, val, text = split_validation(samples, 0.1, 0, min_size=32)
     assert len(val) == 1 and len(train) == 5 and text == "held back 1 of 6 images for validation"
     assert {s.name for s in train + val} == set("abcdef")
     assert all(s.shape == (64, 64) for s in train + val)  # whole images
@@ -121,7 +122,7 @@ def test_many_images_hold_back_whole_images_and_stacks_stay_together():
     stack_labels = labels[:3] + [np.stack(labels[3:6])]
     for seed in range(6):
         samples = _samples(stack_images, stack_labels, names=list("abcd"))
-        train, val, text = _split_validation(samples, 0.1, seed)
+        train, val, text = split_validation(samples, 0.1, seed)
         assert text == "held back 1 of 4 images for validation"
         held = {s.name.split(" (")[0] for s in val}
         assert len(held) == 1 and not held & {s.name.split(" (")[0] for s in train}
@@ -132,7 +133,7 @@ def test_a_stack_holds_back_the_same_strip_of_every_plane():
     images, labels = _pairs(3)
     samples = _samples([np.stack(images)], [np.stack(labels)], names=["stack"])
     assert [s.name for s in samples] == ["stack (0,)", "stack (1,)", "stack (2,)"]
-    train, val, text = _split_validation(samples, 0.1, 0, min_size=32)
+    train, val, text = split_validation(samples, 0.1, 0, min_size=32)
     assert text == "held back the bottom 20% of each of 3 images for validation"
     assert [s.shape for s in val] == [(64, 128)] * 3 and [s.shape for s in train] == [
         (256, 128)
@@ -142,17 +143,17 @@ def test_a_stack_holds_back_the_same_strip_of_every_plane():
 def test_small_images_hold_back_nothing_and_say_so():
     images, labels = _pairs(2, shape=(96, 96), objects=12)
     samples = _samples(images, labels)
-    train, val, text = _split_validation(samples, 0.1, 0, min_size=64)
+    train, val, text = split_validation(samples, 0.1, 0, min_size=64)
     assert train == samples and val == []
     assert text.startswith("nothing held back: every annotated pixel trains (2 images")
     assert "256 px" in text
     # the training part keeps at least one training patch
     big = _samples(*_pairs(2))
-    assert _split_validation(big, 0.1, 0, min_size=64)[1]
-    train, val, text = _split_validation(big, 0.1, 0, min_size=300)
+    assert split_validation(big, 0.1, 0, min_size=64)[1]
+    train, val, text = split_validation(big, 0.1, 0, min_size=300)
     assert not val and "375 px" in text
     # no validation asked for
-    train, val, text = _split_validation(big, 0.0, 0, min_size=32)
+    train, val, text = split_validation(big, 0.0, 0, min_size=32)
     assert train == big and val == [] and text.startswith("nothing held back")
 
 
@@ -161,7 +162,7 @@ def test_a_strip_without_annotation_is_not_held_back():
     sparse = [np.where(lab > 0, lab + 1, 1) for lab in labels]  # 1 = painted background
     sparse[0][200:] = 0  # the bottom of the first image is not annotated
     samples = _samples(images, sparse, sparse=True)
-    train, val, text = _split_validation(samples, 0.1, 0, min_size=32)
+    train, val, text = split_validation(samples, 0.1, 0, min_size=32)
     assert [s.shape for s in train] == [(320, 128), (256, 128)] and [s.shape for s in val] == [
         (64, 128)
     ]
@@ -173,12 +174,12 @@ def test_a_strip_without_annotation_is_not_held_back():
     # painted background but no object in the strip: no strip either
     sparse[0][200:] = 1
     sparse[1][256:] = 1
-    train, val, text = _split_validation(_samples(images, sparse, sparse=True), 0.1, 0, 32)
+    train, val, text = split_validation(_samples(images, sparse, sparse=True), 0.1, 0, 32)
     assert not val and "none with an annotated object both in a strip" in text
 
 
 def test_training_on_two_images_learns_from_both_and_says_what_was_held_back(monkeypatch):
-    import napari_unet.core.train as train_mod
+    import napari_unet.core.batches as batches_mod
 
     drawn_from = []
 
@@ -187,7 +188,7 @@ def test_training_on_two_images_learns_from_both_and_says_what_was_held_back(mon
             drawn_from.extend(s.shape for s in samples)
             super().__init__(samples, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "PatchSampler", Recording)
+    monkeypatch.setattr(batches_mod, "PatchSampler", Recording)
     images, labels = _pairs(2)
     cfg = TrainConfig(**dict(TINY, depth=4))  # a 64-pixel strip through a depth-4 UNet
     gen = iter_train(images, labels, cfg)
@@ -211,7 +212,7 @@ def test_training_on_two_images_learns_from_both_and_says_what_was_held_back(mon
     assert meta["validation"] == "held back the bottom 20% of each of 2 images for validation"
     # both strips are scored, object by object (they are fully annotated), and the
     # prediction settings are fitted on both
-    assert result.history and all(0 <= h["f1"] <= 1 for h in result.history)
+    assert result.history and all(h["score"] == h["f1"] for h in result.history)
     assert meta["postprocess"]["n_images"] == 2
 
 
@@ -226,7 +227,7 @@ def test_training_on_small_images_trains_on_every_pixel():
 def test_a_training_part_smaller_than_the_patch_across_still_gives_patches():
     # a wide strip of a short image: the sampler pads what the patch does not cover
     images, labels = _pairs(1, shape=(40, 400), objects=10)
-    train, val, _ = _split_validation(_samples(images, labels), 0.2, 0, min_size=64)
+    train, val, _ = split_validation(_samples(images, labels), 0.2, 0, min_size=64)
     assert [s.shape for s in train] == [(40, 320)] and [s.shape for s in val] == [(40, 80)]
     x, y, w = PatchSampler(train, 64, 2, 2, seed=0).batch()
     assert x.shape == (2, 1, 64, 64) and y.shape == w.shape == (2, 2, 64, 64)

@@ -192,7 +192,7 @@ class Distributed:
         Ranks without validation images pass ``entry=None`` and ``weight=0``.
         Keys: ``val_loss``, ``dice``, ``f1``, ``score`` (those present on every
         rank that validated); ``score`` is F1 when every rank scored objects and
-        Dice otherwise, as :func:`napari_unet.core.train._validate` decides for
+        Dice otherwise, as :func:`napari_unet.core.validation.validate` decides for
         one process.
         """
         import torch.distributed as dist

@@ -41,6 +41,7 @@ __all__ = [
     "STACK_AXES",
     "resolve_axes",
     "labels_from_output_3d",
+    "tuned_settings",
 ]
 
 SPLIT_METHODS = ("distance", "boundary")
@@ -180,12 +181,24 @@ class PredictConfig:
         given here win over both; a ``min_distance`` given without ``h`` means
         markers by distance (``h=None``).
         """
-        from napari_unet.core.tune import tuned_settings
-
         tuned = tuned_settings(bundle.meta)
         if "min_distance" in settings and "h" not in settings:
             tuned["h"] = None  # markers by distance, not by the fitted or default depth
         return cls(**{**tuned, **settings})
+
+
+def tuned_settings(meta: dict) -> dict:
+    """Return the checked ``threshold`` and ``h`` stored in a model's meta ({} if none)."""
+    tuned = meta.get("postprocess")
+    if not isinstance(tuned, dict):
+        return {}
+    out = {}
+    t, h = tuned.get("threshold"), tuned.get("h")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0:
+        out["threshold"] = float(t)
+    if isinstance(h, (int, float)) and not isinstance(h, bool) and np.isfinite(h) and h > 0:
+        out["h"] = float(h)
+    return out
 
 
 #: The axes a stack may have (the image's axes without its channel axis): a z-stack

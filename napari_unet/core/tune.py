@@ -18,6 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# read where prediction uses it (PredictConfig.for_model); named here too, beside the fit
+from napari_unet.core.predict import tuned_settings
+
 __all__ = [
     "THRESHOLDS",
     "SPLIT_DEPTHS",
@@ -27,6 +30,7 @@ __all__ = [
     "score_labels",
     "tune_postprocessing",
     "tuned_settings",
+    "describe_settings",
 ]
 
 #: Foreground probability thresholds tried.
@@ -119,20 +123,6 @@ def tune_postprocessing(
     best["default"] = {"threshold": base.threshold, "h": base.h, **default}
     best["n_images"] = len(instances)
     return best
-
-
-def tuned_settings(meta: dict) -> dict:
-    """Return the checked ``threshold`` and ``h`` stored in a model's meta ({} if none)."""
-    tuned = meta.get("postprocess")
-    if not isinstance(tuned, dict):
-        return {}
-    out = {}
-    t, h = tuned.get("threshold"), tuned.get("h")
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 < t < 1.0:
-        out["threshold"] = float(t)
-    if isinstance(h, (int, float)) and not isinstance(h, bool) and np.isfinite(h) and h > 0:
-        out["h"] = float(h)
-    return out
 
 
 def describe_settings(meta: dict) -> str:
