@@ -94,7 +94,7 @@ def test_stack_and_boundary_split_equal_predict(model, tmp_path):
     bundle, _ = model
     stack = np.stack([nuclei_image(shape=(200, 170), n=60, seed=s)[0] for s in (5, 6)])
     cfg = PredictConfig(tile_size=64, overlap=16, device="cpu", split_method="boundary")
-    ref = predict(bundle, stack, config=cfg)
+    ref = predict(bundle, stack, config=cfg, axes="TYX")  # zarr input: plane by plane
     s = predict_to_zarr(
         bundle,
         stack,

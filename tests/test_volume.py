@@ -168,8 +168,8 @@ def test_builtin_model_gives_3d_nuclei(real_models, builtin):
     """The shipped model on a synthetic z-stack (1:3): one object per nucleus in 3D."""
     image, truth, pairs = synthetic_nuclei_stack((16, 128, 128), n=12, seed=5)
     config = PredictConfig.for_model(builtin, device="cpu", tile_size=128)
-    res = predict(builtin, image, config=config, voxel_size=(3.0, 0.5, 0.5))
-    assert res.settings["axes"] == "ZYX" and res.settings["z_step_px"] == 6.0
+    res = predict(builtin, image, config=config, voxel_size=(1.5, 0.5, 0.5))  # z-step 3 px
+    assert res.settings["axes"] == "ZYX" and res.settings["z_step_px"] == 3.0
     assert any("labelled in 3D across 16 z-slices" in n for n in res.notes)
     m = match_objects(truth, res.labels, 0.5)
     assert int(m.tp[0]) >= truth.max() - 1 and int(m.fp[0]) <= 1, (m, truth.max())
