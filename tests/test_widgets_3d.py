@@ -164,3 +164,31 @@ def test_correct_and_retrain_on_a_z_stack(viewer, qtbot, tmp_path):
     assert "Labelled in 3D across 12 z-slices (ZYX); voxel size 1.5 x 0.5 x 0.5" in (
         predict.status.text()
     )
+
+
+def test_split_settings_follow_a_calibrated_layer_in_its_units(viewer, qtbot):
+    """A layer in um: distances in um, the smallest size in um^3 for a z-stack; the split
+    gets them in pixels and voxels."""
+    _, truth, _ = synthetic_nuclei_stack((12, 96, 96), n=6, seed=3)
+    viewer.add_labels(truth, name="plain")
+    viewer.add_labels(truth, name="um", scale=(1.5, 0.5, 0.5), units=("um", "um", "um"))
+    split = open_widget(viewer, "Split nuclei")
+    split.source.setCurrentText("plain")
+    split.min_distance.setValue(6)
+    split.min_size.setValue(300)
+    assert split._min_distance_label.text() == "Minimum distance (px)"
+    assert split._min_size_label.text() == "Minimum size (voxels)"
+    split.source.setCurrentText("um")  # the values shown follow: 6 px = 3 um
+    assert split._min_distance_label.text() == "Minimum distance (\u00b5m)"
+    assert split._min_size_label.text() == "Minimum size (\u00b5m\u00b3)"
+    assert split.min_distance.value() == pytest.approx(3.0)
+    assert split.min_size.value() == pytest.approx(300 * 1.5 * 0.25)
+    params = split.params()
+    assert params["min_distance"] == 6 and params["min_size"] == 300
+    split.min_distance.setValue(5.0)  # 5 um = 10 px
+    assert split.params()["min_distance"] == 10
+    split.diameter.setValue(10.0)  # 10 um = 20 px: the defaults for 20 px nuclei
+    assert split.params()["min_distance"] == 4 and split.params()["h"] == pytest.approx(1.4)
+    # a time series in um: areas in um^2
+    split.first_axis.setCurrentIndex(split.first_axis.findData("time"))
+    assert split._min_size_label.text() == "Minimum size (\u00b5m\u00b2)"

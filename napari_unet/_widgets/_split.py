@@ -29,7 +29,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
 )
 from superqt.utils import create_worker
 
@@ -49,8 +48,13 @@ from napari_unet._widgets._jobs import Measured, split_and_measure_job, split_jo
 from napari_unet._widgets._predict import result_metadata
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.split import split_settings
-from napari_unet.core.volume import guess_axes, spacing_from_voxel_size, voxel_size_from_scale
+from napari_unet.core.split import MAX_SMOOTH, split_settings
+from napari_unet.core.volume import (
+    guess_axes,
+    min_volume,
+    spacing_from_voxel_size,
+    voxel_size_from_scale,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -90,6 +94,9 @@ class SplitWidget(TabbedPanel):
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)
         self._preview_timer.setInterval(150)
+        #: the settings' unit: None for pixels, else (pixel size, size of a pixel or voxel
+        #: in unit^2 or unit^3, unit, 3D) from the chosen layer's scale and units
+        self._calibration: tuple[float, float, str, bool] | None = None
         self._build()
         self._connect()
         self.reset_choices()
@@ -139,13 +146,17 @@ class SplitWidget(TabbedPanel):
         row.addWidget(self.diameter, 1)
         row.addWidget(self.measure_button)
         form.addRow("Nucleus diameter (px)", row)
-        self.min_distance = QSpinBox()
-        self.min_distance.setRange(1, 200)
+        self._diameter_label = form.labelForField(row)
+        self.min_distance = QDoubleSpinBox()
+        self.min_distance.setRange(0.01, 10000.0)
+        self.min_distance.setDecimals(2)
         self.min_distance.setValue(4)
         self.min_distance.setToolTip("Smallest distance (px) between the centres of two nuclei.")
         form.addRow("Minimum distance (px)", self.min_distance)
+        self._min_distance_label = form.labelForField(self.min_distance)
         self.h = QDoubleSpinBox()
-        self.h.setRange(0.0, 100.0)
+        self.h.setRange(0.0, 10000.0)
+        self.h.setDecimals(2)
         self.h.setSingleStep(0.5)
         self.h.setValue(0.0)
         self.h.setSpecialValueText("auto")
@@ -153,14 +164,17 @@ class SplitWidget(TabbedPanel):
             "How deep the waist between two nuclei must be (px) to cut them; auto picks it."
         )
         form.addRow("Split depth h", self.h)
+        self._h_label = form.labelForField(self.h)
         self.smooth = QDoubleSpinBox()
-        self.smooth.setRange(0.0, 20.0)
+        self.smooth.setRange(0.0, 10000.0)
         self.smooth.setSingleStep(0.5)
         self.smooth.setValue(1.0)
         self.smooth.setToolTip("Gaussian smoothing (sigma, px) of the distance map.")
         form.addRow("Smoothing", self.smooth)
-        self.min_size = QSpinBox()
-        self.min_size.setRange(0, 10**6)
+        self._smooth_label = form.labelForField(self.smooth)
+        self.min_size = QDoubleSpinBox()
+        self.min_size.setRange(0.0, 1e9)
+        self.min_size.setDecimals(2)
         self.min_size.setValue(10)
         self.min_size.setToolTip(
             "Pieces smaller than this are removed: pixels, or voxels when a z-stack is split in 3D."
@@ -240,10 +254,10 @@ class SplitWidget(TabbedPanel):
         """
         params: dict[str, Any] = {
             "threshold": float(self.threshold.value()),
-            "min_distance": int(self.min_distance.value()),
-            "h": float(self.h.value()) or None,
-            "smooth": float(self.smooth.value()),
-            "min_size": int(self.min_size.value()),
+            "min_distance": max(1, int(round(self._to_px(self.min_distance.value())))),
+            "h": self._to_px(self.h.value()) or None,
+            "smooth": min(MAX_SMOOTH, self._to_px(self.smooth.value())),
+            "min_size": int(round(self._to_px(self.min_size.value(), size=True))),
             "fill_holes": self.fill_holes.isChecked(),
             "axes": None,
             "spacing": None,
@@ -256,6 +270,72 @@ class SplitWidget(TabbedPanel):
             if "Z" in axes:
                 params["spacing"] = spacing_from_voxel_size(voxel)
         return params
+
+    # ---- units ------------------------------------------------------------------------
+    def _to_px(self, value: float, size: bool = False) -> float:
+        """Return a displayed value in pixels (lengths), or pixels / voxels (sizes)."""
+        cal = self._calibration
+        if cal is None:
+            return float(value)
+        return float(value) / (cal[1] if size else cal[0])
+
+    def _from_px(self, value: float, size: bool = False) -> float:
+        cal = self._calibration
+        if cal is None:
+            return float(value)
+        return float(value) * (cal[1] if size else cal[0])
+
+    def layer_calibration(self, layer: Layer | None) -> tuple[float, float, str, bool] | None:
+        """Return (pixel size, pixel area or voxel volume, unit, 3D) of a calibrated layer.
+
+        None when the layer's scale is 1 or its unit is not a physical one: the settings are
+        then in pixels (and voxels).
+        """
+        from napari_unet._widgets._predict import _pixel_size
+
+        if layer is None:
+            return None
+        found = _pixel_size(layer)
+        if found is None or found[1] == "units":
+            return None
+        size, unit = found
+        axes, voxel = self.layer_axes(layer)
+        if "Z" in axes:
+            if voxel is None:
+                return None
+            return size, float(np.prod(voxel)), unit, True
+        yx = [float(v) for v in layer.scale[-2:]]
+        return size, yx[0] * yx[1], unit, False
+
+    def _set_calibration(self, layer: Layer | None) -> None:
+        """Show the settings in the layer's unit (converting the values shown), or in px."""
+        new = self.layer_calibration(layer)
+        old = self._calibration
+        if new != old:
+            boxes = (
+                (self.diameter, False),
+                (self.min_distance, False),
+                (self.h, False),
+                (self.smooth, False),
+                (self.min_size, True),
+            )
+            in_px = [self._to_px(box.value(), size) for box, size in boxes]
+            self._calibration = new
+            for (box, size), value in zip(boxes, in_px, strict=True):
+                box.blockSignals(True)
+                box.setValue(self._from_px(value, size))
+                box.blockSignals(False)
+        axes = self.layer_axes(layer)[0] if layer is not None else "YX"
+        unit = "px" if new is None else new[2]
+        self._diameter_label.setText(f"Nucleus diameter ({unit})")
+        self._min_distance_label.setText(f"Minimum distance ({unit})")
+        self._h_label.setText("Split depth h" + ("" if new is None else f" ({unit})"))
+        self._smooth_label.setText("Smoothing" + ("" if new is None else f" ({unit})"))
+        if new is not None:
+            size_unit = f"{unit}\u00b3" if new[3] else f"{unit}\u00b2"
+        else:
+            size_unit = "voxels" if "Z" in axes else "px"
+        self._min_size_label.setText(f"Minimum size ({size_unit})")
 
     def layer_axes(self, layer: Layer) -> tuple[str, tuple[float, float, float] | None]:
         """Return the layer's axes (``YX``, ``ZYX``, ``TYX``, ``TZYX``) and its voxel size.
@@ -283,14 +363,22 @@ class SplitWidget(TabbedPanel):
 
     # ---- nucleus diameter -----------------------------------------------------------------
     def _on_diameter_changed(self, value: float) -> None:
-        """Set the pixel settings for nuclei of ``value`` pixels (0: leave them)."""
+        """Set the settings for nuclei of ``value`` across (in the unit shown; 0: leave them).
+
+        In a z-stack split in 3D the smallest size is the ball whose cross-section is the
+        2D setting's area.
+        """
         if value <= 0:
             return
-        settings = split_settings(value)
-        self.min_distance.setValue(int(settings["min_distance"]))
-        self.h.setValue(float(settings["h"]))
-        self.smooth.setValue(min(float(settings["smooth"]), self.smooth.maximum()))
-        self.min_size.setValue(int(settings["min_size"]))
+        settings = split_settings(self._to_px(value))
+        min_size = float(settings["min_size"])
+        params = self.params()
+        if params["axes"] is not None and "Z" in params["axes"]:
+            min_size = float(min_volume(min_size, params["spacing"] or (1.0, 1.0, 1.0)))
+        self.min_distance.setValue(self._from_px(settings["min_distance"]))
+        self.h.setValue(self._from_px(float(settings["h"])))
+        self.smooth.setValue(min(self._from_px(float(settings["smooth"])), self.smooth.maximum()))
+        self.min_size.setValue(self._from_px(min_size, size=True))
 
     def _on_measure_clicked(self) -> None:
         try:
@@ -325,7 +413,7 @@ class SplitWidget(TabbedPanel):
         if not estimate.found:
             self.status.setText("No nuclei to measure in this plane; the settings are unchanged.")
             return
-        self.diameter.setValue(round(float(estimate.diameter), 1))
+        self.diameter.setValue(round(self._from_px(float(estimate.diameter)), 2))
         note = f" ({estimate.notes})" if estimate.notes else ""
         self.status.setText(
             f"Nuclei about {estimate.diameter:.0f} px across ({estimate.n_objects} measured)"
@@ -543,8 +631,5 @@ class SplitWidget(TabbedPanel):
         self.preview.setEnabled(layer is not None)
         is_3d = layer is not None and layer.ndim == 3
         self.first_axis.setEnabled(is_3d)
-        axes = self.layer_axes(layer)[0] if layer is not None else "YX"
-        self._min_size_label.setText(
-            "Minimum size (voxels)" if "Z" in axes else "Minimum size (px)"
-        )
+        self._set_calibration(layer)
         self._schedule_preview()
