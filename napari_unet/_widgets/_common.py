@@ -31,6 +31,7 @@ _log = logging.getLogger(__name__)
 
 __all__ = [
     "FIRST_AXIS_ITEMS",
+    "first_axis_box",
     "METADATA_KEY",
     "NapariUnetError",
     "file_edit",
@@ -67,6 +68,25 @@ FIRST_AXIS_ITEMS = (
     ("z: a z-stack, 3D nuclei", "z"),
     ("time: 2D nuclei per frame", "time"),
 )
+
+
+def first_axis_box(what: str) -> Any:
+    """Return the "First axis" combo box of Predict and Split nuclei (data: the choice).
+
+    ``what`` says what a z-stack gets, e.g. "labelled" or "split".
+    """
+    from qtpy.QtWidgets import QComboBox
+
+    box = QComboBox()
+    for text, value in FIRST_AXIS_ITEMS:
+        box.addItem(text, value)
+    box.setToolTip(
+        f"What the first axis of a 3D layer is. A z-stack is {what} in 3D: one object per "
+        "nucleus across slices, with the layer's scale as the voxel size (z-step against "
+        "pixel size); a time series frame by frame. Auto: a first axis named t, time or "
+        "frame is time, anything else z. A 4D layer is a time series of z-stacks."
+    )
+    return box
 
 
 def layer_geometry(layer: Layer) -> dict[str, Any]:

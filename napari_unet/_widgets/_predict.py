@@ -50,11 +50,11 @@ from superqt import QCollapsible
 from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
-    FIRST_AXIS_ITEMS,
     METADATA_KEY,
     JobGuard,
     TabbedPanel,
     file_edit,
+    first_axis_box,
     help_label,
     is_alive,
     layer_array,
@@ -161,15 +161,7 @@ class PredictWidget(TabbedPanel):
             "multi-channel; also large (dask) images, predicted tile by tile."
         )
         form.addRow("Image", self.image)
-        self.first_axis = QComboBox()
-        for text, value in FIRST_AXIS_ITEMS:
-            self.first_axis.addItem(text, value)
-        self.first_axis.setToolTip(
-            "What the first axis of a 3D image is. A z-stack is labelled in 3D: one object per "
-            "nucleus across slices, with the layer's scale as the voxel size (z-step against "
-            "pixel size); a time series frame by frame. Auto: a first axis named t, time or "
-            "frame is time, anything else z. A 4D image is a time series of z-stacks."
-        )
+        self.first_axis = first_axis_box("labelled")
         form.addRow("First axis", self.first_axis)
         self.model_choice = QComboBox()
         self.model_choice.addItem(MODEL_SESSION)

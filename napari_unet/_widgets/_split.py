@@ -33,8 +33,8 @@ from qtpy.QtWidgets import (
 from superqt.utils import create_worker
 
 from napari_unet._widgets._common import (
-    FIRST_AXIS_ITEMS,
     TabbedPanel,
+    first_axis_box,
     help_label,
     layer_array,
     layer_geometry,
@@ -117,15 +117,7 @@ class SplitWidget(TabbedPanel):
             "Probability above which a pixel is a nucleus (probability input)."
         )
         form.addRow("Probability threshold", self.threshold)
-        self.first_axis = QComboBox()
-        for text, value in FIRST_AXIS_ITEMS:
-            self.first_axis.addItem(text, value)
-        self.first_axis.setToolTip(
-            "What the first axis of a 3D layer is. A z-stack is split in 3D: one object per "
-            "nucleus across slices, with the layer's scale (z-step against pixel size); a "
-            "time series frame by frame. Auto: a first axis named t, time or frame is time, "
-            "anything else z."
-        )
+        self.first_axis = first_axis_box("split")
         form.addRow("First axis", self.first_axis)
         self.diameter = QDoubleSpinBox()
         self.diameter.setRange(0.0, 10000.0)
