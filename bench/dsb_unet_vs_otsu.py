@@ -14,7 +14,8 @@ The split (bench/splits/dsb2018_{train,test}_ids.txt) is fixed: 10% of the image
 kind, drawn once with seed 2018; it is never used for tuning.
 
 A candidate default is trained with one extra option and its results kept apart with
-``--tag NAME --train-args "..."`` (files ``..._<M>min_<NAME>``).
+``--tag NAME --train-args "..."`` (files ``bench/results/variants/..._<M>min_<NAME>``, as
+those of ``--seed N``).
 
 Usage: python bench/dsb_unet_vs_otsu.py [--minutes 10] [--seed N] [--tag NAME --train-args "..."]
 [--model MODEL.pt] [--data ../shared/data]
@@ -214,7 +215,11 @@ def main() -> None:
         for kind, r in result[name].items():
             label = f"{name.split('_')[0]} {kind} ({r['n_images']})"
             print(f"{label:34s}" + "".join(f"{r[k]:11.3f}" for k in ("f1", "dsb_score", "dice")))
-    out = RESULTS / f"dsb_unet_vs_otsu_{tag}.json"
+    # a seed or a variant is history, kept apart from the current results
+    out = (RESULTS / "variants" if tag != f"{args.minutes:g}min" else RESULTS) / (
+        f"dsb_unet_vs_otsu_{tag}.json"
+    )
+    out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nsaved {out}")
 

@@ -13,7 +13,7 @@ predict --flips``: the mean of the tiles' probabilities as they are and mirrored
 as a second row ``NAME+flips``, timed side by side with the plain prediction.
 
 Usage: python bench/validation_score.py NAME=MODEL.pt [NAME=MODEL.pt ...] [--flips] [--out NAME]
-Prints a table and writes bench/results/validation_score.json (or --out).
+Prints a table and writes bench/results/variants/validation_score.json (or --out).
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def main() -> None:
             entry[g] = {k: r[k] for k in ("n_images", "n_true", "f1", "dsb_score", "pq")}
             print(f"{name:12s} {g:18s} {len(idx):3d} {r['f1']:6.3f} {r['dsb_score']:6.3f}")
         results[name] = entry
-    out = HERE / "results" / f"{args.out}.json"
+    out = HERE / "results" / "variants" / f"{args.out}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"n_images": len(ids), "models": results}, indent=2, default=str))
     print(f"saved {out}")
 

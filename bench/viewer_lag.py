@@ -292,7 +292,9 @@ def report_predict(r: dict, args, load_start: list) -> dict:
         "loadavg_start": load_start,
         "machine": machine(),
     }
-    save("viewer_lag_predict" + ("_in_thread" if args.in_thread else ""), result)
+    save(
+        "variants/viewer_lag_predict_in_thread" if args.in_thread else "viewer_lag_predict", result
+    )
     return result
 
 
