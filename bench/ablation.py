@@ -88,6 +88,7 @@ def score(name: str, root: Path, ids: list[str], kinds: dict[str, str]) -> dict:
     import torch
 
     from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.data import guess_channel_axis
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.metrics import evaluate
     from napari_unet.core.predict import PredictConfig, labels_from_output, predict_probabilities
@@ -98,7 +99,8 @@ def score(name: str, root: Path, ids: list[str], kinds: dict[str, str]) -> dict:
     gts, split, nosplit = [], [], []
     for i in ids:
         img = read_image(root / "images" / f"{i}.png")
-        prob = predict_probabilities(bundle, img, channel_axis=-1 if img.ndim == 3 else None)
+        axis = guess_channel_axis(img.shape, bundle.in_channels)  # as the CLI does
+        prob = predict_probabilities(bundle, img, channel_axis=axis)
         gts.append(read_labels(root / "masks" / f"{i}.tif"))
         split.append(labels_from_output(prob, outputs, PredictConfig()))
         nosplit.append(labels_from_output(prob, outputs, PredictConfig(split=False)))

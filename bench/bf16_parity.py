@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import machine, save  # noqa: E402
-from builtin_models import channel_axis, load_set  # noqa: E402
+from builtin_models import load_set  # noqa: E402
 from cpu_bf16 import cpu_flags  # noqa: E402
 
 
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_unet.core.builtin import resolve_model
     from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.data import guess_channel_axis
     from napari_unet.core.metrics import evaluate, match_objects
     from napari_unet.core.predict import PredictConfig, predict
 
@@ -55,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     agreement, max_diff = [], []
     for it in items:
         probs = {}
+        axis = guess_channel_axis(it["image"].shape, bundle.in_channels)  # as the CLI does
         for precision in ("fp32", "bf16"):
             cfg = PredictConfig.for_model(bundle, device="cpu", precision=precision)
             t0 = time.perf_counter()
-            r = predict(bundle, it["image"], channel_axis=channel_axis(it["image"]), config=cfg)
+            r = predict(bundle, it["image"], channel_axis=axis, config=cfg)
             seconds[precision].append(time.perf_counter() - t0)
             assert r.settings["precision_used"] == precision
             preds[precision].append(r.labels)

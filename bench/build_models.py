@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def install(name: str, path: Path) -> int:
     """Copy a trained model into ``napari_unet/models`` with float16 weights."""
-    from napari_unet.core.builtin import PACKAGE_MODELS_DIR, install_model
+    from napari_unet.core.builtin import PACKAGE_MODELS_DIR
+    from napari_unet.core.checkpoint import install_model
 
     entry = install_model(path, name, RECIPES[name]["title"], folder=PACKAGE_MODELS_DIR)
     dest = entry.folder / entry.file

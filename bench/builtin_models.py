@@ -79,10 +79,6 @@ def load_set(name: str, limit: int | None = None) -> list[dict]:
     return items[:limit] if limit else items
 
 
-def channel_axis(image: np.ndarray) -> int | None:
-    return -1 if image.ndim == 3 and image.shape[-1] in (3, 4) else None
-
-
 def score(items: list[dict], preds: list[np.ndarray], set_name: str) -> dict:
     """Pooled scores of a set, and per kind for dsb_test."""
     from napari_unet.core.metrics import evaluate, pixel_scores
@@ -106,7 +102,7 @@ def score(items: list[dict], preds: list[np.ndarray], set_name: str) -> dict:
 def run_model(model: str, items: list[dict], mode: str) -> tuple[list[np.ndarray], dict]:
     from napari_unet.core.builtin import resolve_model
     from napari_unet.core.checkpoint import load_checkpoint
-    from napari_unet.core.data import median_object_diameter
+    from napari_unet.core.data import guess_channel_axis, median_object_diameter
     from napari_unet.core.predict import PredictConfig, predict
 
     bundle = load_checkpoint(resolve_model(model))
@@ -118,7 +114,8 @@ def run_model(model: str, items: list[dict], mode: str) -> tuple[list[np.ndarray
             diameter = {"auto": "auto", "off": None}[mode]
         cfg = PredictConfig.for_model(bundle, diameter=diameter)
         t = time.perf_counter()
-        r = predict(bundle, it["image"], channel_axis=channel_axis(it["image"]), config=cfg)
+        axis = guess_channel_axis(it["image"].shape, bundle.in_channels)  # as the CLI does
+        r = predict(bundle, it["image"], channel_axis=axis, config=cfg)
         seconds.append(time.perf_counter() - t)
         preds.append(r.labels)
         scale = r.scale

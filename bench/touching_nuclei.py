@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "touching_nuclei.json")
     args = parser.parse_args(argv)
 
-    from napari_unet.cli import _auto_channel_axis
     from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.data import guess_channel_axis
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.metrics import touching_objects
     from napari_unet.core.predict import (
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     for image_id in test_ids:
         image = read_image(root / "images" / f"{image_id}.png")
         gt = read_labels(root / "masks" / f"{image_id}.tif")
-        axis = _auto_channel_axis(image.shape, bundle.in_channels, "auto")  # as the CLI does
+        axis = guess_channel_axis(image.shape, bundle.in_channels)  # as the CLI does
         prob = predict_probabilities(bundle, image, channel_axis=axis, config=variants["no split"])
         touching = set(touching_objects(gt).tolist())
         for name, config in variants.items():

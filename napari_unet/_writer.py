@@ -14,7 +14,6 @@ layer, which is usually napari's own "napari builtins labels" writer.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.io import normalise_unit, stack_axes
+from napari_unet.core.io import normalise_unit, safe_stems, stack_axes
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -85,12 +84,6 @@ def _with_suffix(path: str, suffixes: tuple[str, ...]) -> str:
             f"{Path(target).name}, to replace it (the save dialog then asks), or another name."
         )
     return target
-
-
-def _safe_stem(name: str) -> str:
-    """Turn a layer name into a file name stem that works on every OS."""
-    stem = re.sub(r"[^\w.\-]+", "_", name).strip("._")
-    return stem or "labels"
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
@@ -204,6 +197,10 @@ def export_labels(
 ) -> list[Path]:
     """Write named label images to ``<folder>/<name>.tif``.
 
+    The names become file stems as everywhere else in napari-unet
+    (:func:`napari_unet.core.io.safe_stems`: ``a/b labels`` -> ``a_b_labels``, a second
+    one ``a_b_labels-2``; an empty name ``labels``).
+
     Parameters
     ----------
     items : iterable of (name, data, meta)
@@ -230,16 +227,12 @@ def export_labels(
         raise NapariUnetError(
             f"{folder} is a file, not a folder: choose a folder to export the labels to."
         )
-    jobs: list[tuple[Path, Any, dict[str, Any]]] = []
-    used: set[str] = set()
-    for name, data, meta in items:
-        stem = _safe_stem(name)
-        candidate, n = stem, 1
-        while candidate.lower() in used:
-            n += 1
-            candidate = f"{stem}_{n}"
-        used.add(candidate.lower())
-        jobs.append((folder / f"{candidate}.tif", data, meta))
+    items = list(items)
+    stems = safe_stems([name for name, _, _ in items], fallback="labels")
+    jobs = [
+        (folder / f"{stem}.tif", data, meta)
+        for stem, (_, data, meta) in zip(stems, items, strict=True)
+    ]
     if not jobs:
         raise NapariUnetError("There are no Labels layers to export: add or predict labels first.")
     existing = [p.name for p, _, _ in jobs if p.exists()]

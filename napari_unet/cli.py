@@ -16,9 +16,16 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_unet import __version__
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.options import DEVICE_CHOICES, PRECISIONS, SPLIT_METHODS
+from napari_unet.core.progress import drain
+
+if TYPE_CHECKING:
+    from napari_unet.core.split_config import SplitConfig
+    from napari_unet.core.train import TrainConfig
 
 
 class _Progress:
@@ -107,35 +114,21 @@ def _auto_channel_axis(
     """Channel axis of an image file for a model with ``in_channels``.
 
     ``--channel-axis`` when given; else the file's own axes (``C``, or ``S`` for the
-    samples of an RGB TIFF; ImageJ hyperstacks and OME-TIFF say them); else a guess: a
-    last axis of 2 to 4 (grey + alpha, two channels, RGB, RGBA) behind two longer axes
-    holds channels (never a 2-pixel-wide image), and so does a last axis of 1 or of 5 to
-    8 (:data:`~napari_unet.core.data.MAX_CHANNELS`, as training reads them) behind two
-    longer axes; a first axis of the model's channel count too. Anything else is a stack
-    of planes, as the file stores them (:func:`_stack_note` says so where it may not be).
+    samples of an RGB TIFF; ImageJ hyperstacks and OME-TIFF say them), else a guess from
+    its shape: both by :func:`napari_unet.core.data.guess_channel_axis`, as the widgets
+    decide. A stack of planes is read as the file stores them (:func:`_stack_note` says
+    so where it may not be).
     """
-    from napari_unet.core.data import MAX_CHANNELS
+    from napari_unet.core.data import guess_channel_axis
 
-    if option == "auto" and file_axes and len(file_axes) == len(shape):
-        for letter in ("C", "S"):
-            if letter in file_axes:
-                return file_axes.index(letter) - len(shape)
-        if file_axes.endswith("YX") and set(file_axes) <= set("TZYX"):
-            return None  # the file says: no channel axis
-    if option != "auto":
-        if option == "none":
-            return None
-        axis = int(option)
-        if not -len(shape) <= axis < len(shape):
-            raise NapariUnetError(
-                f"--channel-axis {axis} does not exist in an image of shape {shape}."
-            )
-        return axis
-    if len(shape) >= 3 and shape[-1] <= MAX_CHANNELS and min(shape[-3:-1]) > max(4, shape[-1]):
-        return -1  # grey+alpha, RGB(A) and stacks of them, channels last as PNG/TIFF store them
-    if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
-        return 0
-    return None
+    if option == "auto":
+        return guess_channel_axis(shape, in_channels, axes=file_axes)
+    if option == "none":
+        return None
+    axis = int(option)
+    if not -len(shape) <= axis < len(shape):
+        raise NapariUnetError(f"--channel-axis {axis} does not exist in an image of shape {shape}.")
+    return axis
 
 
 def _stack_note(
@@ -314,18 +307,10 @@ def _train_limits(cfg) -> None:
         )
 
 
-def _drain(gen, on_progress):
-    while True:
-        try:
-            on_progress(next(gen))
-        except StopIteration as e:
-            return e.value
-
-
 from napari_unet.core.measure import AXES, MEASUREMENTS_CSV  # noqa: E402 - numpy only
 
-#: napari_unet.core.predict.PRECISIONS, spelt out so that the CLI starts without it
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
+#: The choices of --precision (standard library only: the CLI starts without numpy)
+PRECISION_CHOICES = PRECISIONS
 PRECISION_HELP = (
     "compute precision on the CPU: auto (default) uses bfloat16 where the CPU computes it "
     "natively (AMX or AVX-512 BF16: 2-3x faster), else float32; bf16 forces it (emulated, "
@@ -335,10 +320,12 @@ PRECISION_HELP = (
 
 
 # ---------------------------------------------------------------- train
-def _config_from_json(path: str) -> dict:
-    """Read a ``train_config.json``: TrainConfig fields with values of the right types."""
-    import typing
+def _config_from_json(path: str) -> TrainConfig:
+    """Read a ``train_config.json``: :meth:`TrainConfig.from_dict` checks its settings.
 
+    Keys starting with ``_`` are comments; ``checkpoint_path`` is ignored (``--out``
+    decides where the model goes).
+    """
     from napari_unet.core.train import TrainConfig
 
     p = Path(path)
@@ -350,28 +337,13 @@ def _config_from_json(path: str) -> dict:
         raise NapariUnetError(f"config file {p} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise NapariUnetError(f"config file {p} must hold a JSON object of training settings.")
-    hints = typing.get_type_hints(TrainConfig)
     data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" etc.
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise NapariUnetError(
-            f"config file {p}: unknown setting(s) {unknown}; known ones are {sorted(hints)}."
-        )
-    for k, v in data.items():
-        allowed = typing.get_args(hints[k]) or (hints[k],)
-        ok = any(
-            (t is type(None) and v is None)
-            or (t is bool and isinstance(v, bool))
-            or (t is int and isinstance(v, int) and not isinstance(v, bool))
-            or (t is float and isinstance(v, (int, float)) and not isinstance(v, bool))
-            or (t is str and isinstance(v, str))
-            for t in allowed
-        )
-        if not ok:
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise NapariUnetError(f"config file {p}: {k} must be {names}, got {v!r}.")
-    data.pop("checkpoint_path", None)  # --out decides where the model goes
-    return data
+    try:
+        cfg = TrainConfig.from_dict(data)
+    except NapariUnetError as exc:
+        raise NapariUnetError(f"config file {p}: {exc}") from exc
+    cfg.checkpoint_path = None  # --out decides where the model goes
+    return cfg
 
 
 def _train_locked(
@@ -395,7 +367,7 @@ def _train_locked(
                 f"own architecture (depth {init.spec.depth}, base channels "
                 f"{init.spec.base_channels})"
             )
-    cfg = TrainConfig.from_dict(_config_from_json(args.config)) if args.config else TrainConfig()
+    cfg = _config_from_json(args.config) if args.config else TrainConfig()
     if args.epochs is not None:  # a budget given here replaces the config file's
         cfg.minutes = None
     if args.minutes is not None:
@@ -468,7 +440,7 @@ def _train_locked(
         gen = iter_train(
             imgs, labs, cfg, names=names, init=init, stop=stop, distributed=distributed
         )
-        return _drain(gen, show)
+        return drain(gen, show)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -616,8 +588,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         staged_outputs,
         write_labels_tiff,
     )
-    from napari_unet.core.predict import PredictConfig, iter_predict
-    from napari_unet.core.tune import tuned_settings
+    from napari_unet.core.predict import PredictConfig, fitted_keys, iter_predict, settings_text
 
     if args.block_size is not None and args.block_size < 16:
         raise NapariUnetError(f"--block-size must be at least 16 pixels, got {args.block_size}.")
@@ -677,15 +648,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"{args.overlap}; {cfg.tile_size // 8} to {cfg.tile_size // 4} is usual."
         )
     _channel_axis_option(args.channel_axis)
-    tuned = tuned_settings(bundle.meta)
-    fitted = [k for k in ("threshold", "h") if k in tuned and getattr(cfg, k) == tuned[k]]
-    if fitted:
-        split = f"split depth {cfg.h:g} px" if cfg.h else f"centres {cfg.min_distance} px apart"
-        _info(
-            f"threshold {cfg.threshold:g}, {split} "
-            f"({' and '.join('split depth' if k == 'h' else k for k in fitted)} fitted on the "
-            "model's validation images)"
-        )
+    if fitted_keys(cfg.to_dict(), bundle.meta):
+        _info(settings_text(cfg.to_dict(), bundle.meta))
     if args.measure and (zarr_input or args.scheduler):
         raise NapariUnetError(
             "--measure is not available with --scheduler or zarr input: run "
@@ -749,7 +713,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 bar.update(frac, f"{i + 1}/{len(files)} {f.name}")
 
             stack_axes, voxel, calibration = _stack_geometry(f, img.ndim, ax, file_axes, args)
-            res = _drain(
+            res = drain(
                 iter_predict(
                     bundle,
                     img,
@@ -812,14 +776,14 @@ def _stack_geometry(
     """Return the axes and voxel size to predict an image with, and its labels' calibration.
 
     Axes: ``--axes``, else the file's axes without its channel axis (an ImageJ hyperstack
-    or OME-TIFF says them), else None (:func:`~napari_unet.core.predict.resolve_axes`
+    or OME-TIFF says them), else None (:func:`~napari_unet.core.options.resolve_axes`
     guesses by the number of axes). The voxel size of a z-stack: ``--voxel-size``, else the
     file's (an ImageJ stack's spacing and pixel size). The calibration (``pixel_size`` and
     ``unit`` for :func:`~napari_unet.core.io.write_labels_tiff`) is the file's, so the label
     image opens in Fiji with the image's pixel (or voxel) size.
     """
     from napari_unet.core.io import read_calibration
-    from napari_unet.core.predict import STACK_AXES, resolve_axes
+    from napari_unet.core.options import STACK_AXES, resolve_axes
 
     n = ndim - (channel_axis is not None)
     if args.axes != "auto":
@@ -998,7 +962,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         raise NapariUnetError(
             f"--threshold must be between 0 and 1 (a probability), got {args.threshold}."
         )
-    from napari_unet.core.split import MAX_SMOOTH
+    from napari_unet.core.split_config import MAX_SMOOTH
 
     if args.diameter is not None and _diameter_option(args.diameter) is None:
         raise NapariUnetError("--diameter must be 'auto' or a nucleus diameter in pixels.")
@@ -1022,8 +986,9 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
     """Split one mask, label or probability image file into a label TIFF."""
     import numpy as np
 
-    from napari_unet.core.io import read_image, write_labels_tiff
-    from napari_unet.core.split import looks_like_intensities, split_nuclei
+    from napari_unet.core.io import image_axes, read_image, write_labels_tiff
+    from napari_unet.core.split import looks_like_intensities, probability_mask
+    from napari_unet.core.volume import min_volume, spacing_from_voxel_size, split_image
 
     arr = read_image(f)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -1038,7 +1003,7 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
         low, high = float(arr.min()), float(arr.max())
         whole = bool(np.all(arr == np.round(arr)))
         if -1e-3 <= low and high <= 1 + 1e-3:  # rounding may leave 1.0000001
-            mask = arr > args.threshold
+            mask = probability_mask(arr, args.threshold)  # as Split nuclei thresholds
         elif whole and low >= 0:  # float labels or a 0/255 mask: whole numbers
             arr = arr.astype(np.int64)
         else:
@@ -1057,15 +1022,13 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
                 "--save-probabilities does), or threshold the image first."
             )
     mask = np.asarray(mask)
-    from napari_unet.core.io import image_axes
-    from napari_unet.core.volume import min_volume, spacing_from_voxel_size, split_by_axes
-
     axes, voxel, calibration = _stack_geometry(f, mask.ndim, None, image_axes(f)[0], args)
-    settings = _split_settings(mask, args, f)
+    config = _split_config(mask, args, f)
+    spacing = None
     if "Z" in axes:
         spacing = spacing_from_voxel_size(voxel)
         if args.min_size is None:  # an area: the ball with that cross-section
-            settings["min_size"] = min_volume(settings["min_size"], spacing)
+            config.min_size = min_volume(config.min_size, spacing)
         _info(
             f"{f.name}: split in 3D ({axes}), "
             + (
@@ -1074,21 +1037,23 @@ def _split_file(f: Path, target: Path, args: argparse.Namespace) -> None:
                 else "z-steps taken as long as the pixels (give --voxel-size Z Y X)"
             )
         )
-        lab = split_by_axes(
-            mask, axes, spacing=spacing, fill_holes=not args.no_fill_holes, **settings
-        )
-    else:
-        lab = split_nuclei(mask, fill_holes=not args.no_fill_holes, **settings)
+    lab = split_image(mask, config, axes=axes, spacing=spacing)
     write_labels_tiff(
         target, lab, overwrite=True, axes=axes if lab.ndim > 2 else None, **calibration
     )
 
 
-def _split_settings(mask, args: argparse.Namespace, f: Path) -> dict:
-    """Return the split's pixel settings: given, else for ``--diameter``, else defaults."""
-    from napari_unet.core.split import split_settings
+def _split_config(mask, args: argparse.Namespace, f: Path) -> SplitConfig:
+    """Return the split's settings: given, else for ``--diameter``, else the defaults."""
+    from napari_unet.core.split import SplitConfig
 
-    settings = {"min_distance": 4, "h": None, "smooth": 1.0, "min_size": 10}
+    given = {
+        k: getattr(args, k)
+        for k in ("min_distance", "h", "smooth", "min_size")
+        if getattr(args, k) is not None
+    }
+    given["threshold"] = args.threshold
+    given["fill_holes"] = not args.no_fill_holes
     diameter = None if args.diameter is None else _diameter_option(args.diameter)
     if diameter == "auto":
         from napari_unet.core.size import mask_diameter
@@ -1102,11 +1067,8 @@ def _split_settings(mask, args: argparse.Namespace, f: Path) -> dict:
             diameter = None
             _info(f"{f.name}: no nuclei to measure: the default settings are used")
     if diameter is not None:
-        settings = split_settings(diameter)
-        if args.min_distance is not None and args.h is None:
-            settings["h"] = None  # markers by distance, as asked
-    given = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
-    return {**settings, **given}
+        return SplitConfig.for_diameter(diameter, **given)
+    return SplitConfig(**given)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -1512,6 +1474,11 @@ def _add_measure_options(parser: argparse.ArgumentParser, what: str = "measured"
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``napari-unet``."""
+    from napari_unet.core.data import POLARITIES
+    from napari_unet.core.losses import LOSSES
+    from napari_unet.core.split_config import REFERENCE_DIAMETER, SplitConfig
+    from napari_unet.core.train_config import TARGETS
+
     p = argparse.ArgumentParser(
         prog="napari-unet",
         description="Train a UNet on your images and segment nuclei and cells.",
@@ -1544,8 +1511,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--depth", type=int)
     t.add_argument("--base-channels", type=int)
-    t.add_argument("--loss", choices=["bce_dice", "bce", "dice", "weighted_bce"])
-    t.add_argument("--targets", choices=["auto", "instance", "semantic"])
+    t.add_argument("--loss", choices=LOSSES)
+    t.add_argument("--targets", choices=TARGETS)
     t.add_argument(
         "--sparse",
         action="store_true",
@@ -1590,7 +1557,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--polarity",
-        choices=["auto", "keep"],
+        choices=sorted(POLARITIES),
         help="auto (default): invert bright-background images (brightfield, H&E) so objects "
         "are bright on dark; keep: use images as they are",
     )
@@ -1610,7 +1577,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-fraction", type=float)
     t.add_argument("--patience", type=int)
     t.add_argument("--steps-per-epoch", type=int)
-    t.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    t.add_argument("--device", choices=DEVICE_CHOICES)
     t.add_argument("--precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     t.add_argument("--seed", type=int)
     t.set_defaults(func=cmd_train)
@@ -1661,7 +1628,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, help="foreground probability threshold (0.7)")
     q.add_argument(
         "--split-method",
-        choices=["distance", "boundary"],
+        choices=SPLIT_METHODS,
         help="distance-transform watershed (default) or the model's boundary map",
     )
     q.add_argument(
@@ -1677,7 +1644,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--boundary-threshold", type=float)
     q.add_argument("--min-size", type=int)
-    q.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"])
+    q.add_argument("--device", choices=DEVICE_CHOICES)
     q.add_argument("--precision", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     q.add_argument(
         "--channel-axis",
@@ -1701,6 +1668,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_predict)
 
+    split = SplitConfig()  # the defaults, as Split nuclei's
     s = sub.add_parser("split", help="split touching nuclei in masks with a watershed")
     s.add_argument("--input", required=True, help="folder or glob of masks / label images")
     s.add_argument("--out", required=True)
@@ -1708,18 +1676,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--diameter",
         metavar="auto|PX",
         help="typical nucleus diameter: the pixel settings below follow it (those given "
-        "win); auto: measured in each mask. Without it: min distance 4, smoothing 1, min "
-        "size 10 (nuclei of about 20 px)",
+        f"win); auto: measured in each mask. Without it: min distance {split.min_distance}, "
+        f"smoothing {split.smooth:g}, min size {split.min_size} (nuclei of about "
+        f"{REFERENCE_DIAMETER:g} px)",
     )
-    s.add_argument("--min-distance", type=int, help="min. pixels between centres (4)")
+    s.add_argument(
+        "--min-distance", type=int, help=f"min. pixels between centres ({split.min_distance})"
+    )
     s.add_argument(
         "--h", type=float, help="use h-maxima markers of this height (default with --diameter)"
     )
-    s.add_argument("--smooth", type=float, help="sigma of the distance map's smoothing (1)")
     s.add_argument(
-        "--min-size", type=int, help="smallest object in pixels (10), in voxels for z-stacks"
+        "--smooth", type=float, help=f"sigma of the distance map's smoothing ({split.smooth:g})"
     )
-    s.add_argument("--threshold", type=float, default=0.5, help="for probability images")
+    s.add_argument(
+        "--min-size",
+        type=int,
+        help=f"smallest object in pixels ({split.min_size}), in voxels for z-stacks",
+    )
+    s.add_argument(
+        "--threshold", type=float, default=split.threshold, help="for probability images"
+    )
     s.add_argument(
         "--axes",
         default="auto",

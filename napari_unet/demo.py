@@ -44,9 +44,11 @@ def run_headless_demo(out: Path, minutes: float = 1.0, log: Callable[[str], None
         held-out sample and on all samples; with a built-in model, ``builtin``: its
         name and its own scores before fine-tuning.
     """
+    from napari_unet.core.data import guess_channel_axis
     from napari_unet.core.io import write_labels_tiff
     from napari_unet.core.metrics import evaluate
     from napari_unet.core.predict import predict
+    from napari_unet.core.progress import drain
     from napari_unet.core.train import TrainConfig, iter_train
     from napari_unet.samples import load_samples
 
@@ -60,7 +62,7 @@ def run_headless_demo(out: Path, minutes: float = 1.0, log: Callable[[str], None
         """Predict every sample; return the labels and the held-out and overall scores."""
         preds = []
         for _name, image, _labels in samples:
-            ax = -1 if image.ndim == 3 else None
+            ax = guess_channel_axis(image.shape, bundle.in_channels)
             preds.append(predict(bundle, image, channel_axis=ax).labels)
         gts, names = [s[2] for s in samples], [s[0] for s in samples]
         i = names.index(HELD_OUT)
@@ -103,14 +105,12 @@ def run_headless_demo(out: Path, minutes: float = 1.0, log: Callable[[str], None
         names=[s[0] for s in train_set],
         init=init,
     )
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as e:
-            result = e.value
-            break
+
+    def show(p) -> None:
         if p.kind in ("start", "validation", "done"):
             log("  " + p.message)
+
+    result = drain(gen, show)
     train_s = time.perf_counter() - t0
     preds, held, everything = scores(result.bundle)
     for (name, _image, _labels), labels in zip(samples, preds, strict=True):

@@ -20,14 +20,13 @@ from napari_unet.core import builtin
 from napari_unet.core.builtin import (
     ENV_VAR,
     PACKAGE_MODELS_DIR,
-    install_model,
     is_builtin,
     list_models,
     model_path,
     read_index,
     resolve_model,
 )
-from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_unet.core.checkpoint import install_model, load_checkpoint, save_checkpoint
 from napari_unet.core.errors import CheckpointError, NapariUnetError
 from tests._gui_helpers import tiny_model_file
 from tests._synthetic import nuclei_image

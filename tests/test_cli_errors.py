@@ -810,3 +810,18 @@ def test_split_refuses_a_uint8_probability_map_as_labels(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "l.tif", tiny_labels())  # real labels still split
     argv = ["split", "--input", tmp_path / "l.tif", "--out", tmp_path / "o"]
     assert main([str(a) for a in argv]) == 0
+
+
+def test_the_cli_takes_its_choices_from_the_core():
+    from napari_unet.cli import build_parser
+    from napari_unet.core.options import DEVICE_CHOICES, PRECISIONS, SPLIT_METHODS
+
+    actions = {
+        (a.dest, tuple(a.choices))
+        for sub in build_parser()._subparsers._group_actions
+        for parser in sub.choices.values()
+        for a in parser._actions
+        if a.choices
+    }
+    assert ("device", DEVICE_CHOICES) in actions and ("precision", PRECISIONS) in actions
+    assert ("split_method", SPLIT_METHODS) in actions

@@ -8,6 +8,7 @@ from napari_unet.core.data import (
     PatchSampler,
     channels_first,
     find_channel_axis,
+    guess_channel_axis,
     prepare_samples,
 )
 from napari_unet.core.errors import NapariUnetError
@@ -35,6 +36,25 @@ def test_find_channel_axis():
         find_channel_axis((10, 13), (10, 12))
     with pytest.raises(NapariUnetError, match="2D labels"):
         find_channel_axis((5, 10, 12), (10, 12, 7))
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_channels", "axes", "expected"),
+    [
+        ((512, 512, 3), 3, None, -1),  # RGB, as PNG stores it
+        ((512, 512, 2), 1, None, -1),  # grey + alpha
+        ((512, 512), 3, None, None),
+        ((5, 512, 512), 1, None, None),  # a stack of planes
+        ((3, 512, 512), 3, None, 0),  # channels first, for a 3-channel model
+        ((3, 512, 512), 1, None, None),
+        ((64, 2, 2), 1, None, None),  # a 2-pixel-wide image, not channels
+        ((3, 512, 512), 1, "CYX", -3),  # the file says
+        ((512, 512, 3), 3, "ZYX", None),
+        ((2, 64, 64, 3), 3, "ZYXS", -1),
+    ],
+)
+def test_guess_channel_axis_of_a_file(shape, in_channels, axes, expected):
+    assert guess_channel_axis(shape, in_channels, axes=axes) == expected
 
 
 def test_channels_first_layouts():

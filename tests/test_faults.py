@@ -325,3 +325,14 @@ def test_a_stopped_command_line_run_resumes(tmp_path, capsys, data):
     assert main([str(a) for a in base + ["--resume", out]]) == 0
     model = load_checkpoint(out)
     assert model.meta["steps"] == 6 and len(model.meta["history"]) == 2
+
+
+def test_out_of_memory_is_recognised_without_torch_by_the_error_s_name():
+    from napari_unet.core.errors import is_out_of_memory as torch_free
+
+    class OutOfMemoryError(RuntimeError):  # what torch raises on CUDA, by name
+        pass
+
+    assert torch_free(OutOfMemoryError("CUDA")) and torch_free(_oom())
+    assert torch_free(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert not torch_free(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -261,3 +261,38 @@ def test_probabilities_nd_and_validation():
         labels_from_probabilities(np.full((4, 4), np.nan))
     with pytest.raises(TypeError, match="min_distanse"):
         labels_from_probabilities(foreground, min_distanse=3)
+
+
+def test_split_config_defaults_are_split_nuclei_s_and_the_cli_s():
+    import inspect
+
+    from napari_unet.cli import build_parser
+    from napari_unet.core.split import SplitConfig
+
+    config = SplitConfig()
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(split_nuclei).parameters.items()
+        if name in config.split_kwargs()
+    }
+    assert config.split_kwargs() == defaults
+    args = build_parser().parse_args(["split", "--input", "i", "--out", "o"])
+    assert args.threshold == config.threshold
+    with pytest.raises(NapariUnetError, match="min_distance"):
+        SplitConfig(min_distance=0)
+    with pytest.raises(NapariUnetError, match="threshold"):
+        SplitConfig(threshold=1.5)
+
+
+def test_split_image_thresholds_probabilities_as_labels_from_probabilities():
+    from napari_unet.core.split import SplitConfig
+    from napari_unet.core.volume import split_image
+
+    mask = touching_discs(shape=(160, 160), n=12) > 0
+    prob = np.where(mask, 0.9, 0.1).astype(np.float32)
+    config = SplitConfig(threshold=0.6)
+    expected = labels_from_probabilities(prob, threshold=0.6, **config.split_kwargs())
+    np.testing.assert_array_equal(split_image(prob, config, probabilities=True), expected)
+    np.testing.assert_array_equal(split_image(mask, config), split_nuclei(mask))
+    with pytest.raises(NapariUnetError, match="outside"):
+        split_image(prob * 3, config, probabilities=True)

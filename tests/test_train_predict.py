@@ -507,3 +507,16 @@ def test_predict_with_flips(trained):
     res = predict(trained.bundle, img, config=PredictConfig(device="cpu", flips=True))
     assert res.settings["flips"] is True
     assert evaluate([lab], [res.labels])["f1"] > 0.5
+
+
+def test_train_config_from_dict_checks_names_and_types():
+    assert TrainConfig.from_dict(TrainConfig(lr=0.002).to_dict()) == TrainConfig(lr=0.002)
+    assert TrainConfig.from_dict({"minutes": 5}).minutes == 5  # a whole number is a float
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="patch_size must be int, got 'big'"):
+        TrainConfig.from_dict({"patch_size": "big"})
+    with pytest.raises(ValueError, match="augment must be bool"):
+        TrainConfig.from_dict({"augment": 1})
+    with pytest.raises(ValueError, match="epochs must be int or null"):
+        TrainConfig.from_dict({"epochs": 2.5})

@@ -13,7 +13,7 @@ from napari_unet import PLUGIN_NAME
 from napari_unet._widgets._predict import COUNT_ALL, MODEL_FILE, MODEL_SESSION
 from napari_unet._widgets._process import LazyBundle
 from napari_unet._widgets._train import START_FILE, START_NEW
-from napari_unet.core.builtin import ENV_VAR, install_model
+from napari_unet.core.builtin import ENV_VAR
 from tests._gui_helpers import error_messages, make_tiny, open_widget, tiny_model_file, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -33,7 +33,7 @@ def viewer(make_napari_viewer):
 def builtin_file(tmp_path, monkeypatch):
     """Install a tiny 3-channel model as the built-in 'tiny'; return its file."""
     folder = tmp_path / "builtin"
-    from napari_unet.core.checkpoint import load_checkpoint, save_checkpoint
+    from napari_unet.core.checkpoint import install_model, load_checkpoint, save_checkpoint
 
     source = tiny_model_file(tmp_path / "source.pt", in_channels=3)
     bundle = load_checkpoint(source)

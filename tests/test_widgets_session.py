@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from napari_unet._widgets._jobs import JobFailed, channel_axis_for, reraise_runtime_errors
+from napari_unet._widgets._jobs import JobFailed, reraise_runtime_errors
 from napari_unet._widgets._session import Session, TrainingPair, to_sparse_convention
+from napari_unet.core.data import guess_channel_axis
 from napari_unet.core.errors import NapariUnetError
 
 
@@ -74,8 +75,8 @@ def test_busy_flag_allows_one_training_at_a_time():
         ((10, 64, 64), False, 3, None),  # grey stack: the core repeats it on 3 channels
     ],
 )
-def test_channel_axis_for(shape, rgb, in_channels, expected):
-    assert channel_axis_for(shape, rgb, in_channels) == expected
+def test_channel_axis_of_a_layer(shape, rgb, in_channels, expected):
+    assert guess_channel_axis(shape, in_channels, rgb=rgb) == expected
 
 
 def test_jobs_turn_runtime_errors_into_errors_the_worker_reports():

@@ -60,7 +60,7 @@ def test_folder_writer_one_file_per_layer(tmp_path, labels):
         (labels[0], {"name": "a b labels"}, "labels"),
     ]
     written = write_labels_folder(str(tmp_path / "out"), layer_data)
-    assert [p.rsplit("/", 1)[-1] for p in written] == ["a_b_labels.tif", "a_b_labels_2.tif"]
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["a_b_labels.tif", "a_b_labels-2.tif"]
     np.testing.assert_array_equal(tifffile.imread(written[0]), labels)
     np.testing.assert_array_equal(tifffile.imread(written[1]), labels[0])
 
@@ -243,3 +243,15 @@ def test_a_suffix_added_by_the_writer_never_replaces_a_file_unasked(tmp_path):
     # the whole name, confirmed by the dialog, is replaced
     write_labels(str(tmp_path / "cells.tif"), labels, {})
     assert tifffile.imread(tmp_path / "cells.tif").max() == 1
+
+
+def test_folder_writer_names_files_as_the_exports_do(tmp_path, labels):
+    from napari_unet.core.io import safe_stems
+
+    names = ["cells 1", "cells/1", "?", "Noyaux é"]
+    written = write_labels_folder(
+        str(tmp_path / "out"), [(labels[0], {"name": n}, "labels") for n in names]
+    )
+    stems = safe_stems(names, fallback="labels")
+    assert [p.rsplit("/", 1)[-1] for p in written] == [f"{s}.tif" for s in stems]
+    assert stems == ["cells_1", "cells_1-2", "labels", "Noyaux"]

@@ -289,10 +289,10 @@ def spin_box(
 def precision_box(value: str = "auto") -> QComboBox:
     """Return the Advanced settings' choice of compute precision on the CPU.
 
-    The choices are :data:`napari_unet.core.predict.PRECISIONS` ("auto", "fp32",
+    The choices are :data:`napari_unet.core.options.PRECISIONS` ("auto", "fp32",
     "bf16"); see :func:`napari_unet.core.device.resolve_precision`.
     """
-    from napari_unet.core.predict import PRECISIONS  # numpy only
+    from napari_unet.core.options import PRECISIONS  # standard library only
 
     box = QComboBox()
     box.addItems(list(PRECISIONS))

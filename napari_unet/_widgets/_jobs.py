@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.errors import NapariUnetError, is_out_of_memory
 
 
 class JobFailed(Exception):
@@ -32,10 +32,6 @@ class JobFailed(Exception):
     """
 
 
-def _out_of_memory(error: BaseException) -> bool:
-    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
-
-
 def reraise_runtime_errors(job: Callable[..., Generator]) -> Callable[..., Generator]:
     """Make a job's RuntimeErrors reach the worker's ``errored`` signal."""
 
@@ -44,7 +40,7 @@ def reraise_runtime_errors(job: Callable[..., Generator]) -> Callable[..., Gener
         try:
             return (yield from job(*args, **kwargs))
         except RuntimeError as error:
-            if _out_of_memory(error):
+            if is_out_of_memory(error):
                 raise NapariUnetError(
                     "The device ran out of memory. Lower the batch size, the patch size (Train) "
                     "or the tile size (Predict), or choose the CPU as device."
@@ -181,35 +177,6 @@ class Retrained:
 
     tuned: Any  # core.finetune.FinetuneResult
     predicted: Predicted
-
-
-def channel_axis_for(shape: Sequence[int], rgb: bool, in_channels: int) -> int | None:
-    """Return the channel axis of an image layer's data for a model taking `in_channels`.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        The layer data's shape.
-    rgb : bool
-        napari's ``layer.rgb``: channels are last.
-    in_channels : int
-        What the model expects.
-
-    Returns
-    -------
-    int or None
-        -1 for RGB(A) layers; for a multi-channel model and a layer that is not RGB, the
-        axis of that size, looked for at the end and then at the start; otherwise None
-        (the core then repeats a grey image on every channel, or explains the mismatch).
-    """
-    if rgb:
-        return -1
-    if in_channels == 1 or len(shape) < 3:
-        return None
-    for axis in (len(shape) - 1, 0):
-        if shape[axis] == in_channels:
-            return axis
-    return None
 
 
 @reraise_runtime_errors
@@ -358,6 +325,9 @@ def predict_generator(
 ) -> Generator[Any, None, Predicted]:
     """Load the model (if given a path), predict and measure; what predicts in the child.
 
+    `config` is a :class:`~napari_unet.core.predict.PredictConfig` dict; the model's
+    fitted threshold and split depth serve where it gives none
+    (:meth:`~napari_unet.core.predict.PredictConfig.for_model`, as on the command line).
     The returned :class:`Predicted` holds the model only when it was loaded here (the
     caller has the model it gave). `stack` (``first_axis``, ``axis_labels``, ``scale`` of
     the layer) decides, once the channel axis is known, whether a 3D image is a z-stack
@@ -365,6 +335,7 @@ def predict_generator(
     (:func:`napari_unet.core.volume.guess_axes`), unless ``axes`` is given.
     """
     from napari_unet._widgets._process import as_model_bundle
+    from napari_unet.core.data import guess_channel_axis
     from napari_unet.core.predict import PredictConfig, iter_predict
 
     loaded_from = None
@@ -374,7 +345,7 @@ def predict_generator(
         bundle = load_checkpoint(bundle_path)
         loaded_from = bundle_path
     bundle = as_model_bundle(bundle)
-    axis = channel_axis_for(tuple(image.shape), rgb, bundle.in_channels)
+    axis = guess_channel_axis(tuple(image.shape), bundle.in_channels, rgb=rgb)
     if stack is not None and "axes" not in predict_kwargs:
         from napari_unet.core.volume import guess_axes, voxel_size_from_scale
 
@@ -387,13 +358,7 @@ def predict_generator(
         predict_kwargs = {**predict_kwargs, "axes": axes, "voxel_size": voxel}
         if measure is not None:
             measure = {**measure, "axes": axes}
-    settings = dict(config)
-    if settings.pop("fitted", False):  # the model's own threshold and split depth
-        for key in ("threshold", "h", "min_distance"):  # min_distance only serves h = None
-            settings.pop(key, None)
-        cfg = PredictConfig.for_model(bundle, **settings)
-    else:
-        cfg = PredictConfig(**settings)
+    cfg = PredictConfig.for_model(bundle, **config)  # its fitted values, unless given
     result = yield from iter_predict(
         bundle, image, channel_axis=axis, config=cfg, stop=stop, **predict_kwargs
     )
@@ -568,9 +533,7 @@ def split_job(
 ) -> Generator[str, None, np.ndarray]:
     """Split touching nuclei in labels/a mask, or in a foreground probability image.
 
-    Labels or masks go through :func:`napari_unet.core.split.split_nuclei`, probabilities
-    through :func:`napari_unet.core.split.labels_from_probabilities` (threshold, then
-    split).
+    Probabilities are thresholded, then split like a mask (:func:`split_array`).
     """
     yield "splitting"
     return split_array(data, from_probability=from_probability, params=params)
@@ -595,45 +558,22 @@ def split_and_measure_job(
 def split_array(data: np.ndarray, *, from_probability: bool, params: dict[str, Any]) -> np.ndarray:
     """Compute what :func:`split_job` returns; the live preview uses it too.
 
-    ``params["axes"]`` with a Z (a z-stack) splits in 3D with ``params["spacing"]`` (the
-    voxel size in y/x pixels), ``min_size`` then in voxels
-    (:func:`napari_unet.core.volume.split_by_axes`); otherwise every plane in 2D.
+    ``params`` are a :class:`~napari_unet.core.split.SplitConfig`'s fields with the
+    layer's ``axes`` and, for a z-stack, ``spacing`` (the voxel size in y/x pixels):
+    :func:`napari_unet.core.volume.split_image` splits a z-stack in 3D (``min_size`` then
+    in voxels), anything else plane by plane in 2D, as ``napari-unet split`` does.
     """
-    from napari_unet.core.split import labels_from_probabilities, split_nuclei
+    from napari_unet.core.split import SplitConfig
+    from napari_unet.core.volume import split_image
 
-    axes = params.get("axes")
-    if axes is not None and "Z" in axes:
-        from napari_unet.core.volume import split_by_axes
-
-        mask = data > params["threshold"] if from_probability else data
-        return split_by_axes(
-            mask,
-            axes,
-            spacing=params.get("spacing") or (1.0, 1.0, 1.0),
-            min_distance=params["min_distance"],
-            h=params["h"],
-            smooth=params["smooth"],
-            min_size=params["min_size"],
-            fill_holes=params["fill_holes"],
-        )
-    if from_probability:
-        return labels_from_probabilities(
-            data,
-            threshold=params["threshold"],
-            min_size=params["min_size"],
-            fill_holes=params["fill_holes"],
-            split=True,
-            min_distance=params["min_distance"],
-            h=params["h"],
-            smooth=params["smooth"],
-        )
-    return split_nuclei(
+    settings = dict(params)
+    axes, spacing = settings.pop("axes", None), settings.pop("spacing", None)
+    return split_image(
         data,
-        min_distance=params["min_distance"],
-        h=params["h"],
-        smooth=params["smooth"],
-        min_size=params["min_size"],
-        fill_holes=params["fill_holes"],
+        SplitConfig(**settings),
+        probabilities=from_probability,
+        axes=axes,
+        spacing=spacing,
     )
 
 
@@ -696,8 +636,7 @@ def export_job(
     from pathlib import Path
 
     from napari_unet._writer import export_labels
-    from napari_unet.core.export import safe_stems
-    from napari_unet.core.io import check_writable_folder
+    from napari_unet.core.io import check_writable_folder, safe_stems
     from napari_unet.core.measure import MEASUREMENTS_CSV
 
     if not items:

@@ -76,7 +76,6 @@ from napari_unet._widgets._jobs import (
     ExportItem,
     Predicted,
     Retrained,
-    channel_axis_for,
     export_job,
     predict_job,
     retrain_job,
@@ -84,9 +83,10 @@ from napari_unet._widgets._jobs import (
 from napari_unet._widgets._session import Session, session_for
 from napari_unet._widgets._train import DEFAULT_MODEL_DIR
 from napari_unet.core.builtin import builtin_entry, is_builtin, list_models
+from napari_unet.core.data import guess_channel_axis
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.finetune import FinetuneConfig
-from napari_unet.core.predict import SPLIT_METHODS, PredictConfig
+from napari_unet.core.predict import SPLIT_METHODS, PredictConfig, settings_text
 
 if TYPE_CHECKING:
     import napari
@@ -107,17 +107,7 @@ COUNT_ALL = "Every object in the layer (all checked)"
 
 def _settings_text(settings: dict[str, Any]) -> str:
     """' (threshold 0.6, split depth 0.5 px)' from a PredictConfig dict ('' if none)."""
-    if "threshold" not in settings:
-        return ""
-    if not settings.get("split", True):
-        split = "no split"
-    elif settings.get("split_method") == "boundary":
-        split = "split by boundary"
-    elif settings.get("h"):
-        split = f"split depth {settings['h']:g} px"
-    else:
-        split = f"centres {settings.get('min_distance')} px apart"
-    return f" (threshold {settings['threshold']:g}, {split})"
+    return f" ({settings_text(settings)})" if "threshold" in settings else ""
 
 
 def result_metadata(source: str, kind: str) -> dict[str, Any]:
@@ -451,8 +441,13 @@ class PredictWidget(TabbedPanel):
 
     # ---- inputs -------------------------------------------------------------------------
     def predict_config(self) -> dict[str, Any]:
-        """Return the widget's values as a :class:`~napari_unet.core.predict.PredictConfig` dict."""
-        return {
+        """Return the widget's values as a :class:`~napari_unet.core.predict.PredictConfig` dict.
+
+        With "Use the model's fitted threshold and split depth" ticked, the threshold,
+        split depth and minimum distance are left out: the job then takes the model's
+        (:meth:`~napari_unet.core.predict.PredictConfig.for_model`).
+        """
+        config = {
             "tile_size": int(self.tile_size.value()),
             "overlap": int(self.overlap.value()),
             "batch_size": int(self.batch_size.value()),
@@ -464,12 +459,15 @@ class PredictWidget(TabbedPanel):
             "split_method": self.split_method.currentText(),
             "min_distance": int(self.min_distance.value()),
             "h": float(self.h.value()) or None,
-            "fitted": self.fitted.isChecked(),
             "min_size": int(self.min_size.value()),
             "fill_holes": self.fill_holes.isChecked(),
             "flips": self.flips.isChecked(),
             "diameter": self.diameter_pixels(),
         }
+        if self.fitted.isChecked():
+            for key in ("threshold", "h", "min_distance"):  # min_distance only serves h = None
+                del config[key]
+        return config
 
     def diameter_pixels(self) -> float | str:
         """Return the object diameter in the image's pixels, or "auto".
@@ -1306,7 +1304,7 @@ def training_image(data: np.ndarray, rgb: bool, in_channels: int, name: str) -> 
     """
     from napari_unet.core.predict import prepare_image
 
-    axis = channel_axis_for(data.shape, rgb, in_channels)
+    axis = guess_channel_axis(data.shape, in_channels, rgb=rgb)
     try:
         prepared = prepare_image(data, in_channels, axis)  # (C, ..., Y, X)
     except NapariUnetError as error:

@@ -48,7 +48,7 @@ from napari_unet._widgets._jobs import Measured, split_and_measure_job, split_jo
 from napari_unet._widgets._predict import result_metadata
 from napari_unet._widgets._session import Session, session_for
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.split import MAX_SMOOTH, split_settings
+from napari_unet.core.split import MAX_SMOOTH, SplitConfig, probability_mask, split_settings
 from napari_unet.core.volume import (
     guess_axes,
     min_volume,
@@ -103,6 +103,7 @@ class SplitWidget(TabbedPanel):
 
     # ---- layout ---------------------------------------------------------------------
     def _build(self) -> None:
+        defaults = SplitConfig()  # the same as napari-unet split's
         layout = scrollable_layout(self)
         layout.addWidget(help_label(SPLIT_HELP))
         form = QFormLayout()
@@ -112,7 +113,7 @@ class SplitWidget(TabbedPanel):
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(0.5)
+        self.threshold.setValue(defaults.threshold)
         self.threshold.setToolTip(
             "Probability above which a pixel is a nucleus (probability input)."
         )
@@ -142,7 +143,7 @@ class SplitWidget(TabbedPanel):
         self.min_distance = QDoubleSpinBox()
         self.min_distance.setRange(0.01, 10000.0)
         self.min_distance.setDecimals(2)
-        self.min_distance.setValue(4)
+        self.min_distance.setValue(defaults.min_distance)
         self.min_distance.setToolTip("Smallest distance (px) between the centres of two nuclei.")
         form.addRow("Minimum distance (px)", self.min_distance)
         self._min_distance_label = form.labelForField(self.min_distance)
@@ -150,7 +151,7 @@ class SplitWidget(TabbedPanel):
         self.h.setRange(0.0, 10000.0)
         self.h.setDecimals(2)
         self.h.setSingleStep(0.5)
-        self.h.setValue(0.0)
+        self.h.setValue(defaults.h or 0.0)
         self.h.setSpecialValueText("auto")
         self.h.setToolTip(
             "How deep the waist between two nuclei must be (px) to cut them; auto picks it."
@@ -160,21 +161,21 @@ class SplitWidget(TabbedPanel):
         self.smooth = QDoubleSpinBox()
         self.smooth.setRange(0.0, 10000.0)
         self.smooth.setSingleStep(0.5)
-        self.smooth.setValue(1.0)
+        self.smooth.setValue(defaults.smooth)
         self.smooth.setToolTip("Gaussian smoothing (sigma, px) of the distance map.")
         form.addRow("Smoothing", self.smooth)
         self._smooth_label = form.labelForField(self.smooth)
         self.min_size = QDoubleSpinBox()
         self.min_size.setRange(0.0, 1e9)
         self.min_size.setDecimals(2)
-        self.min_size.setValue(10)
+        self.min_size.setValue(defaults.min_size)
         self.min_size.setToolTip(
             "Pieces smaller than this are removed: pixels, or voxels when a z-stack is split in 3D."
         )
         form.addRow("Minimum size (px)", self.min_size)
         self._min_size_label = form.labelForField(self.min_size)
         self.fill_holes = QCheckBox("Fill holes")
-        self.fill_holes.setChecked(True)
+        self.fill_holes.setChecked(defaults.fill_holes)
         form.addRow(self.fill_holes)
         layout.addLayout(form)
         self.preview = QCheckBox("Live preview (current slice, in view)")
@@ -239,7 +240,7 @@ class SplitWidget(TabbedPanel):
 
     # ---- inputs -------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
-        """Return the parameters of :func:`~napari_unet.core.split.split_nuclei` (+ threshold).
+        """Return the fields of a :class:`~napari_unet.core.split.SplitConfig`, in pixels.
 
         With the layer's ``axes`` (see :meth:`layer_axes`) and, for a z-stack, ``spacing``:
         its voxel size in y/x pixels (from the layer's scale).
@@ -389,7 +390,7 @@ class SplitWidget(TabbedPanel):
         index, _ = self.preview_region(layer)
         plane = np.asarray(layer_array(layer, in_memory=False)[index])
         if isinstance(layer, Image):
-            mask = plane > float(self.threshold.value())
+            mask = probability_mask(plane, float(self.threshold.value()))  # as Apply splits
         else:
             mask = plane > 0
         worker = create_worker(mask_diameter, mask, _start_thread=False, _ignore_errors=True)

@@ -492,7 +492,8 @@ class TrainWidget(TabbedPanel):
         The package's test input is the first image of the session's training set (cropped),
         else a built-in sample. Returns the worker, or None after showing why not.
         """
-        from napari_unet._widgets._jobs import bioimageio_job, channel_axis_for
+        from napari_unet._widgets._jobs import bioimageio_job
+        from napari_unet.core.data import guess_channel_axis
 
         bundle = self.session.bundle
         if bundle is None:
@@ -512,8 +513,8 @@ class TrainWidget(TabbedPanel):
         image, axis = None, None
         for pair in self.session.training_set.values():
             shape = tuple(np.shape(pair.image))
-            axis = channel_axis_for(
-                shape, len(shape) == 3 and shape[-1] in (3, 4), bundle.in_channels
+            axis = guess_channel_axis(
+                shape, bundle.in_channels, rgb=len(shape) == 3 and shape[-1] in (3, 4)
             )
             if len(shape) - (axis is not None) == 2:  # a 2D image: the package's test input
                 image = pair.image

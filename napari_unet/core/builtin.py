@@ -25,7 +25,8 @@ missing index means no built-in model is installed: everything works as before.
 
 The environment variable ``NAPARI_UNET_MODELS_DIR`` points at another folder with the
 same layout, used instead of the package's (tests install tiny models there; a site
-can keep its own set there). :func:`install_model` writes a model and its index entry.
+can keep its own set there). :func:`napari_unet.core.checkpoint.install_model` writes a
+model and its index entry.
 
 A built-in file is never written by napari-unet: :func:`check_not_builtin` refuses
 every save over one (fine-tuning starts from a copy and saves elsewhere).
@@ -363,65 +364,32 @@ def verify_builtin(path: str | os.PathLike[str]) -> BuiltinModel | None:
     return model
 
 
-def install_model(
-    source: str | os.PathLike[str],
-    name: str,
-    title: str,
-    description: str = "",
-    *,
-    folder: str | Path | None = None,
-    half: bool = True,
-) -> BuiltinModel:
-    """Copy a trained model into a models folder and list it in the folder's index.
+def index_entry(fields: dict[str, Any], folder: str | Path) -> BuiltinModel:
+    """Return a checked index entry for a model file in ``folder`` (not written yet).
 
-    The model is loaded safely and written again (float16 weights with `half`), the
-    entry (channels and object diameter from the model, the file's SHA-256) replaces
-    one of the same name in ``builtin.json`` or is appended. This is how built-in
-    models are added to the package (``folder`` = :data:`PACKAGE_MODELS_DIR`).
-
-    Parameters
-    ----------
-    source : str or path-like
-        A model file saved by napari-unet.
-    name, title, description : str
-        The entry's name (also the file name, ``<name>.pt``), title and description.
-    folder : str or Path, optional
-        The models folder (default :func:`models_dir`); made if missing.
-    half : bool
-        Store the weights as float16 (half the size; loaded as float32).
-
-    Returns
-    -------
-    BuiltinModel
+    Raises
+    ------
+    NapariUnetError
+        Naming what is wrong with ``fields`` (as in an index).
     """
-    from napari_unet.core.checkpoint import _write_checkpoint, load_checkpoint
+    folder = Path(folder)
+    return _entry(fields, folder, folder / INDEX_NAME)
 
-    folder = Path(folder) if folder is not None else models_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    bundle = load_checkpoint(source, device="cpu")
-    file = f"{name}.pt"
-    diameter = bundle.meta.get("object_diameter")
-    entry = _entry(
-        {
-            "name": name,
-            "title": title,
-            "file": file,
-            "channels": bundle.in_channels,
-            "description": description,
-            "object_diameter": float(diameter) if diameter else None,
-        },
-        folder,
-        folder / INDEX_NAME,
-    )
-    _write_checkpoint(bundle, folder / file, half=half)
-    entry = BuiltinModel(**{**asdict(entry), "sha256": file_sha256(folder / file)})
-    index = folder / INDEX_NAME
+
+def add_to_index(entry: BuiltinModel) -> BuiltinModel:
+    """List a model file in its folder's index, with the file's SHA-256; return the entry.
+
+    The entry replaces one of the same name in ``builtin.json`` or is appended.
+    :func:`napari_unet.core.checkpoint.install_model` writes the file, then calls this.
+    """
+    entry = BuiltinModel(**{**asdict(entry), "sha256": file_sha256(entry.path)})
+    index = entry.folder / INDEX_NAME
     raw: list[Any] = []
     if index.is_file():
         raw = json.loads(index.read_text(encoding="utf-8") or "[]")
         if not isinstance(raw, list):
             raise NapariUnetError(f"the index {index} must hold a JSON list of models.")
-    raw = [e for e in raw if not (isinstance(e, dict) and e.get("name") == name)]
+    raw = [e for e in raw if not (isinstance(e, dict) and e.get("name") == entry.name)]
     raw.append(entry.to_json())
     tmp = index.with_name(f".{INDEX_NAME}.tmp")
     tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")

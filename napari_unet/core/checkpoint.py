@@ -11,7 +11,7 @@ file in the same folder, flushed, then renamed over the target).
 The weights may be stored as float16 (``save_checkpoint(..., half=True)``, half the
 size: the built-in models are); they are loaded as float32. A built-in model's file
 (:mod:`napari_unet.core.builtin`) is checked against its index checksum before it is
-loaded, and is never written.
+loaded, and is never written; :func:`install_model` makes a model a built-in one.
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from napari_unet.core.errors import CheckpointError, NapariUnetError
 from napari_unet.core.io import atomic_write
 from napari_unet.core.model import UNet, UNetSpec
+
+if TYPE_CHECKING:
+    from napari_unet.core.builtin import BuiltinModel
 
 FORMAT = "napari-unet"
 FORMAT_VERSION = 1
@@ -291,3 +295,58 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
     model.eval()
     bundle = ModelBundle(model, meta)
     return bundle.to(select_device(device) if isinstance(device, str) else device)
+
+
+def install_model(
+    source: str | os.PathLike[str],
+    name: str,
+    title: str,
+    description: str = "",
+    *,
+    folder: str | Path | None = None,
+    half: bool = True,
+) -> BuiltinModel:
+    """Copy a trained model into a models folder and list it in the folder's index.
+
+    The model is loaded safely and written again (float16 weights with `half`), the
+    entry (channels and object diameter from the model, the file's SHA-256) replaces
+    one of the same name in ``builtin.json`` or is appended. This is how built-in
+    models are added to the package (``folder`` =
+    :data:`napari_unet.core.builtin.PACKAGE_MODELS_DIR`).
+
+    Parameters
+    ----------
+    source : str or path-like
+        A model file saved by napari-unet.
+    name, title, description : str
+        The entry's name (also the file name, ``<name>.pt``), title and description.
+    folder : str or Path, optional
+        The models folder (default :func:`napari_unet.core.builtin.models_dir`); made if
+        missing.
+    half : bool
+        Store the weights as float16 (half the size; loaded as float32).
+
+    Returns
+    -------
+    BuiltinModel
+    """
+    from napari_unet.core.builtin import add_to_index, index_entry, models_dir
+
+    folder = Path(folder) if folder is not None else models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle = load_checkpoint(source, device="cpu")
+    file = f"{name}.pt"
+    diameter = bundle.meta.get("object_diameter")
+    entry = index_entry(
+        {
+            "name": name,
+            "title": title,
+            "file": file,
+            "channels": bundle.in_channels,
+            "description": description,
+            "object_diameter": float(diameter) if diameter else None,
+        },
+        folder,
+    )  # checked before anything is written
+    _write_checkpoint(bundle, folder / file, half=half)
+    return add_to_index(entry)

@@ -613,7 +613,7 @@ def save_training_set(
                               stem, files, shapes, dtype, channel axis, sparse
                               flag and annotation summary
 
-    Stems come from the names (:func:`napari_unet.core.export.safe_stems`).
+    Stems come from the names (:func:`napari_unet.core.io.safe_stems`).
     Each file is written atomically, the index last, so an interrupted save of
     a new folder leaves no index (and no training set to load by mistake).
 
@@ -642,8 +642,12 @@ def save_training_set(
         is False, or a folder that cannot be written. Everything is checked
         before anything is written.
     """
-    from napari_unet.core.export import safe_stems
-    from napari_unet.core.io import atomic_write, check_writable_folder, write_labels_tiff
+    from napari_unet.core.io import (
+        atomic_write,
+        check_writable_folder,
+        safe_stems,
+        write_labels_tiff,
+    )
 
     pairs = list(pairs)
     if not pairs:

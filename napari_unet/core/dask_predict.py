@@ -53,8 +53,7 @@ from napari_unet.core.predict import (
     SPLIT_METHODS,
     ObjectScale,
     PredictConfig,
-    _origins,
-    _ramp,
+    TileGrid,
     _reflect,
     _Repeat,
     _scaled_shape,
@@ -208,24 +207,11 @@ def _starts(chunks: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(chunks)]).astype(np.int64)
 
 
-class _TileGrid:
-    """The whole-image tile grid of :func:`napari_unet.core.predict._predict_2d`."""
-
-    def __init__(self, bundle: ModelBundle, config: PredictConfig, H: int, W: int) -> None:
-        m = bundle.spec.multiple
-        self.tile = max(m, -(-int(config.tile_size) // m) * m)
-        self.pad = min(max(0, int(config.overlap) // 2), (self.tile - m) // 2)
-        self.ys, self.th = _origins(H, self.tile, self.pad, m)
-        self.xs, self.tw = _origins(W, self.tile, self.pad, m)
-        self.weight = np.outer(_ramp(self.th, self.pad), _ramp(self.tw, self.pad))
-        self.H, self.W = H, W
-
-
 def _predict_block(
     block: np.ndarray,
     origin: tuple[int, int],
     core: tuple[int, int, int, int],
-    grid: _TileGrid,
+    grid: TileGrid,
     bundle: ModelBundle,
     lo: np.ndarray,
     hi: np.ndarray,
@@ -536,7 +522,7 @@ def predict_to_zarr(
     lead = tuple(int(s) for s in img.shape[1:-2])
     H, W = int(img.shape[-2]), int(img.shape[-1])
     Hs, Ws = _scaled_shape((H, W), scale.factor)  # what the network sees
-    grid = _TileGrid(bundle, config, Hs, Ws)
+    grid = TileGrid.for_slice(Hs, Ws, config, bundle.spec.multiple)  # the whole image's
     if int(block_size) < grid.tile:
         raise NapariUnetError(
             f"block_size ({block_size}) must be at least the tile size ({grid.tile})."

@@ -26,6 +26,7 @@ __all__ = [
     "channels_first",
     "prepare_samples",
     "find_channel_axis",
+    "guess_channel_axis",
     "MAX_CHANNELS",
     "POLARITIES",
     "SCALE_LIMITS",
@@ -194,6 +195,80 @@ def find_channel_axis(image_shape: tuple[int, ...], labels_shape: tuple[int, ...
         "Check you picked the labels painted on this image, and that 2D labels are not paired "
         "with a 3D stack or the reverse."
     )
+
+
+def guess_channel_axis(
+    shape: Sequence[int],
+    in_channels: int,
+    *,
+    rgb: bool | None = None,
+    axes: str | None = None,
+) -> int | None:
+    """Return the channel axis of an image without labels, for a model taking ``in_channels``.
+
+    The rule the command line, the widgets, the demo and the benchmarks share (with
+    labels, :func:`find_channel_axis` decides). What is known about the image decides,
+    in this order:
+
+    1. ``axes``, the letters a file names its axes with (ImageJ hyperstacks, OME-TIFF):
+       ``C``, or ``S`` for the samples of an RGB TIFF, is the channel axis (counted from
+       the end); letters of ``TZYX`` only, ending in ``YX``, mean no channel axis.
+    2. ``rgb``, napari's ``layer.rgb``, when the image is a layer: True, channels are
+       last (-1); False, the layer shows no colour channels, so only a multi-channel
+       model's are looked for: an axis of ``in_channels`` at the end, then at the start.
+    3. Neither (a file without axes): its shape. A last axis of at most
+       :data:`MAX_CHANNELS` behind two longer axes (longer than 4 and than it) holds
+       channels: grey + alpha, two channels, RGB(A) and up to 8 stains, as PNG and TIFF
+       store them (a 2-pixel-wide image never); so does a first axis of the model's
+       channel count in a 3D image. Anything else is a stack of planes.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image's shape.
+    in_channels : int
+        The channels the model takes.
+    rgb : bool, optional
+        napari's ``layer.rgb`` (None: not a layer).
+    axes : str, optional
+        The file's axis letters, one per axis (None: unknown).
+
+    Returns
+    -------
+    int or None
+        The axis (negative when counted from the end), or None: no channel axis (the
+        core then repeats a grey image on every channel, or explains the mismatch).
+
+    Examples
+    --------
+    >>> guess_channel_axis((512, 512, 3), 3), guess_channel_axis((5, 512, 512), 1)
+    (-1, None)
+    >>> guess_channel_axis((2, 64, 64), 2, rgb=False)
+    0
+    >>> guess_channel_axis((2, 64, 64), 1, axes="CYX")
+    -3
+    """
+    shape = tuple(shape)
+    if axes and len(axes) == len(shape):
+        for letter in ("C", "S"):
+            if letter in axes:
+                return axes.index(letter) - len(shape)
+        if axes.endswith("YX") and set(axes) <= set("TZYX"):
+            return None  # the file says: no channel axis
+    if rgb is not None:
+        if rgb:
+            return -1
+        if in_channels == 1 or len(shape) < 3:
+            return None
+        for axis in (len(shape) - 1, 0):
+            if shape[axis] == in_channels:
+                return axis
+        return None
+    if len(shape) >= 3 and shape[-1] <= MAX_CHANNELS and min(shape[-3:-1]) > max(4, shape[-1]):
+        return -1  # grey+alpha, RGB(A) and stacks of them, channels last as PNG/TIFF store them
+    if len(shape) == 3 and in_channels > 1 and shape[0] == in_channels:
+        return 0
+    return None
 
 
 def channels_first(image: np.ndarray, channel_axis: int | None) -> np.ndarray:

@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 
 from napari_unet.core.errors import NapariUnetError
-from napari_unet.core.predict import PRECISIONS
-
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+from napari_unet.core.errors import is_out_of_memory as is_out_of_memory  # its old home
+from napari_unet.core.options import DEVICE_CHOICES, PRECISIONS
 
 #: Environment variable that decides what precision "auto" means on the CPU ("fp32" or
 #: "bf16"), whatever the CPU; "auto" or unset: decided by the CPU's flags.
@@ -227,22 +226,3 @@ def _malloc_trim():
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # no glibc (e.g. musl)
         return None
-
-
-#: Phrases in the errors PyTorch raises when an allocation fails (CUDA, MPS, CPU).
-_OOM_PHRASES = ("out of memory", "can't allocate memory", "failed to allocate")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Return True if `error` says that the device (or the CPU) ran out of memory.
-
-    ``torch.OutOfMemoryError`` on CUDA; MPS and the CPU allocator raise plain
-    ``RuntimeError`` with a message.
-    """
-    oom_type = getattr(torch, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    if not isinstance(error, RuntimeError | MemoryError):
-        return False
-    text = str(error).lower()
-    return isinstance(error, MemoryError) or any(p in text for p in _OOM_PHRASES)

@@ -16,7 +16,6 @@ these files exists the export stops before writing anything.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.io import safe_stems
 from napari_unet.core.train import TrainConfig
 
 if TYPE_CHECKING:
@@ -54,27 +54,6 @@ class ExportSummary:
     folder: Path
     files: list[Path]
     command: str
-
-
-def safe_stems(names: Sequence[str]) -> list[str]:
-    """File stems for layer names: letters, digits, ``-``, ``_``, ``.``; unique.
-
-    Examples
-    --------
-    >>> safe_stems(["cells 1", "cells/1", "a"])
-    ['cells_1', 'cells_1-2', 'a']
-    """
-    out: list[str] = []
-    seen: set[str] = set()
-    for name in names:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "image"
-        candidate, k = stem, 1
-        while candidate.lower() in seen:
-            k += 1
-            candidate = f"{stem}-{k}"
-        seen.add(candidate.lower())
-        out.append(candidate)
-    return out
 
 
 def _script(n_images: int, config: TrainConfig, start_model: bool) -> tuple[str, str]:

@@ -12,6 +12,7 @@ import csv
 import errno
 import glob
 import os
+import re
 import secrets
 import socket
 import stat
@@ -42,6 +43,7 @@ __all__ = [
     "read_image",
     "read_labels",
     "resolved",
+    "safe_stems",
     "stack_axes",
     "staged_outputs",
     "rle_decode",
@@ -543,6 +545,33 @@ def text_name(name: str) -> str:
     except UnicodeEncodeError:  # lone surrogates that are not escaped bytes
         return name.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+def safe_stems(names: Sequence[str], fallback: str = "image") -> list[str]:
+    """Return file stems for names (layer names): one rule for every file napari-unet names.
+
+    Letters, digits, ``-``, ``_`` and ``.`` (ASCII: a name that works on every file
+    system, in a zip and in a shell script); every other run of characters becomes
+    ``_``, leading and trailing ``.`` and ``_`` are dropped, an empty stem is
+    `fallback`. Stems are unique ignoring case (for Windows and macOS): a repeated one
+    gets ``-2``, ``-3``, ...
+
+    Examples
+    --------
+    >>> safe_stems(["cells 1", "cells/1", "a", "?"])
+    ['cells_1', 'cells_1-2', 'a', 'image']
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or fallback
+        candidate, k = stem, 1
+        while candidate.lower() in seen:
+            k += 1
+            candidate = f"{stem}-{k}"
+        seen.add(candidate.lower())
+        out.append(candidate)
+    return out
 
 
 def resolved(path: str | os.PathLike[str]) -> Path:

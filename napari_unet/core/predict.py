@@ -12,15 +12,18 @@ slices, see :mod:`napari_unet.core.volume`), those of a time series frame by fra
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_unet.core.data import Normalisation, channels_first
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.options import PRECISIONS, SPLIT_METHODS, STACK_AXES, resolve_axes
+from napari_unet.core.progress import drain
 
 if TYPE_CHECKING:  # torch is imported when work starts, not at import
     from napari_unet.core.checkpoint import ModelBundle
@@ -42,12 +45,11 @@ __all__ = [
     "resolve_axes",
     "labels_from_output_3d",
     "tuned_settings",
+    "settings_text",
+    "fitted_keys",
+    "TileGrid",
+    "tile_edge",
 ]
-
-SPLIT_METHODS = ("distance", "boundary")
-#: Compute precision on the CPU: "auto" (bfloat16 where the CPU computes it natively,
-#: else float32), "fp32" or "bf16" (see :func:`napari_unet.core.device.resolve_precision`).
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -201,44 +203,45 @@ def tuned_settings(meta: dict) -> dict:
     return out
 
 
-#: The axes a stack may have (the image's axes without its channel axis): a z-stack
-#: (``ZYX``) is labelled in 3D, a time series (``TYX``) frame by frame, a time series of
-#: stacks (``TZYX``) in 3D per frame.
-STACK_AXES = ("YX", "ZYX", "TYX", "TZYX")
+def settings_text(settings: Mapping[str, Any], meta: dict | None = None) -> str:
+    """Say how probabilities become labels: threshold and split, and what was fitted.
 
-
-def resolve_axes(axes: str | None, ndim: int) -> str:
-    """Return the axes of an image with ``ndim`` axes (its channel axis left out).
-
-    ``axes`` None: a 2D image is ``YX``, a 3D one a z-stack (``ZYX``), a 4D one a time
-    series of stacks (``TZYX``); more leading axes than that are read as frames of 2D
-    images (``...YX``, labelled slice by slice).
-
-    Raises
-    ------
-    NapariUnetError
-        When ``axes`` is not one of :data:`STACK_AXES` or does not fit ``ndim``.
+    Parameters
+    ----------
+    settings : dict
+        A :class:`PredictConfig` as a dict (``PredictResult.settings`` is one).
+    meta : dict, optional
+        The model's metadata: the threshold and split depth that are the model's
+        fitted ones (:func:`tuned_settings`) are then said to be.
 
     Examples
     --------
-    >>> resolve_axes(None, 3), resolve_axes("tyx", 3)
-    ('ZYX', 'TYX')
+    >>> settings_text({"threshold": 0.6, "h": 1.5})
+    'threshold 0.6, split depth 1.5 px'
+    >>> settings_text({"threshold": 0.6, "h": None, "min_distance": 6},
+    ...               {"postprocess": {"threshold": 0.6}})
+    "threshold 0.6, centres 6 px apart (threshold fitted on the model's validation images)"
     """
-    if axes is None:
-        return {2: "YX", 3: "ZYX", 4: "TZYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
-    text = str(axes).strip().upper()
-    if text not in STACK_AXES:
-        raise NapariUnetError(
-            f"axes must be one of {', '.join(STACK_AXES)} (the image's axes without its "
-            f"channels), got {axes!r}."
-        )
-    if len(text) != ndim:
-        raise NapariUnetError(
-            f"axes {text!r} names {len(text)} axes, but the image has {ndim} (without its "
-            f"channels); give {ndim} letters, e.g. "
-            f"{ {2: 'YX', 3: 'ZYX or TYX', 4: 'TZYX'}.get(ndim, 'fewer axes') }."
-        )
+    if not settings.get("split", True):
+        split = "no split"
+    elif settings.get("split_method") == "boundary":
+        split = "split by boundary"
+    elif settings.get("h"):
+        split = f"split depth {settings['h']:g} px"
+    else:
+        split = f"centres {settings.get('min_distance')} px apart"
+    text = f"threshold {settings['threshold']:g}, {split}"
+    fitted = fitted_keys(settings, meta) if meta is not None else []
+    if fitted:
+        names = " and ".join("split depth" if k == "h" else k for k in fitted)
+        text += f" ({names} fitted on the model's validation images)"
     return text
+
+
+def fitted_keys(settings: Mapping[str, Any], meta: dict) -> list[str]:
+    """Return which of ``threshold`` and ``h`` in `settings` are the model's fitted values."""
+    tuned = tuned_settings(meta)
+    return [k for k in ("threshold", "h") if k in tuned and settings.get(k) == tuned[k]]
 
 
 @dataclass
@@ -494,6 +497,62 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
     return np.where(idx >= n, period - idx, idx)
 
 
+def tile_edge(tile_size: int, multiple: int) -> int:
+    """Return the tile edge used for ``tile_size``: rounded up to the network's ``multiple``."""
+    return max(multiple, -(-int(tile_size) // multiple) * multiple)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one ``(H, W)`` slice lie, and how they are blended.
+
+    Prediction (:func:`iter_predict`), its tile count, the out-of-memory retry and the
+    dask blocks (:mod:`napari_unet.core.dask_predict`) all place tiles by this one grid.
+
+    Attributes
+    ----------
+    H, W : int
+        The slice's shape.
+    tile : int
+        Tile edge (:func:`tile_edge`).
+    pad : int
+        Half the overlap, at most what the tile allows: the margin blended with the
+        neighbouring tiles (reflected beyond the image's border).
+    ys, xs : list of int
+        Tile origins along y and x (in image coordinates; the first is ``-pad``).
+    th, tw : int
+        Tile height and width (``tile``, or less for a slice smaller than one tile).
+    """
+
+    H: int
+    W: int
+    tile: int
+    pad: int
+    ys: list[int]
+    th: int
+    xs: list[int]
+    tw: int
+
+    @classmethod
+    def for_slice(cls, H: int, W: int, config: PredictConfig, multiple: int) -> TileGrid:
+        """Return the grid of ``config``'s tiles over an ``(H, W)`` slice."""
+        tile = tile_edge(config.tile_size, multiple)
+        pad = min(max(0, int(config.overlap) // 2), (tile - multiple) // 2)
+        ys, th = _origins(H, tile, pad, multiple)
+        xs, tw = _origins(W, tile, pad, multiple)
+        return cls(H, W, tile, pad, ys, th, xs, tw)
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles."""
+        return len(self.ys) * len(self.xs)
+
+    @functools.cached_property
+    def weight(self) -> np.ndarray:
+        """``(th, tw)`` blending weight of a tile: cosine ramps over its overlaps."""
+        return np.outer(_ramp(self.th, self.pad), _ramp(self.tw, self.pad))
+
+
 def _origins(n: int, tile: int, pad: int, multiple: int) -> tuple[list[int], int]:
     """Tile origins (in image coordinates, may be negative) and tile length along one axis."""
     total = n + 2 * pad
@@ -532,7 +591,7 @@ def shrink_for_memory(config: PredictConfig, multiple: int, device_text: str) ->
     NapariUnetError
         When one tile of the smallest size per step does not fit either.
     """
-    tile = max(multiple, -(-int(config.tile_size) // multiple) * multiple)
+    tile = tile_edge(config.tile_size, multiple)
     if config.batch_size > 1:
         return replace(config, batch_size=max(1, config.batch_size // 2))
     smaller = max(MIN_TILE, multiple, (tile // 2) // multiple * multiple)
@@ -607,17 +666,12 @@ def _predict_2d(
     from napari_unet.core.fuse import fused_for_inference
 
     model = fused_for_inference(bundle.model)  # BatchNorm folded into the convolutions
-    m = bundle.spec.multiple
     _, H, W = image.shape
-    tile = max(m, -(-int(config.tile_size) // m) * m)
-    pad = max(0, int(config.overlap) // 2)
-    pad = min(pad, (tile - m) // 2)
-    ys, th = _origins(H, tile, pad, m)
-    xs, tw = _origins(W, tile, pad, m)
+    grid = TileGrid.for_slice(H, W, config, bundle.spec.multiple)
+    ys, th, xs, tw = grid.ys, grid.th, grid.xs, grid.tw
     K = model.spec.out_channels
     out = np.zeros((K, H, W), np.float32)
-    wy, wx = _ramp(th, pad), _ramp(tw, pad)
-    weight = np.outer(wy, wx)
+    weight = grid.weight
     # strip accumulator covering image rows [y0, y0 + th) and columns [-pad, W + pad)
     x_lo = min(xs)
     x_hi = max(xs) + tw
@@ -723,12 +777,12 @@ def iter_predict(
     """
     from napari_unet.core.device import (
         describe_device,
-        is_out_of_memory,
         precision_note,
         release_memory,
         resolve_precision,
         select_device,
     )
+    from napari_unet.core.errors import is_out_of_memory
 
     config = config or PredictConfig.for_model(bundle)
     config.validate()
@@ -748,7 +802,7 @@ def iter_predict(
     Hs, Ws = _scaled_shape((H, W), scale.factor)  # what the network sees
     lo, hi = norm.ranges(img)
     m = bundle.spec.multiple
-    n_tiles = _count_tiles(Hs, Ws, config, m)
+    n_tiles = TileGrid.for_slice(Hs, Ws, config, m).n_tiles
     total = n_tiles * int(np.prod(lead, dtype=np.int64))
     outputs = bundle.outputs
     probs = {name: np.zeros(lead + (H, W), np.float32) for name in outputs}
@@ -785,7 +839,7 @@ def iter_predict(
                 f"{config.batch_size} tile(s) of {config.tile_size} pixels per step"
             )
             notes.append(note)
-            n_tiles = _count_tiles(Hs, Ws, config, m)
+            n_tiles = TileGrid.for_slice(Hs, Ws, config, m).n_tiles
             progress[0] = done_before
             total = done_before + (n_slices - i) * n_tiles
             yield PredictProgress(progress[0], total, note)
@@ -826,13 +880,6 @@ def _scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     from napari_unet.core.size import resized_shape
 
     return tuple(shape) if factor == 1 else resized_shape(shape, factor)
-
-
-def _count_tiles(H: int, W: int, config: PredictConfig, m: int) -> int:
-    """Tiles of one (H, W) slice."""
-    tile = max(m, -(-int(config.tile_size) // m) * m)
-    pad = min(max(0, int(config.overlap) // 2), (tile - m) // 2)
-    return len(_origins(H, tile, pad, m)[0]) * len(_origins(W, tile, pad, m)[0])
 
 
 def _back_to_image(p: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -946,12 +993,7 @@ def _volume_note(shape: tuple[int, ...], axes: str, voxel_size, spacing) -> str:
 
 def predict(bundle: ModelBundle, image, **kwargs) -> PredictResult:
     """Run :func:`iter_predict` to the end and return its result."""
-    gen = iter_predict(bundle, image, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as e:
-            return e.value
+    return drain(iter_predict(bundle, image, **kwargs))
 
 
 def predict_probabilities(
@@ -981,10 +1023,6 @@ def predict_probabilities(
     lo, hi = norm.ranges(img)
     H, W = img.shape[-2:]
     src = img if scale.factor == 1 else _Resized(img, _scaled_shape((H, W), scale.factor))
-    gen = _predict_2d(bundle, src, lo, hi, norm, config, device, None, [0], 0)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as e:
-            release_memory(device)
-            return _back_to_image(e.value, (H, W))
+    prob = drain(_predict_2d(bundle, src, lo, hi, norm, config, device, None, [0], 0))
+    release_memory(device)
+    return _back_to_image(prob, (H, W))

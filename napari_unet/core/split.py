@@ -29,10 +29,21 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.split_config import (
+    MAX_SMOOTH,
+    REFERENCE_DIAMETER,
+    SplitConfig,
+    check_split_params,
+    split_settings,
+)
 
 __all__ = [
+    "MAX_SMOOTH",
+    "REFERENCE_DIAMETER",
+    "SplitConfig",
     "labels_from_probabilities",
     "looks_like_intensities",
+    "probability_mask",
     "split_nuclei",
     "split_settings",
 ]
@@ -93,23 +104,6 @@ def _check_mask(mask: np.ndarray) -> tuple[np.ndarray, bool]:
     values = mask[mask != 0]
     is_labels = bool(values.size) and bool((values != values[0]).any())
     return (mask if is_labels else mask != 0), is_labels
-
-
-MAX_SMOOTH = 100.0
-"""Widest smoothing of the distance map (sigma, pixels); the default is 1."""
-
-
-def _check_params(min_distance: int, h: float | None, smooth: float, min_size: int) -> None:
-    if int(min_distance) != min_distance or min_distance < 1:
-        raise NapariUnetError(f"min_distance must be a whole number >= 1, got {min_distance!r}.")
-    if h is not None and not (np.isfinite(h) and h > 0):
-        raise NapariUnetError(f"h must be a positive number (or None), got {h!r}.")
-    if not (np.isfinite(smooth) and 0 <= smooth <= MAX_SMOOTH):
-        raise NapariUnetError(
-            f"smooth must be from 0 (no smoothing) to {MAX_SMOOTH:g} pixels, got {smooth!r}."
-        )
-    if int(min_size) != min_size or min_size < 0:
-        raise NapariUnetError(f"min_size must be a whole number >= 0, got {min_size!r}.")
 
 
 def _check_probabilities(array: np.ndarray, what: str) -> np.ndarray:
@@ -399,55 +393,21 @@ def _flood(
     return values
 
 
-#: The nucleus diameter (pixels) that :func:`split_nuclei`'s defaults suit.
-REFERENCE_DIAMETER = 20.0
+def probability_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Return ``probabilities > threshold``, once they are checked to be probabilities.
 
-
-def split_settings(diameter: float) -> dict[str, float | int]:
-    """Return :func:`split_nuclei` settings for nuclei about ``diameter`` pixels across.
-
-    The defaults of :func:`split_nuclei` suit nuclei of about 20 pixels
-    (:data:`REFERENCE_DIAMETER`); for a diameter ``d`` the distances scale by
-    ``d / 20`` (``min_distance``, ``smooth``), the areas by its square
-    (``min_size``), and the split depth is ``h = 0.07 d`` (h-maxima markers).
-
-    Measured on ground-truth masks with touching nuclei merged (F1 of the split
-    against the true nuclei, default settings -> these): Fluo-N2DH-GOWT1, 60 px,
-    0.944 -> 0.987; MICCAI H&E, 10-30 px, 0.911 -> 0.967; 30 DSB2018 test images,
-    0.951 -> 0.959; synthetic nuclei of 10-90 px, 0.995 -> 0.987.
-
-    Parameters
-    ----------
-    diameter : float
-        Typical nucleus diameter in pixels (see :mod:`napari_unet.core.size`).
-
-    Returns
-    -------
-    dict
-        ``min_distance``, ``h``, ``smooth`` and ``min_size`` for :func:`split_nuclei`
-        (``min_distance`` serves when ``h`` is set to None).
+    The foreground of :func:`labels_from_probabilities` without a boundary map; the
+    mask a z-stack's probabilities are split in 3D from.
 
     Raises
     ------
     NapariUnetError
-        When ``diameter`` is not a positive number.
-
-    Examples
-    --------
-    >>> split_settings(80)
-    {'min_distance': 16, 'h': 5.6, 'smooth': 4.0, 'min_size': 160}
+        When the values are not probabilities (floats in [0, 1], up to rounding), or
+        `threshold` is not in [0, 1].
     """
-    if isinstance(diameter, bool) or not (
-        isinstance(diameter, (int, float, np.number)) and np.isfinite(diameter) and diameter > 0
-    ):
-        raise NapariUnetError(f"diameter must be a positive number of pixels, got {diameter!r}.")
-    s = float(diameter) / REFERENCE_DIAMETER
-    return {
-        "min_distance": max(1, int(round(4 * s))),
-        "h": round(max(0.5, 0.07 * float(diameter)), 3),
-        "smooth": round(min(MAX_SMOOTH, 1.0 * s), 3),
-        "min_size": max(1, int(round(10 * s * s))),
-    }
+    if not 0.0 <= threshold <= 1.0:
+        raise NapariUnetError(f"threshold must lie in [0, 1], got {threshold!r}.")
+    return _check_probabilities(probabilities, "foreground") > threshold
 
 
 # --------------------------------------------------------------------------- split_nuclei
@@ -614,7 +574,7 @@ def split_nuclei(
     >>> int(split_nuclei(mask).max())
     2
     """
-    _check_params(min_distance, h, smooth, min_size)
+    check_split_params(min_distance, h, smooth, min_size)
     array, is_labels = _check_mask(mask)
 
     def one(plane: np.ndarray) -> np.ndarray:
@@ -745,7 +705,7 @@ def labels_from_probabilities(
     for name, value in (("threshold", threshold), ("boundary_threshold", boundary_threshold)):
         if not 0.0 <= value <= 1.0:
             raise NapariUnetError(f"{name} must lie in [0, 1], got {value!r}.")
-    _check_params(
+    check_split_params(
         int(split_kwargs.get("min_distance", 4)),
         split_kwargs.get("h"),
         float(split_kwargs.get("smooth", 1.0)),

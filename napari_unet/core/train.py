@@ -38,6 +38,7 @@ from napari_unet.core.final_fit import (
     keep_unfitted,
 )
 from napari_unet.core.losses import LOSSES, Anchor, WeightAverage, loss_function
+from napari_unet.core.progress import drain
 from napari_unet.core.train_config import TrainConfig
 from napari_unet.core.train_setup import (
     Schedule,
@@ -200,12 +201,7 @@ def iter_train(
 
 def train(images, labels, config: TrainConfig | None = None, **kwargs) -> TrainResult:
     """Run :func:`iter_train` to the end and return its :class:`TrainResult`."""
-    gen = iter_train(images, labels, config, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as e:
-            return e.value
+    return drain(iter_train(images, labels, config, **kwargs))
 
 
 def _cpu_copy(model) -> dict:
@@ -373,7 +369,8 @@ class _Trainer:
         """
         import torch
 
-        from napari_unet.core.device import compute_autocast, is_out_of_memory
+        from napari_unet.core.device import compute_autocast
+        from napari_unet.core.errors import is_out_of_memory
 
         s = self.state
         self.model.train()

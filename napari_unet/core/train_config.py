@@ -9,13 +9,17 @@ what it may be, before any work starts.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from napari_unet.core.data import POLARITIES
 from napari_unet.core.errors import NapariUnetError
 from napari_unet.core.losses import LOSSES
+from napari_unet.core.options import PRECISIONS
 
 __all__ = ["TrainConfig", "LOSSES", "TARGETS"]
 
@@ -196,10 +200,40 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build a config from a dict, ignoring unknown keys."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build a config from a dict of its fields, checking their names and types.
+
+        The dict may come from a ``train_config.json`` (the command line), the widgets
+        or a model's ``meta["train_config"]``; fields it leaves out keep their defaults.
+        JSON's types are expected: a whole number for an ``int`` field, any number for
+        a ``float``, ``true``/``false`` for a ``bool``, ``null`` where None is allowed.
+        The values themselves are checked by :meth:`validate`.
+
+        Raises
+        ------
+        NapariUnetError
+            (a ``ValueError``) For a key that is not a field (naming the known ones),
+            or a value of the wrong type (naming the key and the type expected).
+
+        Examples
+        --------
+        >>> TrainConfig.from_dict({"epochs": 5}).epochs
+        5
+        >>> TrainConfig.from_dict({"epochs": 5.0})
+        Traceback (most recent call last):
+        ...
+        napari_unet.core.errors.NapariUnetError: epochs must be int or null, got 5.0.
+        """
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(d) - set(hints))
+        if unknown:
+            raise NapariUnetError(f"unknown setting(s) {unknown}; known ones are {sorted(hints)}.")
+        for key, value in d.items():
+            allowed = typing.get_args(hints[key]) or (hints[key],)
+            if not any(_is_a(value, t) for t in allowed):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise NapariUnetError(f"{key} must be {names}, got {value!r}.")
+        return cls(**d)
 
     def validate(self) -> None:
         """Raise :class:`NapariUnetError` for settings that cannot work."""
@@ -233,8 +267,6 @@ class TrainConfig:
             )
         if self.polarity not in POLARITIES:
             raise NapariUnetError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}.")
-        from napari_unet.core.predict import PRECISIONS  # numpy only
-
         if self.precision not in PRECISIONS:
             raise NapariUnetError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -283,3 +315,18 @@ class TrainConfig:
             )
         if not 0 <= self.fg_fraction <= 1:
             raise NapariUnetError(f"fg_fraction must be in [0, 1], got {self.fg_fraction}.")
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    """Return True if a JSON value fits a field's type (``True`` is no number here)."""
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    return False

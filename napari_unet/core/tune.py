@@ -138,12 +138,10 @@ def describe_settings(meta: dict) -> str:
     str
         E.g. "threshold 0.6, split depth 1.5 px (fitted on 3 held-back images)".
     """
-    from napari_unet.core.predict import PredictConfig
+    from napari_unet.core.predict import PredictConfig, settings_text
 
     tuned = tuned_settings(meta)
-    threshold = tuned.get("threshold", PredictConfig.threshold)
-    h = tuned.get("h", PredictConfig.h)
-    text = f"threshold {threshold:g}, split depth {h:g} px"
+    text = settings_text({**PredictConfig().to_dict(), **tuned})
     info = meta.get("postprocess") if isinstance(meta.get("postprocess"), dict) else {}
     if not tuned:
         return f"{text} (the defaults: no fitted settings in the model)"

@@ -11,12 +11,13 @@ objects; its ``score`` is the one the trainer keeps the best model by.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_unet.core.data import Normalisation, Sample
+from napari_unet.core.progress import drain
 
 if TYPE_CHECKING:  # torch is imported when training starts, not at import
     from napari_unet.core.checkpoint import ModelBundle
@@ -192,22 +193,14 @@ def first_pixels(samples: Sequence[Sample], max_images: int, max_pixels: int) ->
     return kept
 
 
-def _drain(gen: Generator):
-    """Run a generator to the end and return its value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as e:
-            return e.value
-
-
 def predict_sample(bundle: ModelBundle, sample: Sample, cfg, device):
     """Predict a (normalised) validation sample whole, tiled like prediction.
 
     Returns the probabilities ``(K, M, N)`` and the config used, with fewer or smaller
     tiles when the device ran out of memory.
     """
-    from napari_unet.core.device import describe_device, is_out_of_memory, release_memory
+    from napari_unet.core.device import describe_device, release_memory
+    from napari_unet.core.errors import is_out_of_memory
     from napari_unet.core.predict import _predict_2d, shrink_for_memory
 
     ident = Normalisation(0.0, 100.0)  # samples are normalised already
@@ -215,7 +208,7 @@ def predict_sample(bundle: ModelBundle, sample: Sample, cfg, device):
     lo, hi = np.zeros(c, np.float32), np.ones(c, np.float32)
     while True:
         try:
-            prob = _drain(
+            prob = drain(
                 _predict_2d(bundle, sample.image, lo, hi, ident, cfg, device, None, [0], 0)
             )
             return prob, cfg

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.options import resolve_axes
+
+if TYPE_CHECKING:
+    from napari_unet.core.split import SplitConfig
 
 __all__ = [
     "FIRST_AXIS_CHOICES",
@@ -32,6 +37,7 @@ __all__ = [
     "voxel_size_from_scale",
     "labels_from_probabilities_3d",
     "split_by_axes",
+    "split_image",
     "min_volume",
     "spacing_from_voxel_size",
     "split_nuclei_3d",
@@ -61,7 +67,7 @@ def guess_axes(
     A 3D image is a z-stack (``ZYX``) unless ``first_axis`` is "time" or, with "auto",
     the layer names its first axis like time (``t``, ``time``, ``frame``: ``TYX``). A 4D
     image is a time series of z-stacks (``TZYX``). 2D: ``YX``; more than 4D: frames of 2D
-    images (see :func:`napari_unet.core.predict.resolve_axes`).
+    images (see :func:`napari_unet.core.options.resolve_axes`).
 
     Examples
     --------
@@ -69,7 +75,6 @@ def guess_axes(
     ('ZYX', 'TYX', 'TYX')
     """
     from napari_unet.core.io import TIME_AXIS_NAMES
-    from napari_unet.core.predict import resolve_axes
 
     if first_axis not in FIRST_AXIS_CHOICES:
         raise NapariUnetError(
@@ -482,7 +487,7 @@ def split_by_axes(
     mask : ndarray of bool or int
         A mask or a label image.
     axes : str, optional
-        One of :data:`napari_unet.core.predict.STACK_AXES`; None: by the number of
+        One of :data:`napari_unet.core.options.STACK_AXES`; None: by the number of
         dimensions (3: a z-stack, 4: ``TZYX``).
     spacing : (float, float, float), optional
         Voxel size (z, y, x) in y/x pixels, for z-stacks.
@@ -495,8 +500,6 @@ def split_by_axes(
     -------
     ndarray of int32, the shape of ``mask``
     """
-    from napari_unet.core.predict import resolve_axes
-
     mask = np.asarray(mask)
     axes = resolve_axes(axes, mask.ndim)
     if "Z" not in axes:
@@ -527,3 +530,48 @@ def split_by_axes(
         out[t] = np.where(lab > 0, lab + offset, 0)
         offset += int(lab.max()) if lab.size else 0
     return out
+
+
+def split_image(
+    data: np.ndarray,
+    config: SplitConfig | None = None,
+    *,
+    probabilities: bool = False,
+    axes: str | None = None,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Split touching nuclei in a mask, a label image or foreground probabilities.
+
+    What Split nuclei (the widget, its live preview too) and ``napari-unet split`` run.
+    Probabilities are thresholded at ``config.threshold``
+    (:func:`napari_unet.core.split.probability_mask`), then split as a mask. With
+    ``axes`` naming a Z the split is in 3D (:func:`split_by_axes`, ``min_size`` in
+    voxels); otherwise every (Y, X) plane is split in 2D
+    (:func:`napari_unet.core.split.split_nuclei`).
+
+    Parameters
+    ----------
+    data : ndarray
+        A mask or label image, or (``probabilities``) foreground probabilities in [0, 1].
+    config : SplitConfig, optional
+        The settings (default ``SplitConfig()``).
+    probabilities : bool
+        `data` holds probabilities.
+    axes : str, optional
+        The axes of `data` (:data:`napari_unet.core.options.STACK_AXES`); None: 2D planes.
+    spacing : (float, float, float), optional
+        A z-stack's voxel size (z, y, x) in y/x pixels (default: all 1).
+
+    Returns
+    -------
+    ndarray of int32, the shape of `data`
+    """
+    from napari_unet.core.split import SplitConfig, probability_mask, split_nuclei
+
+    config = config if config is not None else SplitConfig()
+    mask = probability_mask(data, config.threshold) if probabilities else data
+    if axes is not None and "Z" in axes:
+        return split_by_axes(
+            mask, axes, spacing=spacing or (1.0, 1.0, 1.0), **config.split_kwargs()
+        )
+    return split_nuclei(mask, **config.split_kwargs())
