@@ -34,6 +34,8 @@ IDS = ROOT / "bench" / "splits" / "dsb2018_train_ids.txt"
 RECIPES: dict[str, dict] = {
     "nuclei": {
         "title": "Nuclei (fluorescence, brightfield, H&E)",
+        # shipped samples that are among its training ids: Correct & retrain replays them
+        "replay": ["fluo_dense", "fluo_crowded", "fluo_mixed", "he_tissue", "he_cells"],
         "minutes": 6.0,
         "options": [
             "--object-diameter", "20",
@@ -141,7 +143,10 @@ def install(name: str, path: Path) -> int:
     from napari_unet.core.builtin import PACKAGE_MODELS_DIR
     from napari_unet.core.checkpoint import install_model
 
-    entry = install_model(path, name, RECIPES[name]["title"], folder=PACKAGE_MODELS_DIR)
+    recipe = RECIPES[name]
+    entry = install_model(
+        path, name, recipe["title"], folder=PACKAGE_MODELS_DIR, replay=recipe.get("replay", ())
+    )
     dest = entry.folder / entry.file
     print(f"installed {name} -> {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
     return 0

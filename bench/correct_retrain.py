@@ -24,7 +24,8 @@ excluded from "remaining".
 
 Usage: python bench/correct_retrain.py --model M.pt [--sets miccai dsb_tissue]
 [--modes full partial] [--protocols rounds oneshot] [--tag NAME] [--anchor A] [--lr L]
-Writes bench/results/correct_retrain[_TAG].json.
+[--replay-share S] (0: no replay of the built-in model's samples)
+Writes bench/results/correct_retrain.json (with --tag: variants/correct_retrain_TAG.json).
 """
 
 from __future__ import annotations
@@ -194,7 +195,13 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
     training: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     batches = [[p] for p in corrected] if protocol == "rounds" else [corrected]
     config = FinetuneConfig(
-        device="cpu", lr=args.lr, anchor=args.anchor, steps=args.steps, max_seconds=args.max_seconds
+        device="cpu",
+        lr=args.lr,
+        anchor=args.anchor,
+        steps=args.steps,
+        max_seconds=args.max_seconds,
+        replay=args.replay_share > 0,
+        replay_share=args.replay_share if args.replay_share > 0 else 0.5,
     )
     done: list = []
     for k, batch in enumerate(batches, 1):
@@ -264,6 +271,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--max-seconds", type=float, default=None)
+    parser.add_argument("--replay-share", type=float, default=None)
     args = parser.parse_args()
     import torch
 
@@ -271,7 +279,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     defaults = FinetuneConfig()
-    for key in ("anchor", "lr", "steps", "max_seconds"):
+    for key in ("anchor", "lr", "steps", "max_seconds", "replay_share"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(defaults, key))
     args.fluo_pairs = read_pairs("dsb_fluo")
@@ -284,10 +292,12 @@ def main() -> None:
             "lr": args.lr,
             "steps": args.steps,
             "max_seconds": args.max_seconds,
+            "replay_share": args.replay_share,
         },
         "runs": [],
     }
-    name = "correct_retrain" + (f"_{args.tag}" if args.tag else "")
+    # a tagged run is a variant: kept apart from the current result
+    name = f"variants/correct_retrain_{args.tag}" if args.tag else "correct_retrain"
     for kind in args.sets:
         for mode in args.modes:
             for protocol in args.protocols:

@@ -129,6 +129,12 @@ def test_a_damaged_index_offers_nothing_and_crashes_nothing(tmp_path, monkeypatc
     )
     with pytest.raises(NapariUnetError, match="'name' must be"):
         read_index(strict=True)
+    (tmp_path / "x.pt").write_bytes(b"")
+    (tmp_path / "builtin.json").write_text(
+        json.dumps([{"name": "x", "file": "x.pt", "channels": 3, "replay": ["my_image"]}])
+    )
+    with pytest.raises(NapariUnetError, match="'replay' must be a list of shipped sample names"):
+        read_index(strict=True)
 
 
 def test_resolve_model_takes_a_name_or_a_path(models_dir, tmp_path):
@@ -245,7 +251,8 @@ def test_cli_models_lists_name_title_channels_size_and_diameter(models_dir, tmp_
     bundle = load_checkpoint(source)
     bundle.meta["object_diameter"] = 17.0
     save_checkpoint(bundle, source)
-    install_model(source, "sized", "Sized nuclei", folder=models_dir)
+    install_model(source, "sized", "Sized nuclei", folder=models_dir, replay=["fluo_dense"])
+    assert builtin.get_model("sized").replay == ("fluo_dense",)  # written to the index
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny: " + TITLE in out and "3 channels" in out and (" MB" in out or " kB" in out)

@@ -239,9 +239,10 @@ def test_a_run_without_a_fit_says_which_settings_prediction_uses(base_model):
     assert torch.is_tensor(next(iter(tuned.bundle.model.state_dict().values())))
 
 
-def test_finetune_of_a_size_normalised_gpu_model_runs_at_its_scale_on_this_machine():
+def test_finetune_of_a_size_normalised_gpu_model_runs_at_its_scale_on_this_machine(monkeypatch):
     """A built-in-like start: trained with object size normalisation and a GPU recipe."""
-    from napari_unet.core.finetune import _annotation_scale, score_on_annotations
+    import napari_unet.core.predict as predict_module
+    from napari_unet.core.finetune import score_on_annotations
     from napari_unet.core.train import TrainConfig, train
 
     img, lab = nuclei_image((96, 96), n=8, radius=5, seed=0)  # about 10 px across
@@ -261,12 +262,112 @@ def test_finetune_of_a_size_normalised_gpu_model_runs_at_its_scale_on_this_machi
     ).bundle
     start.meta["train_config"]["workers"] = 4  # as the GPU recipe recorded it
     sparse = np.where(lab > 0, lab + 1, 1).astype(np.int32)
-    assert _annotation_scale(start, sparse) == pytest.approx(
-        20 / median_object_diameter(lab), rel=0.01
-    )
+    # the corrections are scored at the scale prediction picks for the whole image
+    seen = []
+    real = predict_module.object_scale
+
+    def spy(bundle, image, config):
+        scale = real(bundle, image, config)
+        seen.append((tuple(image.shape[-2:]), config.diameter, scale.factor))
+        return scale
+
+    monkeypatch.setattr(predict_module, "object_scale", spy)
     scored = score_on_annotations(start, [img], [sparse], device="cpu")
     assert scored is not None and scored["images"] == 1
+    assert seen and seen[0][:2] == ((96, 96), "auto")
+    assert seen[0][2] == pytest.approx(20 / median_object_diameter(lab), rel=0.35)
     result = finetune([img], [sparse], start, FinetuneConfig(steps=2, max_seconds=30))
     used = result.bundle.meta["train_config"]
     assert used["workers"] is None and used["batch_size"] == TrainConfig.batch_size
     assert used["object_diameter"] == 20.0
+
+
+def test_replay_share_sets_how_often_the_replayed_images_are_drawn():
+    samples = prepare_samples(
+        [nuclei_image((96, 96), n=8, seed=s)[0] for s in range(4)],
+        [nuclei_image((96, 96), n=8, seed=s)[1] for s in range(4)],
+        normalisation=Normalisation(),
+    )
+    samples[3].replay = True  # one replayed image among four
+    plain = PatchSampler(samples, 32, 4, 2, augment=False, seed=0)
+    assert plain.base_p[3] == pytest.approx(0.25)
+    mixed = PatchSampler(samples, 32, 4, 2, augment=False, seed=0, replay_share=0.6)
+    assert mixed.base_p[3] == pytest.approx(0.6)
+    assert mixed.base_p[:3] == pytest.approx([0.4 / 3] * 3)
+    with pytest.raises(NapariUnetError, match="replay_share"):
+        TrainConfig(replay_share=1.0).validate()
+    with pytest.raises(NapariUnetError, match="replay_share"):
+        FinetuneConfig(replay_share=-0.1).validate()
+
+
+def test_replayed_images_are_trained_on_and_never_held_back(base_model):
+    from napari_unet.core.builtin import replay_data
+    from napari_unet.core.train import START, iter_train
+
+    image, annotation, _ = _corrected_pair()
+    replay = [("other", *nuclei_image((96, 96), n=10, seed=40))]
+    cfg = TrainConfig(
+        epochs=1, steps_per_epoch=2, sparse=True, val_fraction=0, tune_postprocessing=False, **TINY
+    )
+    gen = iter_train([image], [annotation], cfg, init=base_model, replay=replay)
+    start = next(gen)
+    assert start.kind == START
+    assert "1 image(s) of the starting model's own data replayed" in start.message
+    while True:
+        try:
+            next(gen)
+        except StopIteration as end:
+            result = end.value
+            break
+    assert result.steps == 2
+    assert replay_data(base_model) == []  # a model of no built-in origin replays nothing
+
+
+def test_a_builtin_model_and_its_fine_tunes_replay_its_shipped_training_samples(tmp_path):
+    """The built-in file records its name; a fine-tune of it replays the samples it learned."""
+    from napari_unet.core.builtin import ENV_VAR, get_model, replay_data, resolve_model
+    from napari_unet.core.checkpoint import save_checkpoint
+    from napari_unet.samples import SAMPLE_NAMES
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(ENV_VAR, raising=False)
+        entry = get_model("nuclei")
+        # fluo_small is one of the 67 held-back DSB ids: never replayed
+        assert set(entry.replay) == set(SAMPLE_NAMES) - {"fluo_small"}
+        start = load_checkpoint(resolve_model("nuclei"))
+        assert start.meta["origin"] == "nuclei"
+        pairs = replay_data(start)
+        assert [n for n, _, _ in pairs] == list(entry.replay)
+        image, annotation, _ = _corrected_pair()
+        cfg = FinetuneConfig(steps=2, max_seconds=60, device="cpu", keep_better=False)
+        progress = []
+        gen = iter_finetune([image], [annotation], start, cfg)
+        while True:
+            try:
+                progress.append(next(gen).message)
+            except StopIteration as end:
+                result = end.value
+                break
+        assert any("5 image(s) of the starting model's own data replayed" in m for m in progress)
+        # the fine-tune keeps its origin, through its file too: later retrains replay as well
+        path = save_checkpoint(result.bundle, tmp_path / "tuned.pt")
+        assert len(replay_data(load_checkpoint(path))) == 5
+        off = FinetuneConfig(steps=1, max_seconds=60, device="cpu", replay=False)
+        messages = [p.message for p in iter_finetune([image], [annotation], start, off)]
+        assert not any("replayed" in m for m in messages)
+    # where its built-in model is not installed (the tests' models folder), nothing is replayed
+    assert replay_data(load_checkpoint(path)) == []
+
+
+def test_a_model_recording_settings_of_another_version_still_fine_tunes(base_model):
+    """Unknown keys in a model's stored training settings are left out, not an error."""
+    import copy
+
+    old = copy.deepcopy(base_model)
+    old.meta["train_config"]["setting_of_another_version"] = 3
+    image, annotation, _ = _corrected_pair()
+    result = finetune([image], [annotation], old, FinetuneConfig(steps=1, device="cpu"))
+    assert result.steps == 1
+    assert "setting_of_another_version" not in result.bundle.meta["train_config"]
+    with pytest.raises(NapariUnetError, match="setting_of_another_version"):
+        TrainConfig.from_dict({"setting_of_another_version": 3})  # a user's config file: refused

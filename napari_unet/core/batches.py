@@ -145,6 +145,7 @@ def make_batches(
         by_loss=config.sample_by_loss,
         zoom=config.zoom,
         style=config.style_augment,
+        replay_share=config.replay_share,
     )
     workers = config.workers
     if workers is None:

@@ -42,9 +42,12 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_unet.core.errors import CheckpointError, NapariUnetError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The package's own folder of built-in models.
 PACKAGE_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -77,6 +80,10 @@ class BuiltinModel:
         Object diameter (pixels) the model was trained at, when it has one.
     folder : Path
         The models folder holding ``file``.
+    replay : tuple of str
+        Shipped samples (:data:`napari_unet.samples.SAMPLE_NAMES`) that were part of
+        the model's training data: Correct & retrain replays them so that a fine-tune
+        does not forget what the model knew (see :func:`replay_data`).
     """
 
     name: str
@@ -87,6 +94,7 @@ class BuiltinModel:
     sha256: str
     object_diameter: float | None
     folder: Path
+    replay: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -111,6 +119,9 @@ class BuiltinModel:
         entry.pop("folder")
         if entry["object_diameter"] is None:
             entry.pop("object_diameter")
+        entry["replay"] = list(entry["replay"])
+        if not entry["replay"]:
+            entry.pop("replay")
         return entry
 
 
@@ -150,6 +161,14 @@ def _entry(raw: Any, folder: Path, index: Path) -> BuiltinModel:
     sha = raw.get("sha256", "")
     if not isinstance(sha, str) or (sha and len(sha) != 64):
         raise NapariUnetError(f"{index}: entry {name!r}: 'sha256' must be 64 hex digits.")
+    from napari_unet.samples import SAMPLE_NAMES
+
+    replay = raw.get("replay", [])
+    if not isinstance(replay, list) or not set(replay) <= set(SAMPLE_NAMES):
+        raise NapariUnetError(
+            f"{index}: entry {name!r}: 'replay' must be a list of shipped sample names "
+            f"({', '.join(SAMPLE_NAMES)}), got {replay!r}."
+        )
     return BuiltinModel(
         name=name,
         title=str(raw.get("title") or name),
@@ -159,6 +178,7 @@ def _entry(raw: Any, folder: Path, index: Path) -> BuiltinModel:
         sha256=sha.lower(),
         object_diameter=float(diameter) if diameter is not None else None,
         folder=folder,
+        replay=tuple(replay),
     )
 
 
@@ -395,3 +415,22 @@ def add_to_index(entry: BuiltinModel) -> BuiltinModel:
     tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, index)
     return entry
+
+
+def replay_data(bundle: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Return the built-in training data a model can replay: (name, image, labels).
+
+    A model loaded from a built-in file, and every model fine-tuned from one, records
+    the built-in model's name in ``meta["origin"]``; its index entry names the shipped
+    samples that were part of its training data. Empty for any other model, or when
+    the model's channels do not fit the images.
+    """
+    from napari_unet.samples import load_samples
+
+    origin = bundle.meta.get("origin")
+    model = get_model(origin) if isinstance(origin, str) else None
+    if model is None or not model.replay:
+        return []
+    pairs = load_samples(list(model.replay))
+    fits = (1, bundle.in_channels)
+    return [(n, img, lab) for n, img, lab in pairs if (img.shape[2:] or (1,))[0] in fits]

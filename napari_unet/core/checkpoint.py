@@ -31,6 +31,8 @@ from napari_unet.core.io import atomic_write
 from napari_unet.core.model import UNet, UNetSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from napari_unet.core.builtin import BuiltinModel
 
 FORMAT = "napari-unet"
@@ -251,7 +253,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
         raise CheckpointError(
             f"{path} is {kind}, not a model file; choose a .pt file saved by napari-unet."
         )
-    verify_builtin(path)  # a damaged built-in file: say so, and reinstall
+    builtin = verify_builtin(path)  # a damaged built-in file: say so, and reinstall
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -292,6 +294,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
         ) from e
     _check_meta(path, meta, spec)
+    if builtin is not None:  # fine-tunes inherit it: they can replay its training data
+        meta["origin"] = builtin.name
     model.eval()
     bundle = ModelBundle(model, meta)
     return bundle.to(select_device(device) if isinstance(device, str) else device)
@@ -305,6 +309,7 @@ def install_model(
     *,
     folder: str | Path | None = None,
     half: bool = True,
+    replay: Sequence[str] = (),
 ) -> BuiltinModel:
     """Copy a trained model into a models folder and list it in the folder's index.
 
@@ -325,6 +330,9 @@ def install_model(
         missing.
     half : bool
         Store the weights as float16 (half the size; loaded as float32).
+    replay : sequence of str
+        Shipped samples that were among the model's training images, replayed when it
+        is fine-tuned (:attr:`napari_unet.core.builtin.BuiltinModel.replay`).
 
     Returns
     -------
@@ -345,6 +353,7 @@ def install_model(
             "channels": bundle.in_channels,
             "description": description,
             "object_diameter": float(diameter) if diameter else None,
+            "replay": list(replay),
         },
         folder,
     )  # checked before anything is written

@@ -312,6 +312,9 @@ class Sample:
     scale: float = 1.0
     #: Median object diameter of the labels before resizing (pixels); NaN without objects.
     diameter: float = float("nan")
+    #: Part of the starting model's own training data, replayed while fine-tuning so that
+    #: it does not forget (drawn at ``PatchSampler.replay_share``); never validated.
+    replay: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -630,6 +633,9 @@ class PatchSampler:
         Appearance augmentation (with ``augment``), so that a model holds on images of
         other microscopes and stains: gamma, blur, noise, per-channel (stain) gain, and
         colour images turned grey; see :data:`STYLE_AUGMENT`.
+    replay_share : float
+        Share of the patches drawn from the replayed samples (``Sample.replay``), when
+        there are both replayed and other samples; 0 = drawn like the others.
 
     Images are drawn with probability proportional to the square root of their area,
     times ``(loss / median loss) ** by_loss`` (clipped to 1/4 .. 4) once the losses of
@@ -654,6 +660,7 @@ class PatchSampler:
         by_loss: float = 0.0,
         zoom: float = 0.0,
         style: bool = False,
+        replay_share: float = 0.0,
     ) -> None:
         self.samples = list(samples)
         self.style = bool(style)
@@ -667,6 +674,14 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         areas = np.array([s.shape[0] * s.shape[1] for s in self.samples], dtype=np.float64)
         p = np.sqrt(areas)
+        replay = np.array([s.replay for s in self.samples], dtype=bool)
+        if 0 < replay_share < 1 and replay.any() and not replay.all():
+            # the replayed samples share `replay_share` of the draws, by area within it
+            p = np.where(
+                replay,
+                replay_share * p / p[replay].sum(),
+                (1 - replay_share) * p / p[~replay].sum(),
+            )
         self.base_p = p / p.sum()
         self.p = self.base_p.copy()
         self.image_loss = np.full(len(self.samples), np.nan)

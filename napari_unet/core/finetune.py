@@ -13,6 +13,7 @@ an idle or a busy machine when it can, and never runs for long on a slow one.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.progress import drain
 
 if TYPE_CHECKING:
     from napari_unet.core.checkpoint import ModelBundle
@@ -53,6 +55,13 @@ class FinetuneConfig:
     keep_better : bool
         Score the old and the new model on the corrected images and keep the better
         one (the new one on a tie).
+    replay : bool
+        When the model is (or descends from) a built-in model, replay the shipped
+        samples of its own training data (:func:`napari_unet.core.builtin.replay_data`)
+        alongside the corrections, so that it does not forget the kinds of image it
+        knew.
+    replay_share : float
+        Share of the training patches drawn from the replayed images.
     device : str
         "auto", "cuda", "mps" or "cpu".
     checkpoint_path : str or None
@@ -65,6 +74,8 @@ class FinetuneConfig:
     lr: float = 5e-4
     anchor: float = 0.0
     keep_better: bool = True
+    replay: bool = True
+    replay_share: float = 0.5
     device: str = "auto"
     checkpoint_path: str | None = None
     seed: int = 0
@@ -83,6 +94,10 @@ class FinetuneConfig:
             )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
+        if not (np.isfinite(self.replay_share) and 0 <= self.replay_share < 1):
+            raise NapariUnetError(
+                f"replay_share must be in [0, 1) (a share of the patches), got {self.replay_share}."
+            )
 
 
 @dataclass
@@ -180,6 +195,7 @@ def iter_finetune(
     -------
     FinetuneResult
     """
+    from napari_unet.core.builtin import replay_data
     from napari_unet.core.checkpoint import save_checkpoint
     from napari_unet.core.train import DONE, STEP, TrainConfig, TrainProgress, iter_train
 
@@ -188,7 +204,10 @@ def iter_finetune(
     if len(images) != len(annotations):
         raise NapariUnetError(f"Got {len(images)} images but {len(annotations)} annotations.")
     t0 = time.perf_counter()
-    base = dict(init.meta.get("train_config") or {})
+    # a model file of another napari-unet version may record settings this one does not
+    # know (or no longer has): those are left out, the rest is checked
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = {k: v for k, v in (init.meta.get("train_config") or {}).items() if k in known}
     train_config = TrainConfig.from_dict(base)
     # the starting model's recipe may be a GPU's (a built-in model): this machine's own
     # batch size and patch workers (none on a CPU) decide the speed of a fine-tune here
@@ -204,11 +223,15 @@ def iter_finetune(
     train_config.tune_postprocessing = False
     train_config.lr = float(config.lr)
     train_config.anchor = float(config.anchor)
+    train_config.replay_share = float(config.replay_share)
     train_config.device = config.device
     train_config.checkpoint_path = None  # the kept model is saved below
     train_config.seed = int(config.seed)
     done = None
-    gen = iter_train(images, annotations, train_config, names=names, init=init, stop=stop)
+    replay = replay_data(init) if config.replay and config.replay_share > 0 else []
+    gen = iter_train(
+        images, annotations, train_config, names=names, init=init, stop=stop, replay=replay
+    )
     while True:  # relay all but the trainer's own "done" report
         try:
             progress = next(gen)
@@ -292,12 +315,7 @@ def iter_finetune(
 
 def finetune(images, annotations, init, config=None, **kwargs) -> FinetuneResult:
     """Run :func:`iter_finetune` to the end and return its result."""
-    gen = iter_finetune(images, annotations, init, config, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as end:
-            return end.value
+    return drain(iter_finetune(images, annotations, init, config, **kwargs))
 
 
 def annotated_box(annotation: np.ndarray, margin: int = SCORE_MARGIN) -> tuple[slice, ...] | None:
@@ -312,24 +330,6 @@ def annotated_box(annotation: np.ndarray, margin: int = SCORE_MARGIN) -> tuple[s
     )
 
 
-def _annotation_scale(bundle: ModelBundle, annotation: np.ndarray) -> float:
-    """Return the factor training resizes a sparse annotation by (1: a native-scale model).
-
-    As :func:`napari_unet.core.data.prepare_samples` does: the model's object diameter over
-    the annotated objects' median diameter, within the training limits.
-    """
-    from napari_unet.core.data import SCALE_LIMITS, median_object_diameter
-
-    model_d = bundle.meta.get("object_diameter")
-    if not model_d:
-        return 1.0
-    d = median_object_diameter(annotation, sparse=True)
-    if not np.isfinite(d):
-        return 1.0
-    factor = float(np.clip(float(model_d) / d, *SCALE_LIMITS))
-    return 1.0 if abs(factor - 1.0) <= 0.02 else factor
-
-
 def score_on_annotations(
     bundle: ModelBundle,
     images: Sequence[np.ndarray],
@@ -340,10 +340,13 @@ def score_on_annotations(
 ) -> dict | None:
     """Object F1 (IoU 0.5) of `bundle`'s labels on the annotated parts of `images`.
 
-    Each plane is predicted on the box around its annotation (plus a margin), with the
-    intensity range (and polarity) of the whole plane, as a prediction of the whole
-    image would see it, and the model's own prediction settings; the counts of every
-    image are summed. Returns None when nothing is annotated, or when `stop` is set.
+    Each plane is predicted on the box around its annotation (plus a margin) as a
+    prediction of the whole image sees it: with the whole plane's intensity range (and
+    polarity), resized by the factor prediction picks for the whole plane (a
+    size-normalised model: :func:`napari_unet.core.predict.object_scale`, the object size
+    estimated as ``predict``'s default does), and the model's own prediction settings;
+    the counts of every image are summed. Returns None when nothing is annotated, or
+    when `stop` is set.
     """
     from napari_unet.core.corrections import partial_f1
     from napari_unet.core.data import Normalisation, find_channel_axis
@@ -355,6 +358,7 @@ def score_on_annotations(
         _Resized,
         _scaled_shape,
         labels_from_output,
+        object_scale,
         prepare_image,
     )
 
@@ -384,19 +388,15 @@ def score_on_annotations(
                 plane = np.asarray(plane[(slice(None),) + (slice(None),) * 2])
                 lo, hi = norm.ranges(plane)
                 crop = np.ascontiguousarray(plane[(slice(None),) + box])
-                # a size-normalised model sees the crop at its own object size, resized by
-                # the factor training used for this annotation
-                factor = _annotation_scale(bundle, ann)
+                # a size-normalised model sees the crop resized as the whole image would be
+                # when predicted: the user sees the model at that scale
+                factor = object_scale(bundle, plane, cfg).factor
                 src = crop
                 if factor != 1:
                     src = _Resized(crop, _scaled_shape(crop.shape[-2:], factor))
-                gen = _predict_2d(bundle, src, lo, hi, norm, cfg, torch_device, stop, [0], 0)
-                while True:
-                    try:
-                        next(gen)
-                    except StopIteration as end:
-                        prob = end.value
-                        break
+                prob = drain(
+                    _predict_2d(bundle, src, lo, hi, norm, cfg, torch_device, stop, [0], 0)
+                )
                 if prob is None:  # stopped
                     return None
                 if factor != 1:

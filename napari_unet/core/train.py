@@ -150,6 +150,7 @@ def iter_train(
     init: ModelBundle | None = None,
     stop: threading.Event | None = None,
     distributed: Distributed | None = None,
+    replay: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train a UNet, yielding progress; return the best model.
 
@@ -173,6 +174,10 @@ def iter_train(
         This process's rank in a torchrun job (see :mod:`napari_unet.core.distributed`):
         DistributedDataParallel, per-rank data and seeds, reduced validation scores,
         agreed stop decisions, checkpoints written by rank 0 only.
+    replay : sequence of (name, image, labels), optional
+        Images of the starting model's own training data with their instance labels,
+        replayed while fine-tuning so that it does not forget them: drawn at
+        ``config.replay_share`` of the patches, never held back for validation.
 
     Yields
     ------
@@ -187,9 +192,8 @@ def iter_train(
     NapariUnetError
         Invalid settings or data (raised before the first yield).
     """
-    run = _Trainer(
-        images, labels, config, names=names, init=init, stop=stop, distributed=distributed
-    )
+    data = dict(names=names, init=init, replay=replay)
+    run = _Trainer(images, labels, config, stop=stop, distributed=distributed, **data)
     yield run.start_report()
     try:
         yield from run.loop()
@@ -233,12 +237,12 @@ class _RunState:
 class _Trainer:
     """One run of :func:`iter_train`: its model, optimiser and batches, and the loop."""
 
-    def __init__(self, images, labels, config, *, names, init, stop, distributed) -> None:
+    def __init__(self, images, labels, config, *, names, init, stop, distributed, replay) -> None:
         from napari_unet.core.device import precision_note
 
         config, norm = resolve_config(config, init)
         self.config, self.init, self.stop, self.distributed = config, init, stop, distributed
-        self.data = data = prepare_data(images, labels, config, norm, names, init)
+        self.data = data = prepare_data(images, labels, config, norm, names, init, replay)
         self.device, self.precision, self.dev_text = training_device(config, distributed)
         self.bundle, self.start_postprocess, self.history_prev = start_model(
             config, data, norm, init, self.precision

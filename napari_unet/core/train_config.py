@@ -84,13 +84,13 @@ class TrainConfig:
         chance is multiplied by ``(its running loss / the median) ** sample_by_loss``,
         clipped to 1/4 .. 4 (0, the default: by area only). Meant to give rare kinds of
         image in a mixed set more steps; on DSB 2018 it scored lower (see
-        docs/benchmarks.md), so it is off.
+        docs/dev/experiments.md), so it is off.
     ema : float
         Validate and keep an exponential moving average of the weights, with at most
         this decay per step (it grows from 0 as ``1 - 9 / (10 + step)``, so the average
         spans about the last tenth of the steps, up to ``1 / (1 - ema)`` steps);
         0 (the default) keeps the trained weights themselves: 0.995 scored lower on
-        DSB 2018 after 10 minutes (see docs/benchmarks.md).
+        DSB 2018 after 10 minutes (see docs/dev/experiments.md).
     norm_low, norm_high : float
         Percentiles mapped to 0 and 1 (stored with the model).
     polarity : {"auto", "keep"}
@@ -122,6 +122,9 @@ class TrainConfig:
         the weights and their starting values (L2-SP), so a short fine-tune on a few
         corrections changes what it must and forgets less of the rest; 0 (the default)
         = off, and ignored when training from scratch.
+    replay_share : float
+        When fine-tuning with replayed images (``iter_train(replay=...)``: the starting
+        model's own training data), the share of the patches drawn from them.
     patience : int or None
         Early stopping after this many validations without improvement; None (the
         default) trains to the end of the budget or the epochs: the learning rate
@@ -129,7 +132,7 @@ class TrainConfig:
         keeps the better of the best-validated and the final weights. On DSB 2018 the
         default of 10 used before stopped both runs it ended (90 minutes; 30 minutes
         at batch size 4) while they were still improving: their final weights beat
-        the best-validated ones on all held-back images (see docs/benchmarks.md).
+        the best-validated ones on all held-back images (see docs/dev/experiments.md).
     device : str
         "auto" (CUDA, then MPS, then CPU), "cuda", "mps" or "cpu".
     precision : {"auto", "fp32", "bf16"}
@@ -187,6 +190,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     anchor: float = 0.0
+    replay_share: float = 0.5
     patience: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -306,6 +310,10 @@ class TrainConfig:
             )
         if not (np.isfinite(self.anchor) and 0 <= self.anchor <= 1e6):
             raise NapariUnetError(f"anchor must be between 0 (off) and 1e6, got {self.anchor}.")
+        if not (np.isfinite(self.replay_share) and 0 <= self.replay_share < 1):
+            raise NapariUnetError(
+                f"replay_share must be in [0, 1) (a share of the patches), got {self.replay_share}."
+            )
         if not 0 <= self.ema < 1:
             raise NapariUnetError(f"ema must be in [0, 1) (0 = off), got {self.ema}.")
         if self.patience is not None and (int(self.patience) != self.patience or self.patience < 0):

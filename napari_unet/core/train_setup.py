@@ -78,16 +78,18 @@ def prepare_data(
     norm: Normalisation,
     names: Sequence[str] | None,
     init: ModelBundle | None,
+    replay: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
 ) -> TrainData:
-    """Make the training targets, choose the outputs and hold back the validation part."""
+    """Make the training targets, choose the outputs and hold back the validation part.
+
+    `replay` (name, image, instance labels) are trained on, at ``config.replay_share``
+    of the patches, and never held back (see :func:`napari_unet.core.train.iter_train`).
+    """
     border_weight = config.border_weight
     if config.loss == "weighted_bce" and border_weight <= 0:
         border_weight = 10.0
-    samples = prepare_samples(
-        images,
-        labels,
+    options = dict(
         normalisation=norm,
-        names=names,
         sparse=config.sparse,
         border_weight=border_weight,
         border_sigma=config.border_sigma,
@@ -98,6 +100,7 @@ def prepare_data(
         in_channels=init.in_channels if init is not None else None,
         object_diameter=config.object_diameter,
     )
+    samples = prepare_samples(images, labels, names=names, **options)
     if config.targets == "auto":
         n_outputs = 2 if any(s.targets.boundary_valid for s in samples) else 1
     else:
@@ -107,6 +110,9 @@ def prepare_data(
     train_s, val_s, text = split_validation(
         samples, config.val_fraction, config.seed, min_size=config.patch_size
     )
+    if replay:
+        train_s = train_s + replay_samples(replay, config.sparse, options)
+        text += f"; {len(replay)} image(s) of the starting model's own data replayed"
     # the settings are fitted (and the final weights chosen) on all held-back images, up to
     # TUNE_MAX_PIXELS and TUNE_SHARE of a time budget; each validation scores a cheaper subset
     return TrainData(
@@ -118,6 +124,24 @@ def prepare_data(
         text=text,
         n_outputs=n_outputs,
     )
+
+
+def replay_samples(
+    replay: Sequence[tuple[str, np.ndarray, np.ndarray]], sparse: bool, options: dict
+) -> list[Sample]:
+    """Return the samples of replayed (name, image, instance labels), marked ``replay``."""
+    from napari_unet.core.corrections import whole_layer_annotation
+
+    labels = [whole_layer_annotation(lab) if sparse else lab for _, _, lab in replay]
+    samples = prepare_samples(
+        [img for _, img, _ in replay],
+        labels,
+        names=[f"replayed {n}" for n, _, _ in replay],
+        **options,
+    )
+    for s in samples:
+        s.replay = True
+    return samples
 
 
 def training_device(
