@@ -349,12 +349,14 @@ def test_a_builtin_model_and_its_fine_tunes_replay_its_shipped_training_samples(
                 result = end.value
                 break
         assert any("5 image(s) of the starting model's own data replayed" in m for m in progress)
+        assert result.replayed == 5
+        assert "5 images of the built-in model's own data replayed" in result.summary()
         # the fine-tune keeps its origin, through its file too: later retrains replay as well
         path = save_checkpoint(result.bundle, tmp_path / "tuned.pt")
         assert len(replay_data(load_checkpoint(path))) == 5
         off = FinetuneConfig(steps=1, max_seconds=60, device="cpu", replay=False)
         messages = [p.message for p in iter_finetune([image], [annotation], start, off)]
-        assert not any("replayed" in m for m in messages)
+        assert not any("replayed" in m for m in messages)  # the last one is the summary
     # where its built-in model is not installed (the tests' models folder), nothing is replayed
     assert replay_data(load_checkpoint(path)) == []
 

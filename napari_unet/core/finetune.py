@@ -125,6 +125,9 @@ class FinetuneResult:
         The trainer's result (its ``bundle`` is None when the previous model is kept).
     stopped : bool
         The user stopped the retrain (training or the comparison).
+    replayed : int
+        Images of the starting model's own training data replayed alongside the
+        corrections (:attr:`FinetuneConfig.replay`).
     """
 
     bundle: ModelBundle
@@ -137,10 +140,13 @@ class FinetuneResult:
     notes: list[str] = field(default_factory=list)
     train: TrainResult | None = None
     stopped: bool = False
+    replayed: int = 0
 
     def summary(self) -> str:
         """One readable line: what was done and which model is kept, with the scores."""
         text = f"Fine-tuned for {self.steps} steps in {self.seconds:.0f} s"
+        if self.replayed:
+            text += f" ({self.replayed} images of the built-in model's own data replayed)"
         if self.stopped:
             return text + " (stopped): the previous model is kept."
         if self.before is None or self.after is None:
@@ -298,6 +304,7 @@ def iter_finetune(
         notes=notes,
         train=trained,
         stopped=stopped and trained.stopped != "diverged",
+        replayed=len(replay),
     )
     yield TrainProgress(
         DONE,
