@@ -282,7 +282,7 @@ def test_finetune_of_a_size_normalised_gpu_model_runs_at_its_scale_on_this_machi
     assert used["object_diameter"] == 20.0
 
 
-def test_replay_share_sets_how_often_the_replayed_images_are_drawn():
+def test_replay_share_sets_how_often_the_replayed_images_are_drawn(base_model):
     samples = prepare_samples(
         [nuclei_image((96, 96), n=8, seed=s)[0] for s in range(4)],
         [nuclei_image((96, 96), n=8, seed=s)[1] for s in range(4)],
@@ -296,8 +296,9 @@ def test_replay_share_sets_how_often_the_replayed_images_are_drawn():
     assert mixed.base_p[:3] == pytest.approx([0.4 / 3] * 3)
     with pytest.raises(NapariUnetError, match="replay_share"):
         TrainConfig(replay_share=1.0).validate()
-    with pytest.raises(NapariUnetError, match="replay_share"):
-        FinetuneConfig(replay_share=-0.1).validate()
+    image, annotation, _ = _corrected_pair()
+    with pytest.raises(NapariUnetError, match="replay_share"):  # TrainConfig's check
+        finetune([image], [annotation], base_model, FinetuneConfig(replay_share=-0.1))
 
 
 def test_replayed_images_are_trained_on_and_never_held_back(base_model):

@@ -94,10 +94,6 @@ class FinetuneConfig:
             )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
-        if not (np.isfinite(self.replay_share) and 0 <= self.replay_share < 1):
-            raise NapariUnetError(
-                f"replay_share must be in [0, 1) (a share of the patches), got {self.replay_share}."
-            )
 
 
 @dataclass
