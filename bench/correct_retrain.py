@@ -24,7 +24,7 @@ excluded from "remaining".
 
 Usage: python bench/correct_retrain.py --model M.pt [--sets miccai dsb_tissue]
 [--modes full partial] [--protocols rounds oneshot] [--tag NAME] [--anchor A] [--lr L]
-[--replay-share S] (0: no replay of the built-in model's samples)
+[--replay-share S] (0: no replay of the built-in model's samples) [--blend B]
 Writes bench/results/correct_retrain.json (with --tag: variants/correct_retrain_TAG.json).
 """
 
@@ -202,6 +202,7 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         max_seconds=args.max_seconds,
         replay=args.replay_share > 0,
         replay_share=args.replay_share if args.replay_share > 0 else 0.5,
+        blend=args.blend,
     )
     done: list = []
     for k, batch in enumerate(batches, 1):
@@ -272,6 +273,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--replay-share", type=float, default=None)
+    parser.add_argument("--blend", type=float, default=None)
     args = parser.parse_args()
     import torch
 
@@ -279,7 +281,14 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     defaults = FinetuneConfig()
-    for key in ("anchor", "lr", "steps", "max_seconds", "replay_share"):
+    for key in (
+        "anchor",
+        "lr",
+        "steps",
+        "max_seconds",
+        "replay_share",
+        "blend",
+    ):
         if getattr(args, key) is None:
             setattr(args, key, getattr(defaults, key))
     args.fluo_pairs = read_pairs("dsb_fluo")
@@ -293,6 +302,7 @@ def main() -> None:
             "steps": args.steps,
             "max_seconds": args.max_seconds,
             "replay_share": args.replay_share,
+            "blend": args.blend,
         },
         "runs": [],
     }

@@ -156,12 +156,40 @@ def test_time_cap_ends_the_steps_early_and_warns(base_model, monkeypatch):
         (dict(steps=2.5), "steps"),
         (dict(max_seconds=float("inf")), "max_seconds"),
         (dict(lr=-1.0), "lr"),
+        (dict(blend=0.0), "blend"),
+        (dict(blend=1.5), "blend"),
+        (dict(blend=float("nan")), "blend"),
     ],
 )
 def test_finetune_settings_are_checked(base_model, bad, match):
     image, annotation, _ = _corrected_pair()
     with pytest.raises(NapariUnetError, match=match):
         finetune([image], [annotation], base_model, FinetuneConfig(**bad))
+
+
+def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model):
+    """blend=0.5 gives the starting weights plus half of what the same fine-tune changed."""
+    image, annotation, _ = _corrected_pair()
+    states = {}
+    for blend in (1.0, 0.5):
+        result = finetune(
+            [image],
+            [annotation],
+            base_model,
+            FinetuneConfig(steps=4, device="cpu", keep_better=False, blend=blend, seed=3),
+        )
+        assert result.kept == "new" and result.steps == 4
+        states[blend] = result.bundle.model.state_dict()
+    start = base_model.model.state_dict()
+    moved = 0
+    for key, value in start.items():
+        full, half = states[1.0][key], states[0.5][key]
+        if value.is_floating_point():
+            torch.testing.assert_close(half, value + 0.5 * (full - value))
+            moved += int(not torch.equal(full, value))
+        else:  # counters (BatchNorm's batches seen) are not blended
+            assert torch.equal(half, full)
+    assert moved > 10  # the fine-tune did change the weights and running statistics
 
 
 def test_anchor_keeps_the_weights_nearer_the_start(base_model):
@@ -374,3 +402,48 @@ def test_a_model_recording_settings_of_another_version_still_fine_tunes(base_mod
     assert "setting_of_another_version" not in result.bundle.meta["train_config"]
     with pytest.raises(NapariUnetError, match="setting_of_another_version"):
         TrainConfig.from_dict({"setting_of_another_version": 3})  # a user's config file: refused
+
+
+def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
+    base_model, tmp_path, monkeypatch
+):
+    """However many retrains, the kept weights stay one blended fine-tune from the built-in."""
+    from napari_unet.core.builtin import ENV_VAR, get_model, resolve_model
+    from napari_unet.core.checkpoint import install_model, save_checkpoint
+    from napari_unet.core.finetune import blend_base
+
+    folder = tmp_path / "models"
+    source = save_checkpoint(base_model, tmp_path / "base.pt")
+    install_model(source, "tiny", "Tiny", folder=folder, half=False)
+    monkeypatch.setenv(ENV_VAR, str(folder))
+    builtin = load_checkpoint(resolve_model("tiny"))
+    assert builtin.meta["retrain_base"]["name"] == "tiny"
+    image, annotation, _ = _corrected_pair()
+
+    def retrain(model, blend):
+        cfg = FinetuneConfig(steps=3, device="cpu", keep_better=False, blend=blend, seed=5)
+        return finetune([image], [annotation], model, cfg).bundle
+
+    # round 2 starts from round 1's model, saved and loaded as Retrain does
+    round1 = load_checkpoint(save_checkpoint(retrain(builtin, 0.5), tmp_path / "r1.pt"))
+    assert round1.meta["retrain_base"] == builtin.meta["retrain_base"]
+    assert blend_base(round1).model.state_dict().keys() == builtin.model.state_dict().keys()
+    unblended, blended = retrain(round1, 1.0), retrain(round1, 0.5)
+    start = builtin.model.state_dict()
+    for key, value in blended.model.state_dict().items():
+        if value.is_floating_point():  # half-way from the built-in, not from round 1
+            full = unblended.model.state_dict()[key]
+            torch.testing.assert_close(value, start[key] + 0.5 * (full - start[key]))
+    # a Train run from the built-in model makes the user's own model: it blends towards itself
+    own = train(
+        [image],
+        [annotation],
+        TrainConfig(epochs=1, steps_per_epoch=1, sparse=True, val_fraction=0, **TINY),
+        init=builtin,
+    ).bundle
+    assert own.meta["origin"] == "tiny" and "retrain_base" not in own.meta
+    assert blend_base(own) is own
+    # a built-in model replaced by another version (another file): towards itself
+    install_model(save_checkpoint(own, tmp_path / "v2.pt"), "tiny", "Tiny v2", folder=folder)
+    assert get_model("tiny").sha256 != round1.meta["retrain_base"]["sha256"]
+    assert blend_base(round1) is round1

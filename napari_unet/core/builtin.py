@@ -434,3 +434,26 @@ def replay_data(bundle: Any) -> list[tuple[str, np.ndarray, np.ndarray]]:
     pairs = load_samples(list(model.replay))
     fits = (1, bundle.in_channels)
     return [(n, img, lab) for n, img, lab in pairs if (img.shape[2:] or (1,))[0] in fits]
+
+
+def origin_model(bundle: Any) -> Any | None:
+    """Return the built-in model that `bundle` is (or descends from), loaded; or None.
+
+    None when the model records no built-in origin, that model is not installed, or its
+    weights do not have the same shapes as `bundle`'s (another architecture).
+    """
+    from napari_unet.core.checkpoint import load_checkpoint
+
+    origin = bundle.meta.get("origin")
+    model = get_model(origin) if isinstance(origin, str) else None
+    if model is None or not model.path.is_file():
+        return None
+    try:
+        loaded = load_checkpoint(model.path)
+    except NapariUnetError:
+        return None
+    mine = bundle.model.state_dict()
+    theirs = loaded.model.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        return None
+    return loaded

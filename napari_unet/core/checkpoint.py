@@ -296,6 +296,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Mod
     _check_meta(path, meta, spec)
     if builtin is not None:  # fine-tunes inherit it: they can replay its training data
         meta["origin"] = builtin.name
+        # retrains of it (not a Train run from it) stay within reach of its weights
+        meta["retrain_base"] = {"name": builtin.name, "sha256": builtin.sha256}
     model.eval()
     bundle = ModelBundle(model, meta)
     return bundle.to(select_device(device) if isinstance(device, str) else device)

@@ -52,6 +52,13 @@ class FinetuneConfig:
     anchor : float
         Pull towards the starting weights (L2-SP, see
         :class:`napari_unet.core.train.TrainConfig`), against forgetting.
+    blend : float
+        Share of the fine-tune's change to the weights that is kept: the new model is
+        ``start + blend * (fine-tuned - start)``, weights and normalisation statistics
+        alike (weight-space ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). 1 keeps
+        the fine-tuned weights as they are; half-way forgets less of the images the
+        model knew and, on partial corrections, also predicts the other images of the
+        corrected kind better (``docs/dev/correct_retrain.md``).
     keep_better : bool
         Score the old and the new model on the corrected images and keep the better
         one (the new one on a tie).
@@ -73,6 +80,7 @@ class FinetuneConfig:
     max_seconds: float = 40.0
     lr: float = 5e-4
     anchor: float = 0.0
+    blend: float = 0.65
     keep_better: bool = True
     replay: bool = True
     replay_share: float = 0.5
@@ -94,6 +102,11 @@ class FinetuneConfig:
             )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
+        if not (np.isfinite(self.blend) and 0 < self.blend <= 1):
+            raise NapariUnetError(
+                f"blend must be in (0, 1] (the share of the fine-tune's change kept), "
+                f"got {self.blend}."
+            )
 
 
 @dataclass
@@ -254,6 +267,12 @@ def iter_finetune(
     stopped = trained.stopped in ("user", "diverged")
     if trained.stopped == "diverged":
         notes.append("fine-tuning diverged: the previous model is kept")
+    if new is not None and not stopped:
+        base = init.meta.get("retrain_base")
+        if base is not None:  # still a retrain of that built-in model
+            new.meta["retrain_base"] = base
+        if float(config.blend) < 1:
+            blend_weights(new, blend_base(init), float(config.blend))
     before = after = None
     kept = "new"
     idx = list(range(len(images))) if scored is None else list(scored)
@@ -319,6 +338,44 @@ def iter_finetune(
 def finetune(images, annotations, init, config=None, **kwargs) -> FinetuneResult:
     """Run :func:`iter_finetune` to the end and return its result."""
     return drain(iter_finetune(images, annotations, init, config, **kwargs))
+
+
+def blend_base(init: ModelBundle) -> ModelBundle:
+    """Return the model a retrain of `init` blends towards.
+
+    A built-in model, and every model that only retrains made from it, blend towards
+    the built-in weights (``meta["retrain_base"]``: its name and file hash): however
+    many rounds, a retrain never strays more than one blended fine-tune from the model
+    that knew the other kinds of image. Any other model (the user's own, or one a Train
+    run made from a built-in model) blends towards itself, and so does a retrain whose
+    built-in model is no longer installed, or was replaced by another version.
+    """
+    from napari_unet.core.builtin import get_model, origin_model
+
+    base = init.meta.get("retrain_base")
+    if not isinstance(base, dict) or base.get("name") != init.meta.get("origin"):
+        return init
+    installed = get_model(str(base["name"]))
+    if installed is None or installed.sha256 != base.get("sha256"):
+        return init
+    return origin_model(init) or init
+
+
+def blend_weights(new: ModelBundle, start: ModelBundle, share: float) -> None:
+    """Move `new`'s weights back towards `start`'s: keep `share` of the change, in place.
+
+    Every floating-point tensor of the state (weights, and the normalisation layers'
+    running statistics) becomes ``start + share * (new - start)``; counters are left
+    as they are.
+    """
+    import torch
+
+    ref = start.model.state_dict()
+    with torch.no_grad():
+        for key, value in new.model.state_dict().items():
+            if value.is_floating_point():
+                base = ref[key].to(device=value.device, dtype=value.dtype)
+                value.copy_(base + share * (value - base))
 
 
 def annotated_box(annotation: np.ndarray, margin: int = SCORE_MARGIN) -> tuple[slice, ...] | None:
