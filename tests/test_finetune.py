@@ -167,19 +167,29 @@ def test_finetune_settings_are_checked(base_model, bad, match):
         finetune([image], [annotation], base_model, FinetuneConfig(**bad))
 
 
-def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model):
+def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, monkeypatch):
     """blend=0.5 gives the starting weights plus half of what the same fine-tune changed."""
+    import napari_unet.core.finetune as finetune_module
+
     image, annotation, _ = _corrected_pair()
+
+    def run(blend):
+        cfg = FinetuneConfig(steps=4, device="cpu", keep_better=False, blend=blend, seed=3)
+        result = finetune([image], [annotation], base_model, cfg)
+        assert result.kept == "new" and result.steps == 4
+        return result.bundle
+
+    # too few steps to have learned much: nothing is pulled back
+    few = run(0.5)
+    assert "blend" not in few.meta
+    monkeypatch.setattr(finetune_module, "MIN_USEFUL_STEPS", 1)
     states = {}
     for blend in (1.0, 0.5):
-        result = finetune(
-            [image],
-            [annotation],
-            base_model,
-            FinetuneConfig(steps=4, device="cpu", keep_better=False, blend=blend, seed=3),
-        )
-        assert result.kept == "new" and result.steps == 4
-        states[blend] = result.bundle.model.state_dict()
+        bundle = run(blend)
+        states[blend] = bundle.model.state_dict()
+    assert bundle.meta["blend"] == {"share": 0.5, "towards": "start"}
+    for key, value in few.model.state_dict().items():
+        assert torch.equal(value, states[1.0][key])
     start = base_model.model.state_dict()
     moved = 0
     for key, value in start.items():
@@ -408,10 +418,12 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
     base_model, tmp_path, monkeypatch
 ):
     """However many retrains, the kept weights stay one blended fine-tune from the built-in."""
+    import napari_unet.core.finetune as finetune_module
     from napari_unet.core.builtin import ENV_VAR, get_model, resolve_model
     from napari_unet.core.checkpoint import install_model, save_checkpoint
     from napari_unet.core.finetune import blend_base
 
+    monkeypatch.setattr(finetune_module, "MIN_USEFUL_STEPS", 1)  # a tiny run blends too
     folder = tmp_path / "models"
     source = save_checkpoint(base_model, tmp_path / "base.pt")
     install_model(source, "tiny", "Tiny", folder=folder, half=False)
@@ -427,8 +439,14 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
     # round 2 starts from round 1's model, saved and loaded as Retrain does
     round1 = load_checkpoint(save_checkpoint(retrain(builtin, 0.5), tmp_path / "r1.pt"))
     assert round1.meta["retrain_base"] == builtin.meta["retrain_base"]
-    assert blend_base(round1).model.state_dict().keys() == builtin.model.state_dict().keys()
+    assert round1.meta["blend"] == {"share": 0.5, "towards": "tiny"}
+    towards = blend_base(round1)
+    assert towards is not round1
+    for key, value in towards.model.state_dict().items():
+        assert torch.equal(value, builtin.model.state_dict()[key])
     unblended, blended = retrain(round1, 1.0), retrain(round1, 0.5)
+    assert unblended.meta["retrain_base"] == builtin.meta["retrain_base"]  # carried on
+    assert "blend" not in unblended.meta
     start = builtin.model.state_dict()
     for key, value in blended.model.state_dict().items():
         if value.is_floating_point():  # half-way from the built-in, not from round 1
@@ -447,3 +465,7 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
     install_model(save_checkpoint(own, tmp_path / "v2.pt"), "tiny", "Tiny v2", folder=folder)
     assert get_model("tiny").sha256 != round1.meta["retrain_base"]["sha256"]
     assert blend_base(round1) is round1
+    # no hash to tell versions apart (an index entry without one), or an edited file
+    for edited in ({"name": "tiny", "sha256": ""}, {"sha256": "abc"}, "tiny"):
+        round1.meta["retrain_base"] = edited
+        assert blend_base(round1) is round1

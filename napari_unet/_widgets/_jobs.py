@@ -403,7 +403,7 @@ def retrain_job(
     child process (:func:`retrain_generator`) with `in_child`, the default: the
     fine-tuned model comes back as a :class:`._process.LazyBundle`, the prediction as
     :func:`predict_job`'s does. Yields TrainProgress, then PredictProgress. Stopping
-    during training keeps the fine-tuned weights so far and skips the prediction
+    during training keeps the previous model and skips the prediction
     (``predicted.result`` is None). `predict_kwargs` go to ``iter_predict`` unchanged.
     """
     finetune = {"names": names, "scored": scored}

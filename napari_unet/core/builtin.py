@@ -450,7 +450,7 @@ def origin_model(bundle: Any) -> Any | None:
         return None
     try:
         loaded = load_checkpoint(model.path)
-    except NapariUnetError:
+    except (NapariUnetError, OSError):  # damaged, or being replaced right now
         return None
     mine = bundle.model.state_dict()
     theirs = loaded.model.state_dict()

@@ -53,12 +53,18 @@ class FinetuneConfig:
         Pull towards the starting weights (L2-SP, see
         :class:`napari_unet.core.train.TrainConfig`), against forgetting.
     blend : float
-        Share of the fine-tune's change to the weights that is kept: the new model is
-        ``start + blend * (fine-tuned - start)``, weights and normalisation statistics
-        alike (weight-space ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). 1 keeps
-        the fine-tuned weights as they are; half-way forgets less of the images the
-        model knew and, on partial corrections, also predicts the other images of the
-        corrected kind better (``docs/dev/correct_retrain.md``).
+        Share of the fine-tuned weights kept: the new model is
+        ``base + blend * (fine-tuned - base)``, weights and normalisation statistics
+        alike (weight-space ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). The base
+        is the starting model, except for the built-in model and the retrains made from
+        it alone, whose base is the built-in model (:func:`blend_base`): what earlier
+        rounds learned is then kept only as far as this round's training, on every
+        correction so far, learns it again, and the model never drifts further from
+        the built-in one round after round. 1 keeps the fine-tuned weights as they are;
+        lower forgets less of the kinds of image the model knew and, on partial
+        corrections, also predicts the other images of the corrected kind better
+        (``docs/dev/correct_retrain.md``). Not applied when fewer than
+        :data:`MIN_USEFUL_STEPS` steps ran (too little was learned to pull back).
     keep_better : bool
         Score the old and the new model on the corrected images and keep the better
         one (the new one on a tie).
@@ -200,7 +206,7 @@ def iter_finetune(
         user's corrections); default: all.
     stop : threading.Event, optional
         Ends training after the current step; the comparison is then skipped and the
-        fine-tuned weights so far are returned (not saved).
+        previous model is kept (nothing is saved).
 
     Yields
     ------
@@ -271,8 +277,16 @@ def iter_finetune(
         base = init.meta.get("retrain_base")
         if base is not None:  # still a retrain of that built-in model
             new.meta["retrain_base"] = base
-        if float(config.blend) < 1:
-            blend_weights(new, blend_base(init), float(config.blend))
+        share = float(config.blend)
+        if share < 1 and trained.steps >= MIN_USEFUL_STEPS:
+            towards = blend_base(init)
+            blend_weights(new, towards, share)
+            new.meta["blend"] = {
+                "share": share,
+                "towards": "start" if towards is init else str(base["name"]),
+            }
+        else:
+            new.meta.pop("blend", None)
     before = after = None
     kept = "new"
     idx = list(range(len(images))) if scored is None else list(scored)
@@ -348,15 +362,20 @@ def blend_base(init: ModelBundle) -> ModelBundle:
     many rounds, a retrain never strays more than one blended fine-tune from the model
     that knew the other kinds of image. Any other model (the user's own, or one a Train
     run made from a built-in model) blends towards itself, and so does a retrain whose
-    built-in model is no longer installed, or was replaced by another version.
+    built-in model is no longer installed, was replaced by another version, or has no
+    file hash in its index (then another version cannot be told apart), and a retrain
+    saved by a version before this one (no ``retrain_base``).
     """
     from napari_unet.core.builtin import get_model, origin_model
 
     base = init.meta.get("retrain_base")
-    if not isinstance(base, dict) or base.get("name") != init.meta.get("origin"):
+    if not isinstance(base, dict):
         return init
-    installed = get_model(str(base["name"]))
-    if installed is None or installed.sha256 != base.get("sha256"):
+    name, sha = base.get("name"), base.get("sha256")
+    if not isinstance(name, str) or name != init.meta.get("origin") or not sha:
+        return init
+    installed = get_model(name)
+    if installed is None or installed.sha256 != sha:
         return init
     return origin_model(init) or init
 
