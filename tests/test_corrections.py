@@ -100,10 +100,11 @@ def test_split_merged_object_annotates_both_halves_and_a_ring():
     np.testing.assert_array_equal(out, expected)
     assert (out[0:2, 0:2] == 0).all()  # not checked by the user: not annotated
 
-    # default ring: 4x4 objects, diameter 4.5 px -> a quarter rounds to 1 -> at least 2
+    # default ring: 4x4 objects, diameter 4.5 px -> three quarters of it round to 3
     auto = annotation_from_edits(corrected, baseline)
-    np.testing.assert_array_equal(auto, annotation_from_edits(corrected, baseline, ring=2))
-    assert auto[1, 5] == 1 and auto[0, 5] == 0 and (auto[0:2, 0:2] == 0).all()
+    np.testing.assert_array_equal(auto, annotation_from_edits(corrected, baseline, ring=3))
+    assert not np.array_equal(auto, annotation_from_edits(corrected, baseline, ring=2))
+    assert auto[0, 5] == 1 and (auto[0:2, 0:2] == 0).all()  # never the untouched object
 
 
 def test_erased_false_object_becomes_background_only():
@@ -211,7 +212,7 @@ def test_3d_stack_ring_stays_in_the_painted_planes():
     assert not single[[0, 1, 3, 4]].any()
     assert (single[2, 10:20, 10:20] == 2).all() and (single[2] == 1).any()
 
-    # a split in 3D, with the default ring (9-pixel cross-sections: diameter 3.4 -> ring 2)
+    # a split in 3D, with the default ring (9-pixel cross-sections: diameter 3.4 -> ring 3)
     baseline = np.zeros((6, 10, 10), np.int32)
     baseline[1:4, 2:5, 2:8] = 1
     edited = baseline.copy()
@@ -220,7 +221,7 @@ def test_3d_stack_ring_stays_in_the_painted_planes():
     assert (split[1:4, 2:5, 2:5] == 2).all() and (split[1:4, 2:5, 5:8] == 3).all()
     assert split[1, 2, 0] == 1 and split[1, 2, 9] == 1
     assert not split[[0, 4, 5]].any()  # planes without edits
-    assert split[1, 7, 3] == 0  # 3 px away
+    assert split[1, 7, 3] == 1 and split[1, 8, 3] == 0  # 3 px away, 4 px away
 
 
 def test_a_later_ring_does_not_erase_an_earlier_object():

@@ -315,11 +315,11 @@ class PredictWidget(TabbedPanel):
         self.counts = QComboBox()
         self.counts.addItems([COUNT_EDITS, COUNT_ALL])
         self.counts.setToolTip(
-            f"'{COUNT_EDITS}': the objects you painted, split, merged or erased (and a thin "
-            "ring of background around them) are learned; the rest of the image is 'not "
-            f"annotated', so a few fixes in a crowded image are enough. '{COUNT_ALL}': "
-            "every pixel of the layer counts (0 = background): pick it when you checked "
-            "the whole image, or painted it all yourself."
+            f"'{COUNT_EDITS}': the objects you painted, split, merged or erased (and the "
+            "empty pixels around them, out to about a nucleus's width) are learned; the rest "
+            "of the image is 'not annotated', so a few fixes in a crowded image are enough. "
+            f"'{COUNT_ALL}': every pixel of the layer counts (0 = background): pick it when "
+            "you checked the whole image, or painted it all yourself."
         )
         retrain_form.addRow("What counts", self.counts)
         self.retrain_steps = _spin(

@@ -73,7 +73,13 @@ FORMAT_NAME = "napari-unet training set"
 FORMAT_VERSION = 1
 """Version of the saved training-set layout that this module writes and reads."""
 
-_MAX_AUTO_RING = 10
+#: Default width of the background band around corrected objects, in median object
+#: diameters (see :func:`annotation_from_edits`), and its limits in pixels. A quarter of a
+#: diameter (the rule before) shows a fine-tune of a few painted nuclei about as many
+#: object as background pixels: it then predicts false objects on the rest of such
+#: images (docs/dev/correct_retrain.md).
+AUTO_RING_DIAMETERS = 0.75
+_MAX_AUTO_RING = 40
 _MIN_AUTO_RING = 2
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
@@ -235,9 +241,10 @@ def annotation_from_edits(
         all zeros: the user painted on an empty layer.
     ring : float, optional
         Width of the background band around annotated objects, in pixels
-        (Euclidean distance within a plane); 0 for none. Default: a quarter of
-        the median equivalent diameter of the annotated objects' cross-sections,
-        rounded, at least 2 and at most 10.
+        (Euclidean distance within a plane); 0 for none. Default:
+        :data:`AUTO_RING_DIAMETERS` (three quarters) of the median equivalent
+        diameter of the annotated objects' cross-sections, rounded, at least 2 and
+        at most 40.
     return_ring : bool
         Also return the band as a mask (for :func:`merge_annotations`: it was
         not drawn by the user, so it does not erase earlier objects).
@@ -318,7 +325,7 @@ def annotation_from_edits(
         key = plane[objects] * ids.size + (out[objects].astype(np.int64) - 2)
         areas = np.unique(key, return_counts=True)[1]
         median = float(np.median(_equivalent_diameter(areas, 2)))
-        ring = float(min(_MAX_AUTO_RING, max(_MIN_AUTO_RING, round(0.25 * median))))
+        ring = float(min(_MAX_AUTO_RING, max(_MIN_AUTO_RING, round(AUTO_RING_DIAMETERS * median))))
     if ring > 0:
         box = _bbox(objects, math.ceil(ring))
         lead = (slice(None),) * (corrected.ndim - 2)
