@@ -25,8 +25,8 @@ excluded from "remaining".
 Usage: python bench/correct_retrain.py --model M.pt [--sets miccai dsb_tissue]
 [--modes full partial] [--protocols rounds oneshot] [--tag NAME] [--anchor A] [--lr L]
 [--replay-share S] (0: no replay of the built-in model's samples) [--blend B]
-[--blend-towards-start] (each round blends towards the model it started from, not the
-built-in one: how variants/correct_retrain_blend50.json was measured)
+(a retrain of the built-in model keeps that share of the fine-tune, see
+napari_unet.core.finetune.FinetuneConfig.blend)
 Writes bench/results/correct_retrain.json (with --tag: variants/correct_retrain_TAG.json).
 """
 
@@ -172,8 +172,6 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
     remaining = [p for i, p in enumerate(pairs) if i not in corrected_idx]
     fluo = args.fluo_pairs
     model = load_checkpoint(model_path)
-    if args.blend_towards_start:
-        model.meta.pop("retrain_base", None)
     entry = {
         "set": kind,
         "mode": mode,
@@ -278,7 +276,6 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--replay-share", type=float, default=None)
     parser.add_argument("--blend", type=float, default=None)
-    parser.add_argument("--blend-towards-start", action="store_true")
     args = parser.parse_args()
     import torch
 
@@ -308,7 +305,6 @@ def main() -> None:
             "max_seconds": args.max_seconds,
             "replay_share": args.replay_share,
             "blend": args.blend,
-            "blend_towards": "start" if args.blend_towards_start else "built-in",
         },
         "runs": [],
     }

@@ -167,30 +167,44 @@ def test_finetune_settings_are_checked(base_model, bad, match):
         finetune([image], [annotation], base_model, FinetuneConfig(**bad))
 
 
-def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, monkeypatch):
-    """blend=0.5 gives the starting weights plus half of what the same fine-tune changed."""
+def _install_builtin(base_model, tmp_path, monkeypatch):
+    """`base_model` installed as the built-in model 'tiny' of a models folder; loaded."""
+    from napari_unet.core.builtin import ENV_VAR, resolve_model
+    from napari_unet.core.checkpoint import install_model, save_checkpoint
+
+    folder = tmp_path / "models"
+    source = save_checkpoint(base_model, tmp_path / "base.pt")
+    install_model(source, "tiny", "Tiny", folder=folder, half=False)
+    monkeypatch.setenv(ENV_VAR, str(folder))
+    return folder, load_checkpoint(resolve_model("tiny"))
+
+
+def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, tmp_path, monkeypatch):
+    """From the built-in model, blend=0.5 keeps half of what the same fine-tune changed;
+    a model of the user's own keeps all of it."""
     import napari_unet.core.finetune as finetune_module
 
+    _, builtin = _install_builtin(base_model, tmp_path, monkeypatch)
     image, annotation, _ = _corrected_pair()
 
-    def run(blend):
+    def run(model, blend):
         cfg = FinetuneConfig(steps=4, device="cpu", keep_better=False, blend=blend, seed=3)
-        result = finetune([image], [annotation], base_model, cfg)
+        result = finetune([image], [annotation], model, cfg)
         assert result.kept == "new" and result.steps == 4
         return result.bundle
 
     # too few steps to have learned much: nothing is pulled back
-    few = run(0.5)
+    few = run(builtin, 0.5)
     assert "blend" not in few.meta
     monkeypatch.setattr(finetune_module, "MIN_USEFUL_STEPS", 1)
     states = {}
     for blend in (1.0, 0.5):
-        bundle = run(blend)
+        bundle = run(builtin, blend)
         states[blend] = bundle.model.state_dict()
-    assert bundle.meta["blend"] == {"share": 0.5, "towards": "start"}
+    assert bundle.meta["blend"] == {"share": 0.5, "towards": "tiny"}
     for key, value in few.model.state_dict().items():
         assert torch.equal(value, states[1.0][key])
-    start = base_model.model.state_dict()
+    start = builtin.model.state_dict()
     moved = 0
     for key, value in start.items():
         full, half = states[1.0][key], states[0.5][key]
@@ -200,6 +214,11 @@ def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, monkeypatch
         else:  # counters (BatchNorm's batches seen) are not blended
             assert torch.equal(half, full)
     assert moved > 10  # the fine-tune did change the weights and running statistics
+    # the same model, not a built-in one (no origin): it keeps the whole fine-tune
+    own = run(base_model, 0.5)
+    assert "blend" not in own.meta
+    for key, value in own.model.state_dict().items():
+        assert torch.equal(value, states[1.0][key])
 
 
 def test_anchor_keeps_the_weights_nearer_the_start(base_model):
@@ -419,16 +438,12 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
 ):
     """However many retrains, the kept weights stay one blended fine-tune from the built-in."""
     import napari_unet.core.finetune as finetune_module
-    from napari_unet.core.builtin import ENV_VAR, get_model, resolve_model
+    from napari_unet.core.builtin import get_model
     from napari_unet.core.checkpoint import install_model, save_checkpoint
     from napari_unet.core.finetune import blend_base
 
     monkeypatch.setattr(finetune_module, "MIN_USEFUL_STEPS", 1)  # a tiny run blends too
-    folder = tmp_path / "models"
-    source = save_checkpoint(base_model, tmp_path / "base.pt")
-    install_model(source, "tiny", "Tiny", folder=folder, half=False)
-    monkeypatch.setenv(ENV_VAR, str(folder))
-    builtin = load_checkpoint(resolve_model("tiny"))
+    folder, builtin = _install_builtin(base_model, tmp_path, monkeypatch)
     assert builtin.meta["retrain_base"]["name"] == "tiny"
     image, annotation, _ = _corrected_pair()
 
@@ -441,7 +456,7 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
     assert round1.meta["retrain_base"] == builtin.meta["retrain_base"]
     assert round1.meta["blend"] == {"share": 0.5, "towards": "tiny"}
     towards = blend_base(round1)
-    assert towards is not round1
+    assert towards is not None
     for key, value in towards.model.state_dict().items():
         assert torch.equal(value, builtin.model.state_dict()[key])
     unblended, blended = retrain(round1, 1.0), retrain(round1, 0.5)
@@ -452,7 +467,7 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
         if value.is_floating_point():  # half-way from the built-in, not from round 1
             full = unblended.model.state_dict()[key]
             torch.testing.assert_close(value, start[key] + 0.5 * (full - start[key]))
-    # a Train run from the built-in model makes the user's own model: it blends towards itself
+    # a Train run from the built-in model makes the user's own model: it is not blended
     own = train(
         [image],
         [annotation],
@@ -460,12 +475,12 @@ def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
         init=builtin,
     ).bundle
     assert own.meta["origin"] == "tiny" and "retrain_base" not in own.meta
-    assert blend_base(own) is own
-    # a built-in model replaced by another version (another file): towards itself
+    assert blend_base(own) is None
+    # a built-in model replaced by another version (another file): not blended
     install_model(save_checkpoint(own, tmp_path / "v2.pt"), "tiny", "Tiny v2", folder=folder)
     assert get_model("tiny").sha256 != round1.meta["retrain_base"]["sha256"]
-    assert blend_base(round1) is round1
+    assert blend_base(round1) is None
     # no hash to tell versions apart (an index entry without one), or an edited file
     for edited in ({"name": "tiny", "sha256": ""}, {"sha256": "abc"}, "tiny"):
         round1.meta["retrain_base"] = edited
-        assert blend_base(round1) is round1
+        assert blend_base(round1) is None

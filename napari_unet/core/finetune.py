@@ -53,18 +53,19 @@ class FinetuneConfig:
         Pull towards the starting weights (L2-SP, see
         :class:`napari_unet.core.train.TrainConfig`), against forgetting.
     blend : float
-        Share of the fine-tuned weights kept: the new model is
-        ``base + blend * (fine-tuned - base)``, weights and normalisation statistics
-        alike (weight-space ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). The base
-        is the starting model, except for the built-in model and the retrains made from
-        it alone, whose base is the built-in model (:func:`blend_base`): what earlier
-        rounds learned is then kept only as far as this round's training, on every
-        correction so far, learns it again, and the model never drifts further from
-        the built-in one round after round. 1 keeps the fine-tuned weights as they are;
-        lower forgets less of the kinds of image the model knew and, on partial
-        corrections, also predicts the other images of the corrected kind better
-        (``docs/dev/correct_retrain.md``). Not applied when fewer than
-        :data:`MIN_USEFUL_STEPS` steps ran (too little was learned to pull back).
+        For the built-in model and the retrains made from it alone: the share of the
+        fine-tuned weights kept, the rest pulled back to the built-in model
+        (:func:`blend_base`): the new model is ``built-in + blend * (fine-tuned -
+        built-in)``, weights and normalisation statistics alike (weight-space
+        ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). What earlier rounds learned
+        is kept as far as this round's training, on every correction so far, learns it
+        again, and the model never drifts further from the built-in one round after
+        round. 1 keeps the fine-tuned weights as they are; lower forgets less of the
+        kinds of image the built-in model knew and, on partial corrections, also
+        predicts the other images of the corrected kind better
+        (``docs/dev/correct_retrain.md``). Not applied to any other model (measured only
+        from the built-in one), nor when fewer than :data:`MIN_USEFUL_STEPS` steps ran
+        (too little was learned to pull back).
     keep_better : bool
         Score the old and the new model on the corrected images and keep the better
         one (the new one on a tie).
@@ -278,13 +279,10 @@ def iter_finetune(
         if base is not None:  # still a retrain of that built-in model
             new.meta["retrain_base"] = base
         share = float(config.blend)
-        if share < 1 and trained.steps >= MIN_USEFUL_STEPS:
-            towards = blend_base(init)
+        towards = blend_base(init) if share < 1 and trained.steps >= MIN_USEFUL_STEPS else None
+        if towards is not None:
             blend_weights(new, towards, share)
-            new.meta["blend"] = {
-                "share": share,
-                "towards": "start" if towards is init else str(base["name"]),
-            }
+            new.meta["blend"] = {"share": share, "towards": str(base["name"])}
         else:
             new.meta.pop("blend", None)
     before = after = None
@@ -354,30 +352,30 @@ def finetune(images, annotations, init, config=None, **kwargs) -> FinetuneResult
     return drain(iter_finetune(images, annotations, init, config, **kwargs))
 
 
-def blend_base(init: ModelBundle) -> ModelBundle:
-    """Return the model a retrain of `init` blends towards.
+def blend_base(init: ModelBundle) -> ModelBundle | None:
+    """Return the built-in model a retrain of `init` blends towards, or None.
 
     A built-in model, and every model that only retrains made from it, blend towards
     the built-in weights (``meta["retrain_base"]``: its name and file hash): however
     many rounds, a retrain never strays more than one blended fine-tune from the model
-    that knew the other kinds of image. Any other model (the user's own, or one a Train
-    run made from a built-in model) blends towards itself, and so does a retrain whose
-    built-in model is no longer installed, was replaced by another version, or has no
-    file hash in its index (then another version cannot be told apart), and a retrain
-    saved by a version before this one (no ``retrain_base``).
+    that knew the other kinds of image. None (no blending) for any other model: the
+    user's own, one a Train run made from a built-in model, a retrain whose built-in
+    model is no longer installed, was replaced by another version, or has no file hash
+    in its index (then another version cannot be told apart), and a retrain saved by a
+    version before this one (no ``retrain_base``).
     """
     from napari_unet.core.builtin import get_model, origin_model
 
     base = init.meta.get("retrain_base")
     if not isinstance(base, dict):
-        return init
+        return None
     name, sha = base.get("name"), base.get("sha256")
     if not isinstance(name, str) or name != init.meta.get("origin") or not sha:
-        return init
+        return None
     installed = get_model(name)
     if installed is None or installed.sha256 != sha:
-        return init
-    return origin_model(init) or init
+        return None
+    return origin_model(init)
 
 
 def blend_weights(new: ModelBundle, start: ModelBundle, share: float) -> None:

@@ -191,8 +191,8 @@ def start_model(
         # settings fitted to the starting weights no longer describe the model being trained;
         # they are put back at the end when none could be fitted (the best guess there is)
         start_postprocess = bundle.meta.pop("postprocess", None)
-        # a model trained on the user's images is their own: retrains of it blend towards it
-        # (napari_unet.core.finetune), not towards the built-in model it started from
+        # a model trained on the user's images is their own: its retrains are not pulled back
+        # towards the built-in model it started from (napari_unet.core.finetune.blend_base)
         bundle.meta.pop("retrain_base", None)
         history_prev = list(bundle.meta.get("history", []))
     else:
