@@ -26,7 +26,8 @@ Usage: python bench/correct_retrain.py --model M.pt [--sets miccai dsb_tissue]
 [--modes full partial] [--protocols rounds oneshot] [--tag NAME] [--anchor A] [--lr L]
 [--replay-share S] (0: no replay of the built-in model's samples) [--blend B]
 (a retrain of the built-in model keeps that share of the fine-tune, see
-napari_unet.core.finetune.FinetuneConfig.blend)
+napari_unet.core.finetune.FinetuneConfig.blend) [--distill D] (weight of the
+distillation term on the replayed patches, FinetuneConfig.distill)
 Writes bench/results/correct_retrain.json (with --tag: variants/correct_retrain_TAG.json).
 """
 
@@ -205,6 +206,7 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         replay=args.replay_share > 0,
         replay_share=args.replay_share if args.replay_share > 0 else 0.5,
         blend=args.blend,
+        distill=args.distill,
     )
     done: list = []
     for k, batch in enumerate(batches, 1):
@@ -276,6 +278,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None)
     parser.add_argument("--replay-share", type=float, default=None)
     parser.add_argument("--blend", type=float, default=None)
+    parser.add_argument("--distill", type=float, default=None)
     args = parser.parse_args()
     import torch
 
@@ -290,6 +293,7 @@ def main() -> None:
         "max_seconds",
         "replay_share",
         "blend",
+        "distill",
     ):
         if getattr(args, key) is None:
             setattr(args, key, getattr(defaults, key))
@@ -305,6 +309,7 @@ def main() -> None:
             "max_seconds": args.max_seconds,
             "replay_share": args.replay_share,
             "blend": args.blend,
+            "distill": args.distill,
         },
         "runs": [],
     }

@@ -358,6 +358,45 @@ def test_replay_share_sets_how_often_the_replayed_images_are_drawn(base_model):
         finetune([image], [annotation], base_model, FinetuneConfig(replay_share=-0.1))
 
 
+def _outputs(bundle, image):
+    """The model's probabilities on an image, as prediction computes them."""
+    from napari_unet.core.predict import PredictConfig, predict_probabilities
+
+    return predict_probabilities(bundle, image, config=PredictConfig(device="cpu"))
+
+
+def test_distillation_keeps_the_replayed_images_predicted_as_the_teacher_did(base_model):
+    # the replayed image's labels say "one small object, the rest is background": training
+    # on them moves the model's outputs on its nuclei; distillation holds them near the
+    # teacher's
+    image, annotation, _ = _corrected_pair()
+    other, _ = nuclei_image((96, 96), n=10, seed=40)
+    wrong = np.zeros(other.shape, np.int32)
+    wrong[:4, :4] = 1
+    replay = [("other", other, wrong)]
+    teacher = _outputs(base_model, other)
+    moved = {}
+    for distill in (0.0, 20.0):
+        cfg = TrainConfig(
+            epochs=1,
+            steps_per_epoch=15,
+            lr=3e-3,
+            sparse=True,
+            val_fraction=0,
+            tune_postprocessing=False,
+            distill=distill,
+            **TINY,
+        )
+        result = train([image], [annotation], cfg, init=base_model, replay=replay)
+        moved[distill] = float(np.mean((_outputs(result.bundle, other) - teacher) ** 2))
+    assert np.allclose(_outputs(base_model, other), teacher)  # the teacher is not changed
+    assert moved[20.0] < 0.5 * moved[0.0]
+    with pytest.raises(NapariUnetError, match="distill"):
+        TrainConfig(distill=-1).validate()
+    with pytest.raises(NapariUnetError, match="distill"):  # TrainConfig's check, via a retrain
+        finetune([image], [annotation], base_model, FinetuneConfig(distill=float("nan")))
+
+
 def test_replayed_images_are_trained_on_and_never_held_back(base_model):
     from napari_unet.core.builtin import replay_data
     from napari_unet.core.train import START, iter_train

@@ -150,7 +150,8 @@ def make_batches(
     workers = config.workers
     if workers is None:
         workers = min(6, max(0, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
-    if distributed is not None or sampler.by_loss > 0:  # both need this process's sampler
+    # these need this process's sampler (which patches were drawn from which image)
+    if distributed is not None or sampler.by_loss > 0 or config.distill > 0:
         workers = 0
     return BatchStream(sampler, workers, config.seed)
 

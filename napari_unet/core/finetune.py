@@ -76,6 +76,11 @@ class FinetuneConfig:
         knew.
     replay_share : float
         Share of the training patches drawn from the replayed images.
+    distill : float
+        Weight of the distillation term on the replayed patches (0 = off): the
+        fine-tuned model is pulled towards the outputs of the model it blends towards
+        (:func:`blend_base`), else of the starting model, on the images it knew
+        (see :class:`napari_unet.core.train.TrainConfig`).
     device : str
         "auto", "cuda", "mps" or "cpu".
     checkpoint_path : str or None
@@ -91,6 +96,7 @@ class FinetuneConfig:
     keep_better: bool = True
     replay: bool = True
     replay_share: float = 0.5
+    distill: float = 0.0
     device: str = "auto"
     checkpoint_path: str | None = None
     seed: int = 0
@@ -246,13 +252,22 @@ def iter_finetune(
     train_config.lr = float(config.lr)
     train_config.anchor = float(config.anchor)
     train_config.replay_share = float(config.replay_share)
+    train_config.distill = float(config.distill)
     train_config.device = config.device
     train_config.checkpoint_path = None  # the kept model is saved below
     train_config.seed = int(config.seed)
     done = None
     replay = replay_data(init) if config.replay and config.replay_share > 0 else []
+    origin = blend_base(init) if config.blend < 1 or config.distill > 0 else None
     gen = iter_train(
-        images, annotations, train_config, names=names, init=init, stop=stop, replay=replay
+        images,
+        annotations,
+        train_config,
+        names=names,
+        init=init,
+        stop=stop,
+        replay=replay,
+        teacher=origin,
     )
     while True:  # relay all but the trainer's own "done" report
         try:
@@ -279,7 +294,7 @@ def iter_finetune(
         if base is not None:  # still a retrain of that built-in model
             new.meta["retrain_base"] = base
         share = float(config.blend)
-        towards = blend_base(init) if share < 1 and trained.steps >= MIN_USEFUL_STEPS else None
+        towards = origin if share < 1 and trained.steps >= MIN_USEFUL_STEPS else None
         if towards is not None:
             blend_weights(new, towards, share)
             new.meta["blend"] = {"share": share, "towards": str(base["name"])}

@@ -151,6 +151,7 @@ def iter_train(
     stop: threading.Event | None = None,
     distributed: Distributed | None = None,
     replay: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
+    teacher: ModelBundle | None = None,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train a UNet, yielding progress; return the best model.
 
@@ -178,6 +179,10 @@ def iter_train(
         Images of the starting model's own training data with their instance labels,
         replayed while fine-tuning so that it does not forget them: drawn at
         ``config.replay_share`` of the patches, never held back for validation.
+    teacher : ModelBundle, optional
+        With ``config.distill > 0`` and `replay`: the model whose outputs on the
+        replayed patches the fine-tune is pulled towards (default: `init`). It is not
+        changed.
 
     Yields
     ------
@@ -192,7 +197,7 @@ def iter_train(
     NapariUnetError
         Invalid settings or data (raised before the first yield).
     """
-    data = dict(names=names, init=init, replay=replay)
+    data = dict(names=names, init=init, replay=replay, teacher=teacher)
     run = _Trainer(images, labels, config, stop=stop, distributed=distributed, **data)
     yield run.start_report()
     try:
@@ -237,7 +242,9 @@ class _RunState:
 class _Trainer:
     """One run of :func:`iter_train`: its model, optimiser and batches, and the loop."""
 
-    def __init__(self, images, labels, config, *, names, init, stop, distributed, replay) -> None:
+    def __init__(
+        self, images, labels, config, *, names, init, stop, distributed, replay, teacher=None
+    ) -> None:
         from napari_unet.core.device import precision_note
 
         config, norm = resolve_config(config, init)
@@ -248,6 +255,7 @@ class _Trainer:
             config, data, norm, init, self.precision
         )
         self._build_optimisation()
+        self._build_teacher(teacher)
         self.batches = make_batches(config, data.train, data.n_outputs, self.device, distributed)
         self.sampler = self.batches.sampler
         self.schedule = Schedule.from_config(config, data.train)
@@ -285,6 +293,43 @@ class _Trainer:
         fine_tune = config.anchor > 0 and self.init is not None
         self.anchor = Anchor(model, config.anchor) if fine_tune else None
         self.loss_fn = loss_function("bce" if config.loss == "weighted_bce" else config.loss)
+
+    def _build_teacher(self, teacher) -> None:
+        """Put a frozen copy of the distillation teacher on the device (or none)."""
+        import copy
+
+        import torch
+
+        self.teacher = None
+        source = teacher if teacher is not None else self.init
+        replayed = any(s.replay for s in self.data.train)
+        if self.config.distill <= 0 or source is None or not replayed:
+            return
+        model = copy.deepcopy(source.model).to(self.device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.teacher = model
+
+    def _distill_loss(self, xt, logits):
+        """Return the distillation term of this batch, on its replayed patches (or None)."""
+        import torch
+
+        from napari_unet.core.device import compute_autocast
+
+        idx = self.sampler.last_indices
+        if idx.size != xt.shape[0]:  # drawn elsewhere (worker processes): not known here
+            return None
+        samples = self.sampler.samples  # under torchrun, this rank's share
+        rows = np.nonzero([samples[i].replay for i in idx.tolist()])[0]
+        if rows.size == 0:
+            return None
+        sel = torch.as_tensor(rows, device=xt.device)
+        with torch.no_grad(), compute_autocast(self.device, self.precision):
+            soft = torch.sigmoid(self.teacher(xt.index_select(0, sel)).float())
+        student = logits.index_select(0, sel).float()
+        return self.loss_fn(student, soft, torch.ones_like(soft)) * (rows.size / xt.shape[0])
 
     def progress(
         self, kind: str, *, loss=None, validation=None, message="", fraction=None, elapsed=None
@@ -389,6 +434,10 @@ class _Trainer:
             with compute_autocast(self.device, self.precision):
                 logits = self.net(xt)
             loss = self.loss_fn(logits.float(), yt, wt)
+            if self.teacher is not None:
+                term = self._distill_loss(xt, logits)
+                if term is not None:
+                    loss = loss + self.config.distill * term
             if self.anchor is not None:
                 loss = loss + self.anchor.penalty()
             lv = float(loss.detach())

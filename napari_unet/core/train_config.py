@@ -125,6 +125,12 @@ class TrainConfig:
     replay_share : float
         When fine-tuning with replayed images (``iter_train(replay=...)``: the starting
         model's own training data), the share of the patches drawn from them.
+    distill : float
+        When fine-tuning with replayed images: weight of a distillation term on the
+        replayed patches, whose targets are the teacher's outputs (``iter_train``'s
+        ``teacher``, else the starting model), so the fine-tuned model keeps
+        predicting the kinds of image it knew as it did (learning without
+        forgetting: Li & Hoiem, 2017); 0 (the default) = off.
     patience : int or None
         Early stopping after this many validations without improvement; None (the
         default) trains to the end of the budget or the epochs: the learning rate
@@ -191,6 +197,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     anchor: float = 0.0
     replay_share: float = 0.5
+    distill: float = 0.0
     patience: int | None = None
     device: str = "auto"
     precision: str = "auto"
@@ -314,6 +321,8 @@ class TrainConfig:
             raise NapariUnetError(
                 f"replay_share must be in [0, 1) (a share of the patches), got {self.replay_share}."
             )
+        if not (np.isfinite(self.distill) and 0 <= self.distill <= 100):
+            raise NapariUnetError(f"distill must be between 0 (off) and 100, got {self.distill}.")
         if not 0 <= self.ema < 1:
             raise NapariUnetError(f"ema must be in [0, 1) (0 = off), got {self.ema}.")
         if self.patience is not None and (int(self.patience) != self.patience or self.patience < 0):
