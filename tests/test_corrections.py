@@ -121,6 +121,24 @@ def test_erased_false_object_becomes_background_only():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_the_band_also_surrounds_an_erased_false_object():
+    # the user paints a missed nucleus and erases a false object elsewhere: the user saw
+    # the surroundings of both, so both get the background band
+    baseline = np.zeros((16, 16), np.int32)
+    baseline[10:13, 10:13] = 5  # a false object
+    corrected = np.zeros_like(baseline)
+    corrected[2:5, 2:5] = 1  # a missed nucleus, painted
+
+    out = annotation_from_edits(corrected, baseline, ring=1)
+
+    expected = np.zeros_like(out)
+    expected[_ring1((slice(2, 5), slice(2, 5)), out.shape)] = 1
+    expected[_ring1((slice(10, 13), slice(10, 13)), out.shape)] = 1
+    expected[10:13, 10:13] = 1  # the erased object: background
+    expected[2:5, 2:5] = 2
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_shrunk_object_annotates_the_rest_and_the_erased_pixels():
     baseline = np.zeros((8, 8), np.int32)
     baseline[2:6, 2:6] = 4

@@ -222,11 +222,12 @@ def annotation_from_edits(
     every involved baseline id. Inside it, labelled pixels of `corrected` are
     objects and empty ones are background (e.g. an erased false object).
 
-    A band of background is added around the annotated objects: pixels within
-    `ring` pixels of one that are empty in `corrected` were seen by the user and
-    left empty. The band is drawn in each 2D plane (the last two axes): a stack
-    or time series is predicted and corrected plane by plane, so the planes
-    around a painted one were not looked at. Pixels of other, untouched objects
+    A band of background is added around the annotated objects and around what
+    the user erased (false objects, trimmed pixels): pixels within `ring` pixels of
+    them that are empty in `corrected` were seen by the user and left empty. The
+    band is drawn in each 2D plane (the last two axes): a stack or time series is
+    predicted and corrected plane by plane, so the planes around a painted one
+    were not looked at. Pixels of other, untouched objects
     are never annotated (they may be wrong predictions nobody checked), nor is
     the rest of the image.
 
@@ -240,8 +241,8 @@ def annotation_from_edits(
         The same layer before the edits (usually the prediction). None means
         all zeros: the user painted on an empty layer.
     ring : float, optional
-        Width of the background band around annotated objects, in pixels
-        (Euclidean distance within a plane); 0 for none. Default:
+        Width of the background band around annotated objects and erased pixels, in
+        pixels (Euclidean distance within a plane); 0 for none. Default:
         :data:`AUTO_RING_DIAMETERS` (three quarters) of the median equivalent
         diameter of the annotated objects' cross-sections, rounded, at least 2 and
         at most 40.
@@ -327,12 +328,15 @@ def annotation_from_edits(
         median = float(np.median(_equivalent_diameter(areas, 2)))
         ring = float(min(_MAX_AUTO_RING, max(_MIN_AUTO_RING, round(AUTO_RING_DIAMETERS * median))))
     if ring > 0:
-        box = _bbox(objects, math.ceil(ring))
+        # around the objects and around what the user erased (a false object's
+        # surroundings were seen too)
+        seen = out != 0
+        box = _bbox(seen, math.ceil(ring))
         lead = (slice(None),) * (corrected.ndim - 2)
         box = lead + tuple(box[-2:])  # whole planes along the leading axes
         # distances within each plane only (the leading axes are far apart)
         sampling = [1e9] * (corrected.ndim - 2) + [1.0, 1.0]
-        near = ndi.distance_transform_edt(out[box] < 2, sampling=sampling) <= ring
+        near = ndi.distance_transform_edt(~seen[box], sampling=sampling) <= ring
         band = near & (corrected[box] == 0) & (out[box] == 0)
         out[box][band] = 1
         band_mask[box] = band
