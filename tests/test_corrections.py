@@ -107,18 +107,27 @@ def test_split_merged_object_annotates_both_halves_and_a_ring():
     assert auto[0, 5] == 1 and (auto[0:2, 0:2] == 0).all()  # never the untouched object
 
 
-def test_erased_false_object_becomes_background_only():
+def test_erased_false_object_becomes_background_with_its_band():
     baseline = np.zeros((9, 9), np.uint16)
     baseline[1:4, 1:4] = 1
     baseline[6:8, 5:9] = 2  # a false object
     corrected = baseline.copy()
     corrected[corrected == 2] = 0
 
-    out = annotation_from_edits(corrected, baseline)
+    out = annotation_from_edits(corrected, baseline, ring=1)
 
     expected = np.zeros((9, 9), np.int32)
+    expected[_ring1((slice(6, 8), slice(5, 9)), (10, 10))[:9, :9]] = 1
     expected[6:8, 5:9] = 1
     np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(
+        annotation_from_edits(corrected, baseline, ring=0), (baseline == 2).astype(np.int32)
+    )
+    # nothing painted: the default band is sized by what was erased (2x4 px: diameter
+    # 3.2 -> 2 px); it never reaches the untouched object 1
+    auto = annotation_from_edits(corrected, baseline)
+    np.testing.assert_array_equal(auto, annotation_from_edits(corrected, baseline, ring=2))
+    assert auto[4, 5] == 1 and auto[5, 3] == 0 and (auto[baseline == 1] == 0).all()
 
 
 def test_the_band_also_surrounds_an_erased_false_object():

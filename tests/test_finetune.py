@@ -389,11 +389,10 @@ def test_distillation_keeps_the_replayed_images_predicted_as_the_teacher_did(bas
         )
         result = train([image], [annotation], cfg, init=base_model, replay=replay)
         moved[distill] = float(np.mean((_outputs(result.bundle, other) - teacher) ** 2))
-    assert np.allclose(_outputs(base_model, other), teacher)  # the teacher is not changed
     assert moved[20.0] < 0.5 * moved[0.0]
     with pytest.raises(NapariUnetError, match="distill"):
         TrainConfig(distill=-1).validate()
-    with pytest.raises(NapariUnetError, match="distill"):  # TrainConfig's check, via a retrain
+    with pytest.raises(NapariUnetError, match="distill"):
         finetune([image], [annotation], base_model, FinetuneConfig(distill=float("nan")))
 
 

@@ -151,7 +151,8 @@ def make_batches(
     if workers is None:
         workers = min(6, max(0, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
     # these need this process's sampler (which patches were drawn from which image)
-    if distributed is not None or sampler.by_loss > 0 or config.distill > 0:
+    distills = config.distill > 0 and any(s.replay for s in sampler.samples)
+    if distributed is not None or sampler.by_loss > 0 or distills:
         workers = 0
     return BatchStream(sampler, workers, config.seed)
 

@@ -244,8 +244,8 @@ def annotation_from_edits(
         Width of the background band around annotated objects and erased pixels, in
         pixels (Euclidean distance within a plane); 0 for none. Default:
         :data:`AUTO_RING_DIAMETERS` (three quarters) of the median equivalent
-        diameter of the annotated objects' cross-sections, rounded, at least 2 and
-        at most 40.
+        diameter of the annotated objects' cross-sections (of the erased ones when
+        nothing was painted), rounded, at least 2 and at most 40.
     return_ring : bool
         Also return the band as a mask (for :func:`merge_annotations`: it was
         not drawn by the user, so it does not erase earlier objects).
@@ -273,11 +273,15 @@ def annotation_from_edits(
 
     Examples
     --------
-    The user erased a false object (id 2) from a prediction:
+    The user erased a false object (id 2) from a prediction: its pixel is background,
+    and so is the band around it (2 px, the smallest), but never object 1, which the
+    user did not touch:
 
     >>> before = np.array([[1, 1, 0, 0], [1, 1, 0, 2]])
     >>> after = np.array([[1, 1, 0, 0], [1, 1, 0, 0]])
     >>> annotation_from_edits(after, before).tolist()
+    [[0, 0, 1, 1], [0, 0, 1, 1]]
+    >>> annotation_from_edits(after, before, ring=0).tolist()
     [[0, 0, 0, 0], [0, 0, 0, 1]]
     """
     from scipy import ndimage as ndi
@@ -313,17 +317,22 @@ def annotation_from_edits(
     objects = region & (corrected != 0)
     out[region & (corrected == 0)] = 1
     out[objects] = _relabel_from(corrected[objects], ids, 2)
-    if not ids.size:
-        return done(out)
     if ring is None:
-        # cross-sections: the area of each object in each plane where it appears
+        # cross-sections: the area of each object in each plane where it appears; with
+        # nothing painted, of what was erased (then a baseline was given: something changed)
         plane = np.broadcast_to(
             np.arange(math.prod(corrected.shape[:-2]), dtype=np.int64).reshape(
                 corrected.shape[:-2] + (1, 1)
             ),
             corrected.shape,
         )
-        key = plane[objects] * ids.size + (out[objects].astype(np.int64) - 2)
+        if ids.size:
+            sized, n, index = objects, ids.size, out[objects].astype(np.int64) - 2
+        else:
+            sized = region & (baseline != 0)
+            erased_ids, index = np.unique(baseline[sized], return_inverse=True)
+            n = erased_ids.size
+        key = plane[sized] * n + index.astype(np.int64).ravel()
         areas = np.unique(key, return_counts=True)[1]
         median = float(np.median(_equivalent_diameter(areas, 2)))
         ring = float(min(_MAX_AUTO_RING, max(_MIN_AUTO_RING, round(AUTO_RING_DIAMETERS * median))))

@@ -115,6 +115,8 @@ class FinetuneConfig:
             )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
+        if not (np.isfinite(self.distill) and 0 <= self.distill <= 100):
+            raise NapariUnetError(f"distill must be between 0 (off) and 100, got {self.distill}.")
         if not (np.isfinite(self.blend) and 0 < self.blend <= 1):
             raise NapariUnetError(
                 f"blend must be in (0, 1] (the share of the fine-tune's change kept), "
@@ -258,7 +260,8 @@ def iter_finetune(
     train_config.seed = int(config.seed)
     done = None
     replay = replay_data(init) if config.replay and config.replay_share > 0 else []
-    origin = blend_base(init) if config.blend < 1 or config.distill > 0 else None
+    # the model a retrain blends towards, and distils from on the replayed images
+    origin = blend_base(init) if config.blend < 1 or (config.distill > 0 and replay) else None
     gen = iter_train(
         images,
         annotations,

@@ -563,6 +563,7 @@ class _Trainer:
 
         s = self.state
         self.batches.close()
+        self.teacher = None  # its device memory is released with the run's
         if s.best_state is not None:
             self.model.load_state_dict(s.best_state)
         elif s.stopped == "diverged":
