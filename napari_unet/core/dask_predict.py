@@ -49,6 +49,7 @@ from scipy import ndimage as ndi
 
 from napari_unet.core.data import Normalisation
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.norm_sets import choose as choose_statistics
 from napari_unet.core.predict import (
     SPLIT_METHODS,
     ObjectScale,
@@ -548,6 +549,8 @@ def predict_to_zarr(
     K = bundle.spec.out_channels
     outputs = bundle.outputs
     n_blocks = int(np.prod(lead, dtype=np.int64)) * len(ych_s) * len(xch_s)
+    # a retrain of a built-in model: the statistics of the model that knows this kind of image
+    bundle, _ = choose_statistics(bundle, img, lo, hi, norm)
     bundle = copy.deepcopy(bundle)  # tasks move their copy to the workers' device
     _prepare_model(bundle, torch.device("cpu"))
     b_bundle = dask.delayed(bundle, pure=True)

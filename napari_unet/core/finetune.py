@@ -446,6 +446,7 @@ def score_on_annotations(
     from napari_unet.core.corrections import partial_f1
     from napari_unet.core.data import Normalisation, find_channel_axis
     from napari_unet.core.device import release_memory, select_device
+    from napari_unet.core.norm_sets import choose as choose_statistics
     from napari_unet.core.predict import (
         PredictConfig,
         _back_to_image,
@@ -489,8 +490,10 @@ def score_on_annotations(
                 src = crop
                 if factor != 1:
                     src = _Resized(crop, _scaled_shape(crop.shape[-2:], factor))
+                # the statistics prediction of the whole plane would use (norm_sets)
+                chosen, _ = choose_statistics(bundle, plane, lo, hi, norm)
                 prob = drain(
-                    _predict_2d(bundle, src, lo, hi, norm, cfg, torch_device, stop, [0], 0)
+                    _predict_2d(chosen, src, lo, hi, norm, cfg, torch_device, stop, [0], 0)
                 )
                 if prob is None:  # stopped
                     return None

@@ -22,6 +22,7 @@ import numpy as np
 
 from napari_unet.core.data import Normalisation, channels_first
 from napari_unet.core.errors import NapariUnetError
+from napari_unet.core.norm_sets import choose as choose_statistics
 from napari_unet.core.options import PRECISIONS, SPLIT_METHODS, STACK_AXES, resolve_axes
 from napari_unet.core.progress import drain
 
@@ -810,6 +811,10 @@ def iter_predict(
     progress = [0]
     next_id = 0
     notes: list[str] = [scale.note] if scale.note and scale.diameter is not None else []
+    # a retrain of a built-in model: the statistics of the model that knows this kind of image
+    bundle, stats_note = choose_statistics(bundle, img, lo, hi, norm)
+    if stats_note:
+        notes.append(stats_note)
     if volume:
         notes.append(_volume_note(img.shape[1:], axes, voxel_size, spacing))
     precision = resolve_precision(config.precision, device)
@@ -1021,6 +1026,7 @@ def predict_probabilities(
     device = select_device(config.device)
     bundle.to(device).model.eval()
     lo, hi = norm.ranges(img)
+    bundle, _ = choose_statistics(bundle, img, lo, hi, norm)
     H, W = img.shape[-2:]
     src = img if scale.factor == 1 else _Resized(img, _scaled_shape((H, W), scale.factor))
     prob = drain(_predict_2d(bundle, src, lo, hi, norm, config, device, None, [0], 0))

@@ -1,0 +1,153 @@
+"""Normalisation statistics per kind of image, for the retrains of a built-in model.
+
+A retrain of a built-in model learns the user's kind of image, and its BatchNorm running
+statistics move towards that kind; on the images the built-in model knew, they are about
+half of what the retrain forgets (``docs/dev/correct_retrain.md``). Prediction therefore
+picks, for each image, the statistics that describe it better: the retrained model's own
+or the built-in model's (the weights stay the retrained ones). The choice looks at the
+first normalisation layer: the channel means and variances of its input over a crop of the
+image, scored as a Gaussian negative log-likelihood under each set of statistics; the
+lower one wins, and the retrained model's own on a tie.
+
+Only models that :func:`napari_unet.core.finetune.blend_base` ties to an installed
+built-in model (the same file) have a second set; every other model predicts as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_unet.core.checkpoint import ModelBundle
+    from napari_unet.core.data import Normalisation
+
+#: Largest side of the crop whose first-layer activations decide.
+SAMPLE_SIDE = 512
+#: What the user is told when the built-in model's statistics are used.
+NOTE = (
+    "this image is more like the built-in model's images than like your corrections: "
+    "predicted with the built-in model's normalisation statistics"
+)
+
+_lock = threading.Lock()
+_cache: dict[tuple[str, str], dict] = {}  # (name, file hash): its statistics
+
+
+def first_norm_pair(model):
+    """Return the first (convolution, batch norm) pair of `model` and the norm's name."""
+    import torch.nn as nn
+
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.running_mean is not None
+            ):
+                return conv, bn, f"{name}.{bn_name}" if name else bn_name
+    return None
+
+
+def base_statistics(bundle: ModelBundle) -> dict | None:
+    """Return the running statistics of the built-in model `bundle` was retrained from.
+
+    None when there is none (see :func:`napari_unet.core.finetune.blend_base`) or when they
+    equal `bundle`'s own (the built-in model itself).
+    """
+    from napari_unet.core.finetune import blend_base
+
+    base = bundle.meta.get("retrain_base")
+    if not isinstance(base, dict) or first_norm_pair(bundle.model) is None:
+        return None
+    key = (str(base.get("name")), str(base.get("sha256")))
+    with _lock:
+        stats = _cache.get(key)
+        if stats is None:
+            origin = blend_base(bundle)  # None: not installed, or another version of it
+            if origin is None:
+                return None
+            stats = _cache[key] = {
+                k: v.detach().to("cpu").clone()
+                for k, v in origin.model.state_dict().items()
+                if k.endswith(("running_mean", "running_var"))
+            }
+    own = bundle.model.state_dict()
+    if stats.keys() - own.keys() or any(own[k].shape != v.shape for k, v in stats.items()):
+        return None  # another architecture: nothing to swap
+    if all(bool((own[k].detach().cpu() == v).all()) for k, v in stats.items()):
+        return None
+    return stats
+
+
+def _sample(image, lo: np.ndarray, hi: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """Return a central crop (at most SAMPLE_SIDE square) of the middle plane, normalised."""
+    lead = tuple(int(s) // 2 for s in image.shape[1:-2])
+    H, W = int(image.shape[-2]), int(image.shape[-1])
+    h, w = min(H, SAMPLE_SIDE), min(W, SAMPLE_SIDE)
+    y0, x0 = (H - h) // 2, (W - w) // 2
+    crop = np.asarray(image[(slice(None),) + lead + (slice(y0, y0 + h), slice(x0, x0 + w))])
+    return np.ascontiguousarray(norm.apply(crop.astype(np.float32), lo, hi))
+
+
+def _nll(mu, var, mean, running_var, eps: float) -> float:
+    v = running_var + eps
+    return float((((mu - mean) ** 2 + var) / v + v.log()).mean())
+
+
+def choose(
+    bundle: ModelBundle, image, lo: np.ndarray, hi: np.ndarray, norm: Normalisation
+) -> tuple[ModelBundle, str | None]:
+    """Return the model to predict `image` with, and a note when it is not `bundle` itself.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+    image : array-like ``(C, ..., Y, X)``
+        The prepared image (raw values), as prediction reads it; lazy arrays are read
+        on one crop only.
+    lo, hi : ndarray
+        Its normalisation ranges (:meth:`napari_unet.core.data.Normalisation.ranges`).
+    norm : Normalisation
+
+    Returns
+    -------
+    ModelBundle
+        `bundle`, or a copy with the built-in model's running statistics (same weights,
+        same metadata, on the same device).
+    str or None
+        :data:`NOTE` when the copy is returned.
+    """
+    import torch
+
+    stats = base_statistics(bundle)
+    if stats is None:
+        return bundle, None
+    conv, bn, name = first_norm_pair(bundle.model)
+    x = torch.as_tensor(_sample(image, lo, hi, norm))[None]
+    with torch.no_grad():
+        a = conv(x.to(device=conv.weight.device, dtype=conv.weight.dtype)).double()
+    mu, var = a.mean(dim=(0, 2, 3)).cpu(), a.var(dim=(0, 2, 3)).cpu()
+    own = _nll(mu, var, bn.running_mean.double().cpu(), bn.running_var.double().cpu(), bn.eps)
+    base = _nll(
+        mu,
+        var,
+        stats[f"{name}.running_mean"].double(),
+        stats[f"{name}.running_var"].double(),
+        bn.eps,
+    )
+    if own <= base:
+        return bundle, None
+    variant = copy.copy(bundle)
+    variant.model = copy.deepcopy(bundle.model)
+    state = variant.model.state_dict()
+    with torch.no_grad():
+        for key, value in stats.items():
+            state[key].copy_(value.to(device=state[key].device, dtype=state[key].dtype))
+    return variant, NOTE

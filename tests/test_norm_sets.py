@@ -1,0 +1,141 @@
+"""Normalisation statistics per kind of image for the retrains of a built-in model."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from _synthetic import nuclei_image
+
+from napari_unet.core.checkpoint import install_model, load_checkpoint, save_checkpoint
+from napari_unet.core.data import Normalisation
+from napari_unet.core.norm_sets import NOTE, base_statistics, choose, first_norm_pair
+from napari_unet.core.predict import PredictConfig, predict, prepare_image
+from napari_unet.core.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    pairs = [nuclei_image((96, 96), n=10, seed=s) for s in range(4)]
+    cfg = TrainConfig(
+        depth=2,
+        base_channels=8,
+        patch_size=64,
+        batch_size=4,
+        device="cpu",
+        epochs=1,
+        steps_per_epoch=6,
+        val_fraction=0,
+        tune_postprocessing=False,
+    )
+    return train([p[0] for p in pairs], [p[1] for p in pairs], cfg).bundle
+
+
+@pytest.fixture
+def builtin(tiny_model, tmp_path, monkeypatch):
+    """`tiny_model` installed as the built-in model 'tiny', loaded as the user gets it."""
+    from napari_unet.core.builtin import ENV_VAR, resolve_model
+
+    folder = tmp_path / "models"
+    source = save_checkpoint(tiny_model, tmp_path / "base.pt")
+    install_model(source, "tiny", "Tiny", folder=folder, half=False)
+    monkeypatch.setenv(ENV_VAR, str(folder))
+    return load_checkpoint(resolve_model("tiny"))
+
+
+def _first_moments(bundle, image):
+    """Channel means and variances of the first normalisation layer's input on `image`."""
+    norm = Normalisation.from_dict(bundle.meta["normalisation"])
+    img = prepare_image(image, bundle.in_channels, None)
+    lo, hi = norm.ranges(img)
+    conv, _, _ = first_norm_pair(bundle.model)
+    with torch.no_grad():
+        a = conv(torch.as_tensor(norm.apply(img, lo, hi))[None])
+    return a.mean(dim=(0, 2, 3)), a.var(dim=(0, 2, 3)), (img, lo, hi, norm)
+
+
+def _retrained(builtin, image):
+    """The built-in model with its first statistics moved to fit `image` (as a retrain on
+    images like it would), still tied to the built-in model."""
+    retrained = copy.deepcopy(builtin)
+    mu, var, _ = _first_moments(retrained, image)
+    _, bn, _ = first_norm_pair(retrained.model)
+    with torch.no_grad():
+        bn.running_mean.copy_(mu)
+        bn.running_var.copy_(var)
+    return retrained
+
+
+def test_each_image_gets_the_statistics_that_describe_it(builtin):
+    own_kind, _ = nuclei_image((96, 96), n=10, seed=21)
+    other_kind = (255 - own_kind.astype(np.int32)).astype(own_kind.dtype)  # inverted
+    retrained = _retrained(builtin, own_kind)
+    assert base_statistics(builtin) is None  # the built-in model itself: one set
+    stats = base_statistics(retrained)
+    assert stats is not None
+
+    # an image like the retrain's: its own statistics, the same object
+    _, _, args = _first_moments(retrained, own_kind)
+    assert choose(retrained, *args) == (retrained, None)
+
+    # moved far from every image: the built-in model's statistics win, weights stay
+    far = copy.deepcopy(retrained)
+    _, bn, name = first_norm_pair(far.model)
+    with torch.no_grad():
+        bn.running_mean.fill_(1e3)
+    _, _, args = _first_moments(far, other_kind)
+    chosen, note = choose(far, *args)
+    assert note == NOTE and chosen is not far and chosen.meta is far.meta
+    state, ref = chosen.model.state_dict(), builtin.model.state_dict()
+    for key, value in far.model.state_dict().items():
+        expected = ref[key] if key.endswith(("running_mean", "running_var")) else value
+        torch.testing.assert_close(state[key], expected)
+    assert float(bn.running_mean[0]) == 1e3  # the user's model is not changed
+
+
+def test_prediction_uses_the_chosen_statistics_and_says_so(builtin):
+    image, _ = nuclei_image((96, 96), n=10, seed=22)
+    far = _retrained(builtin, image)
+    _, bn, _ = first_norm_pair(far.model)
+    with torch.no_grad():
+        bn.running_mean.fill_(1e3)
+    cfg = PredictConfig(device="cpu")
+    result = predict(far, image, config=cfg)
+    assert NOTE in result.notes
+    # the same weights with the built-in statistics, and no tie to it (nothing to choose)
+    manual = copy.deepcopy(far)
+    manual.meta = {k: v for k, v in far.meta.items() if k != "retrain_base"}
+    manual.model.load_state_dict(
+        {
+            **manual.model.state_dict(),
+            **{k: v for k, v in builtin.model.state_dict().items() if "running_" in k},
+        }
+    )
+    expected = predict(manual, image, config=cfg)
+    assert NOTE not in expected.notes
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    for name in far.outputs:
+        np.testing.assert_allclose(
+            result.probabilities[name], expected.probabilities[name], atol=1e-6
+        )
+
+
+def test_models_not_tied_to_an_installed_builtin_predict_as_they_are(
+    builtin, tiny_model, monkeypatch, tmp_path
+):
+    from napari_unet.core.builtin import ENV_VAR
+
+    image, _ = nuclei_image((64, 64), n=5, seed=23)
+    retrained = _retrained(builtin, image)
+    _, bn, _ = first_norm_pair(retrained.model)
+    with torch.no_grad():
+        bn.running_mean.fill_(1e3)
+    _, _, args = _first_moments(retrained, image)
+    assert choose(tiny_model, *args) == (tiny_model, None)  # the user's own model
+    empty = tmp_path / "none"
+    empty.mkdir()
+    monkeypatch.setenv(ENV_VAR, str(empty))  # the built-in model is not installed
+    from napari_unet.core import norm_sets
+
+    monkeypatch.setattr(norm_sets, "_cache", {})
+    assert choose(retrained, *args) == (retrained, None)
