@@ -55,9 +55,16 @@ def _first_moments(bundle, image):
 
 
 def _retrained(builtin, image):
-    """The built-in model with its first statistics moved to fit `image` (as a retrain on
-    images like it would), still tied to the built-in model."""
+    """A stand-in for a retrain of the built-in model, still tied to it: every weight and
+    every running statistic moved, the first statistics to fit `image` (as a retrain on
+    images like it would)."""
     retrained = copy.deepcopy(builtin)
+    with torch.no_grad():
+        for key, value in retrained.model.state_dict().items():
+            if key.endswith("running_var"):
+                value.mul_(1.3)
+            elif value.is_floating_point():
+                value.mul_(1.05)
     mu, var, _ = _first_moments(retrained, image)
     _, bn, _ = first_norm_pair(retrained.model)
     with torch.no_grad():
@@ -118,6 +125,11 @@ def test_prediction_uses_the_chosen_statistics_and_says_so(builtin):
         np.testing.assert_allclose(
             result.probabilities[name], expected.probabilities[name], atol=1e-6
         )
+    # a z-stack is predicted with one choice for all its planes
+    stack = np.stack([image, image[::-1], image[:, ::-1]])
+    result = predict(far, stack, config=cfg)
+    assert NOTE in result.notes
+    np.testing.assert_array_equal(result.labels, predict(manual, stack, config=cfg).labels)
 
 
 def test_models_not_tied_to_an_installed_builtin_predict_as_they_are(
@@ -134,8 +146,6 @@ def test_models_not_tied_to_an_installed_builtin_predict_as_they_are(
     assert choose(tiny_model, *args) == (tiny_model, None)  # the user's own model
     empty = tmp_path / "none"
     empty.mkdir()
-    monkeypatch.setenv(ENV_VAR, str(empty))  # the built-in model is not installed
-    from napari_unet.core import norm_sets
-
-    monkeypatch.setattr(norm_sets, "_cache", {})
+    assert choose(retrained, *args)[1] == NOTE  # (its statistics are cached now)
+    monkeypatch.setenv(ENV_VAR, str(empty))  # the built-in model is no longer installed
     assert choose(retrained, *args) == (retrained, None)

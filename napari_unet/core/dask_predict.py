@@ -535,6 +535,9 @@ def predict_to_zarr(
     block, margin = int(block_size), int(margin)
     lead_ch = tuple((1,) * n for n in lead)
     lo, hi = norm.ranges(img)  # the same subsample as predict() reads
+    # a retrain of a built-in model: the statistics of the model that knows this kind of
+    # image, chosen as predict() does
+    bundle, _ = choose_statistics(bundle, img, lo, hi, norm, scale.factor)
     ych = _axis_chunks(H, block, max(grid.th, margin))  # label blocks (image pixels)
     xch = _axis_chunks(W, block, max(grid.tw, margin))
     if scale.factor != 1:
@@ -549,8 +552,6 @@ def predict_to_zarr(
     K = bundle.spec.out_channels
     outputs = bundle.outputs
     n_blocks = int(np.prod(lead, dtype=np.int64)) * len(ych_s) * len(xch_s)
-    # a retrain of a built-in model: the statistics of the model that knows this kind of image
-    bundle, _ = choose_statistics(bundle, img, lo, hi, norm)
     bundle = copy.deepcopy(bundle)  # tasks move their copy to the workers' device
     _prepare_model(bundle, torch.device("cpu"))
     b_bundle = dask.delayed(bundle, pure=True)

@@ -382,18 +382,27 @@ def blend_base(init: ModelBundle) -> ModelBundle | None:
     in its index (then another version cannot be told apart), and a retrain saved by a
     version before this one (no ``retrain_base``).
     """
-    from napari_unet.core.builtin import get_model, origin_model
+    from napari_unet.core.builtin import origin_model
 
-    base = init.meta.get("retrain_base")
+    return origin_model(init) if tied_to_builtin(init) else None
+
+
+def tied_to_builtin(bundle: ModelBundle) -> bool:
+    """Whether `bundle` is a built-in model, or a retrain of one, whose file is installed.
+
+    The checks of :func:`blend_base`, without loading the built-in model: the recorded
+    name is the model's origin and the installed file has the recorded hash.
+    """
+    from napari_unet.core.builtin import get_model
+
+    base = bundle.meta.get("retrain_base")
     if not isinstance(base, dict):
-        return None
+        return False
     name, sha = base.get("name"), base.get("sha256")
-    if not isinstance(name, str) or name != init.meta.get("origin") or not sha:
-        return None
+    if not isinstance(name, str) or name != bundle.meta.get("origin") or not sha:
+        return False
     installed = get_model(name)
-    if installed is None or installed.sha256 != sha:
-        return None
-    return origin_model(init)
+    return installed is not None and installed.sha256 == sha
 
 
 def blend_weights(new: ModelBundle, start: ModelBundle, share: float) -> None:
@@ -471,6 +480,11 @@ def score_on_annotations(
             axis = find_channel_axis(image.shape, annotation.shape)
             if axis is not None:
                 image = np.moveaxis(image, axis, -1)
+            # the statistics prediction of the whole image uses (norm_sets), chosen once
+            whole = prepare_image(image, bundle.in_channels, -1 if axis is not None else None)
+            w_lo, w_hi = norm.ranges(whole)
+            w_factor = object_scale(bundle, whole, cfg).factor
+            chosen, _ = choose_statistics(bundle, whole, w_lo, w_hi, norm, w_factor)
             for index in np.ndindex(*annotation.shape[:-2]):
                 if stop is not None and stop.is_set():
                     return None
@@ -490,8 +504,6 @@ def score_on_annotations(
                 src = crop
                 if factor != 1:
                     src = _Resized(crop, _scaled_shape(crop.shape[-2:], factor))
-                # the statistics prediction of the whole plane would use (norm_sets)
-                chosen, _ = choose_statistics(bundle, plane, lo, hi, norm)
                 prob = drain(
                     _predict_2d(chosen, src, lo, hi, norm, cfg, torch_device, stop, [0], 0)
                 )

@@ -61,17 +61,18 @@ def base_statistics(bundle: ModelBundle) -> dict | None:
     None when there is none (see :func:`napari_unet.core.finetune.blend_base`) or when they
     equal `bundle`'s own (the built-in model itself).
     """
-    from napari_unet.core.finetune import blend_base
+    from napari_unet.core.finetune import blend_base, tied_to_builtin
 
-    base = bundle.meta.get("retrain_base")
-    if not isinstance(base, dict) or first_norm_pair(bundle.model) is None:
+    # checked each time: the built-in model may have been replaced since it was cached
+    if first_norm_pair(bundle.model) is None or not tied_to_builtin(bundle):
         return None
-    key = (str(base.get("name")), str(base.get("sha256")))
+    base = bundle.meta["retrain_base"]
+    key = (str(base["name"]), str(base["sha256"]))
     with _lock:
         stats = _cache.get(key)
         if stats is None:
-            origin = blend_base(bundle)  # None: not installed, or another version of it
-            if origin is None:
+            origin = blend_base(bundle)
+            if origin is None:  # pragma: no cover - removed between the two checks
                 return None
             stats = _cache[key] = {
                 k: v.detach().to("cpu").clone()
@@ -86,14 +87,26 @@ def base_statistics(bundle: ModelBundle) -> dict | None:
     return stats
 
 
-def _sample(image, lo: np.ndarray, hi: np.ndarray, norm: Normalisation) -> np.ndarray:
-    """Return a central crop (at most SAMPLE_SIDE square) of the middle plane, normalised."""
+def _sample(
+    image, lo: np.ndarray, hi: np.ndarray, norm: Normalisation, factor: float
+) -> np.ndarray:
+    """Return a central crop of the middle plane as the network sees it, normalised.
+
+    At most :data:`SAMPLE_SIDE` network pixels square: the crop is resized by `factor`
+    (prediction's, see :func:`napari_unet.core.predict.object_scale`).
+    """
+    from scipy import ndimage as ndi
+
     lead = tuple(int(s) // 2 for s in image.shape[1:-2])
     H, W = int(image.shape[-2]), int(image.shape[-1])
-    h, w = min(H, SAMPLE_SIDE), min(W, SAMPLE_SIDE)
+    side = max(1, int(round(SAMPLE_SIDE / factor)))
+    h, w = min(H, side), min(W, side)
     y0, x0 = (H - h) // 2, (W - w) // 2
     crop = np.asarray(image[(slice(None),) + lead + (slice(y0, y0 + h), slice(x0, x0 + w))])
-    return np.ascontiguousarray(norm.apply(crop.astype(np.float32), lo, hi))
+    crop = norm.apply(crop.astype(np.float32), lo, hi)
+    if factor != 1:
+        crop = ndi.zoom(crop, (1, factor, factor), order=1, grid_mode=True, mode="nearest")
+    return np.ascontiguousarray(crop, dtype=np.float32)
 
 
 def _nll(mu, var, mean, running_var, eps: float) -> float:
@@ -102,7 +115,12 @@ def _nll(mu, var, mean, running_var, eps: float) -> float:
 
 
 def choose(
-    bundle: ModelBundle, image, lo: np.ndarray, hi: np.ndarray, norm: Normalisation
+    bundle: ModelBundle,
+    image,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    norm: Normalisation,
+    factor: float = 1.0,
 ) -> tuple[ModelBundle, str | None]:
     """Return the model to predict `image` with, and a note when it is not `bundle` itself.
 
@@ -115,6 +133,10 @@ def choose(
     lo, hi : ndarray
         Its normalisation ranges (:meth:`napari_unet.core.data.Normalisation.ranges`).
     norm : Normalisation
+    factor : float
+        The factor prediction resizes the image by for the network (its
+        :func:`napari_unet.core.predict.object_scale`): the statistics are those of
+        what the network sees.
 
     Returns
     -------
@@ -130,11 +152,18 @@ def choose(
     if stats is None:
         return bundle, None
     conv, bn, name = first_norm_pair(bundle.model)
-    x = torch.as_tensor(_sample(image, lo, hi, norm))[None]
-    with torch.no_grad():
-        a = conv(x.to(device=conv.weight.device, dtype=conv.weight.dtype)).double()
-    mu, var = a.mean(dim=(0, 2, 3)).cpu(), a.var(dim=(0, 2, 3)).cpu()
-    own = _nll(mu, var, bn.running_mean.double().cpu(), bn.running_var.double().cpu(), bn.eps)
+    x = torch.as_tensor(_sample(image, lo, hi, norm, float(factor)))[None]
+    with torch.no_grad():  # float64 on the CPU only (an MPS device has none)
+        a = conv(x.to(device=conv.weight.device, dtype=conv.weight.dtype)).float().cpu()
+    a = a.double()
+    mu, var = a.mean(dim=(0, 2, 3)), a.var(dim=(0, 2, 3))
+    own = _nll(
+        mu,
+        var,
+        bn.running_mean.detach().cpu().double(),
+        bn.running_var.detach().cpu().double(),
+        bn.eps,
+    )
     base = _nll(
         mu,
         var,

@@ -812,7 +812,7 @@ def iter_predict(
     next_id = 0
     notes: list[str] = [scale.note] if scale.note and scale.diameter is not None else []
     # a retrain of a built-in model: the statistics of the model that knows this kind of image
-    bundle, stats_note = choose_statistics(bundle, img, lo, hi, norm)
+    bundle, stats_note = choose_statistics(bundle, img, lo, hi, norm, scale.factor)
     if stats_note:
         notes.append(stats_note)
     if volume:
@@ -1026,7 +1026,7 @@ def predict_probabilities(
     device = select_device(config.device)
     bundle.to(device).model.eval()
     lo, hi = norm.ranges(img)
-    bundle, _ = choose_statistics(bundle, img, lo, hi, norm)
+    bundle, _ = choose_statistics(bundle, img, lo, hi, norm, scale.factor)
     H, W = img.shape[-2:]
     src = img if scale.factor == 1 else _Resized(img, _scaled_shape((H, W), scale.factor))
     prob = drain(_predict_2d(bundle, src, lo, hi, norm, config, device, None, [0], 0))
