@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _builtin_helpers import install_builtin
 from _synthetic import nuclei_image
 
 from napari_unet.core.checkpoint import load_checkpoint
@@ -169,14 +170,7 @@ def test_finetune_settings_are_checked(base_model, bad, match):
 
 def _install_builtin(base_model, tmp_path, monkeypatch):
     """`base_model` installed as the built-in model 'tiny' of a models folder; loaded."""
-    from napari_unet.core.builtin import ENV_VAR, resolve_model
-    from napari_unet.core.checkpoint import install_model, save_checkpoint
-
-    folder = tmp_path / "models"
-    source = save_checkpoint(base_model, tmp_path / "base.pt")
-    install_model(source, "tiny", "Tiny", folder=folder, half=False)
-    monkeypatch.setenv(ENV_VAR, str(folder))
-    return folder, load_checkpoint(resolve_model("tiny"))
+    return install_builtin(base_model, tmp_path, monkeypatch)
 
 
 def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, tmp_path, monkeypatch):

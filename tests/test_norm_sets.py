@@ -5,9 +5,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _builtin_helpers import install_builtin
 from _synthetic import nuclei_image
 
-from napari_unet.core.checkpoint import install_model, load_checkpoint, save_checkpoint
 from napari_unet.core.data import Normalisation
 from napari_unet.core.norm_sets import NOTE, base_statistics, choose, first_norm_pair
 from napari_unet.core.predict import PredictConfig, predict, prepare_image
@@ -34,13 +34,7 @@ def tiny_model():
 @pytest.fixture
 def builtin(tiny_model, tmp_path, monkeypatch):
     """`tiny_model` installed as the built-in model 'tiny', loaded as the user gets it."""
-    from napari_unet.core.builtin import ENV_VAR, resolve_model
-
-    folder = tmp_path / "models"
-    source = save_checkpoint(tiny_model, tmp_path / "base.pt")
-    install_model(source, "tiny", "Tiny", folder=folder, half=False)
-    monkeypatch.setenv(ENV_VAR, str(folder))
-    return load_checkpoint(resolve_model("tiny"))
+    return install_builtin(tiny_model, tmp_path, monkeypatch)[1]
 
 
 def _first_moments(bundle, image):

@@ -178,3 +178,41 @@ def test_train_starts_from_the_built_in_model_when_the_channels_fit(
     train.start_from.activated.emit(0)
     train.pairs.set_pairs([("fluo_small", "fluo_small_ground_truth")])
     assert train.start_from.currentText() == START_NEW
+
+
+def test_a_retrain_predicts_unlike_images_with_the_built_in_statistics(viewer, qtbot, builtin_file):
+    """Predict with a retrain of the built-in model whose statistics fit nothing like the
+    image: the built-in model's are used, and the user is told (core.norm_sets)."""
+    import torch
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet.core.checkpoint import load_checkpoint
+    from napari_unet.core.norm_sets import NOTE, first_norm_pair
+
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    predict = open_widget(viewer, "Predict")
+    predict.tile_size.setValue(128)
+    retrained = load_checkpoint(builtin_file)
+    assert retrained.meta["retrain_base"]["name"] == "tiny"  # tied to the built-in model
+    _, bn, _ = first_norm_pair(retrained.model)
+    with torch.no_grad():
+        bn.running_mean.fill_(1e3)  # as if retrained on images very unlike this one
+    predict.session.set_model(retrained, source="Retrained")
+    assert predict.model_choice.currentText() == MODEL_SESSION
+
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    assert "fluo_small_labels" in viewer.layers
+    said = [str(n.message) for n in notification_manager.records]
+    assert any(NOTE in m for m in said), said
+    assert float(bn.running_mean[0]) == 1e3  # the session's model is not changed
+
+    # the built-in model itself has one set of statistics: nothing to choose, nothing said
+    notification_manager.records.clear()
+    predict.model_choice.setCurrentText(TITLE)
+    predict.model_choice.activated.emit(predict.model_choice.currentIndex())
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    assert not any(NOTE in str(n.message) for n in notification_manager.records)
