@@ -7,7 +7,9 @@ annotation, Retrain defaults), then:
   model's running statistics, on the other MICCAI tiles and the DSB fluorescence images;
 * which statistics a simple per-image rule picks: the first BatchNorm layer's input over the
   whole (normalised) image, scored as the Gaussian negative log-likelihood of its channel
-  means and variances under each set of running statistics; the lower one wins.
+  means and variances under each set of running statistics; the lower one wins; and what
+  the package's rule (:func:`napari_unet.core.norm_sets.choose`: a central crop, resized as
+  prediction resizes the image) picks.
 
 Usage: python docs/dev/norm_sets.py (measured: docs/dev/correct_retrain.md, "Statistics per
 kind of image"; not used by the package).
@@ -29,7 +31,8 @@ from napari_unet.core.checkpoint import load_checkpoint  # noqa: E402
 from napari_unet.core.corrections import whole_layer_annotation  # noqa: E402
 from napari_unet.core.data import Normalisation, find_channel_axis  # noqa: E402
 from napari_unet.core.finetune import FinetuneConfig, finetune  # noqa: E402
-from napari_unet.core.predict import prepare_image  # noqa: E402
+from napari_unet.core.norm_sets import choose  # noqa: E402
+from napari_unet.core.predict import PredictConfig, object_scale, prepare_image  # noqa: E402
 
 
 def nll(mu, var, bn) -> float:
@@ -65,8 +68,10 @@ def main() -> None:
         )
     norm = Normalisation.from_dict(new.meta.get("normalisation", {}))
     conv, bn_new, bn_old = new.model.inc[0], new.model.inc[1], start.model.inc[1]
+    cfg = PredictConfig.for_model(new, device="cpu")
     for kind in ("miccai", "dsb_fluo", "dsb_tissue"):
         picks = {"retrained": 0, "built-in": 0}
+        shipped = {"retrained": 0, "built-in": 0}
         for _, image, _ in read_pairs(kind):
             colour = image.ndim == 3 and find_channel_axis(image.shape, image.shape[:2]) is not None
             img = prepare_image(image, new.in_channels, -1 if colour else None)
@@ -76,7 +81,11 @@ def main() -> None:
                 a = conv(x[None])
             mu, var = a.mean(dim=(0, 2, 3)), a.var(dim=(0, 2, 3))
             picks["retrained" if nll(mu, var, bn_new) < nll(mu, var, bn_old) else "built-in"] += 1
-        print(f"{kind}: statistics picked {picks}")
+            # the package's rule (a crop, resized as prediction resizes the image)
+            factor = object_scale(new, img, cfg).factor
+            _, note = choose(new, img, lo, hi, norm, factor)
+            shipped["built-in" if note else "retrained"] += 1
+        print(f"{kind}: statistics picked, whole image at its size {picks}, package {shipped}")
 
 
 if __name__ == "__main__":
