@@ -65,6 +65,10 @@ def read_pairs(kind: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
             pairs.append(
                 (path.stem, read_image(path), tifffile.imread(root / "masks" / f"{path.stem}.tif"))
             )
+    elif kind == "gowt1":  # fluorescence, like the built-in model's data
+        root = DATA / "external" / "ctc_gowt1_nuclei"
+        for path in sorted((root / "images").glob("*.tif")):
+            pairs.append((path.stem, read_image(path), tifffile.imread(root / "masks" / path.name)))
     elif kind in ("dsb_tissue", "dsb_fluo"):
         root = DATA / "dsb2018_stage1_train"
         stats = {s["id"]: s for s in json.loads((root / "per_image_stats.json").read_text())}
@@ -207,6 +211,8 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         replay_share=args.replay_share if args.replay_share > 0 else 0.5,
         blend=args.blend,
         distill=args.distill,
+        from_base=args.from_base,
+        grow_steps=args.grow_steps,
     )
     done: list = []
     for k, batch in enumerate(batches, 1):
@@ -279,6 +285,9 @@ def main() -> None:
     parser.add_argument("--replay-share", type=float, default=None)
     parser.add_argument("--blend", type=float, default=None)
     parser.add_argument("--distill", type=float, default=None)
+    parser.add_argument("--from-base", action="store_true")
+    parser.add_argument("--grow-steps", type=int, default=0)
+    parser.add_argument("--pull", type=float, default=None)
     args = parser.parse_args()
     import torch
 
@@ -297,6 +306,10 @@ def main() -> None:
     ):
         if getattr(args, key) is None:
             setattr(args, key, getattr(defaults, key))
+    from napari_unet.core import norm_sets
+
+    if args.pull is not None:
+        norm_sets.PULL = args.pull
     args.fluo_pairs = read_pairs("dsb_fluo")
     results = {
         "machine": machine(),
@@ -310,6 +323,7 @@ def main() -> None:
             "replay_share": args.replay_share,
             "blend": args.blend,
             "distill": args.distill,
+            "pull": norm_sets.PULL,
         },
         "runs": [],
     }

@@ -97,6 +97,9 @@ class FinetuneConfig:
     replay: bool = True
     replay_share: float = 0.5
     distill: float = 0.0
+    from_base: bool = False
+    grow_steps: int = 0
+    max_steps: int = 200
     device: str = "auto"
     checkpoint_path: str | None = None
     seed: int = 0
@@ -246,7 +249,9 @@ def iter_finetune(
     train_config.precision = "auto"  # bfloat16 where this CPU computes it natively
     train_config.sparse = True
     train_config.epochs = 1
-    train_config.steps_per_epoch = int(config.steps)
+    train_config.steps_per_epoch = min(
+        int(config.max_steps), int(config.steps) + int(config.grow_steps) * (len(images) - 1)
+    )
     train_config.minutes = float(config.max_seconds) / 60.0
     train_config.val_fraction = 0.0
     train_config.patience = None
@@ -267,7 +272,7 @@ def iter_finetune(
         annotations,
         train_config,
         names=names,
-        init=init,
+        init=origin if config.from_base and origin is not None else init,
         stop=stop,
         replay=replay,
         teacher=origin,
@@ -292,6 +297,13 @@ def iter_finetune(
     stopped = trained.stopped in ("user", "diverged")
     if trained.stopped == "diverged":
         notes.append("fine-tuning diverged: the previous model is kept")
+    if new is not None and config.from_base and origin is not None:  # EXPERIMENT
+        import copy as _copy
+
+        tmp = _copy.deepcopy(init)
+        tmp.model.load_state_dict(new.model.state_dict())
+        tmp.meta["steps"] = new.meta.get("steps")
+        new = tmp
     if new is not None and not stopped:
         base = init.meta.get("retrain_base")
         if base is not None:  # still a retrain of that built-in model
