@@ -57,10 +57,10 @@ class FinetuneConfig:
         fine-tuned weights kept, the rest pulled back to the built-in model
         (:func:`blend_base`): the new model is ``built-in + blend * (fine-tuned -
         built-in)``, weights and normalisation statistics alike (weight-space
-        ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). What earlier rounds learned
-        is kept as far as this round's training, on every correction so far, learns it
-        again, and the model never drifts further from the built-in one round after
-        round. 1 keeps the fine-tuned weights as they are; lower forgets less of the
+        ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). Each round starts from the
+        previous one, so what earlier rounds learned carries on, shrunk by `blend` each
+        round: the distance from the built-in model stays bounded (at most
+        ``blend / (1 - blend)`` rounds' worth of change). 1 keeps the fine-tuned weights as they are; lower forgets less of the
         kinds of image the built-in model knew and, on partial corrections, also
         predicts the other images of the corrected kind better
         (``docs/dev/correct_retrain.md``). Not applied to any other model (measured only
@@ -97,9 +97,6 @@ class FinetuneConfig:
     replay: bool = True
     replay_share: float = 0.5
     distill: float = 0.0
-    from_base: bool = False
-    grow_steps: int = 0
-    max_steps: int = 200
     device: str = "auto"
     checkpoint_path: str | None = None
     seed: int = 0
@@ -249,9 +246,7 @@ def iter_finetune(
     train_config.precision = "auto"  # bfloat16 where this CPU computes it natively
     train_config.sparse = True
     train_config.epochs = 1
-    train_config.steps_per_epoch = min(
-        int(config.max_steps), int(config.steps) + int(config.grow_steps) * (len(images) - 1)
-    )
+    train_config.steps_per_epoch = int(config.steps)
     train_config.minutes = float(config.max_seconds) / 60.0
     train_config.val_fraction = 0.0
     train_config.patience = None
@@ -272,7 +267,7 @@ def iter_finetune(
         annotations,
         train_config,
         names=names,
-        init=origin if config.from_base and origin is not None else init,
+        init=init,
         stop=stop,
         replay=replay,
         teacher=origin,
@@ -297,13 +292,6 @@ def iter_finetune(
     stopped = trained.stopped in ("user", "diverged")
     if trained.stopped == "diverged":
         notes.append("fine-tuning diverged: the previous model is kept")
-    if new is not None and config.from_base and origin is not None:  # EXPERIMENT
-        import copy as _copy
-
-        tmp = _copy.deepcopy(init)
-        tmp.model.load_state_dict(new.model.state_dict())
-        tmp.meta["steps"] = new.meta.get("steps")
-        new = tmp
     if new is not None and not stopped:
         base = init.meta.get("retrain_base")
         if base is not None:  # still a retrain of that built-in model
