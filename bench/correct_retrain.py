@@ -11,6 +11,8 @@ images):
   - the **remaining** images of the set (never corrected, never trained on): the gain,
   - the images corrected so far (with their full ground truth): must never drop,
   - the DSB held-back fluorescence images: forgetting;
+* ``--sets gowt1`` (``external/ctc_gowt1_nuclei``): a user whose images are fluorescence, like
+  the built-in model's data (3 corrected, 3 scored);
 * corrections are "full" (every object of the image checked: the ground truth is the
   annotation) or "partial": the simulated user looks at the current prediction, fixes
   about 20 nuclei (the wrongly predicted ones first: each fix erases the predicted objects
@@ -27,7 +29,9 @@ Usage: python bench/correct_retrain.py --model M.pt [--sets miccai dsb_tissue]
 [--replay-share S] (0: no replay of the built-in model's samples) [--blend B]
 (a retrain of the built-in model keeps that share of the fine-tune, see
 napari_unet.core.finetune.FinetuneConfig.blend) [--distill D] (weight of the
-distillation term on the replayed patches, FinetuneConfig.distill)
+distillation term on the replayed patches, FinetuneConfig.distill) [--pull P] (the share of
+a retrain's change kept for images like the built-in model's data,
+napari_unet.core.norm_sets.PULL) [--seed N] (the fine-tunes' seed)
 Writes bench/results/correct_retrain.json (with --tag: variants/correct_retrain_TAG.json).
 """
 
@@ -211,8 +215,7 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         replay_share=args.replay_share if args.replay_share > 0 else 0.5,
         blend=args.blend,
         distill=args.distill,
-        from_base=args.from_base,
-        grow_steps=args.grow_steps,
+        seed=args.seed,
     )
     done: list = []
     for k, batch in enumerate(batches, 1):
@@ -285,9 +288,10 @@ def main() -> None:
     parser.add_argument("--replay-share", type=float, default=None)
     parser.add_argument("--blend", type=float, default=None)
     parser.add_argument("--distill", type=float, default=None)
-    parser.add_argument("--from-base", action="store_true")
-    parser.add_argument("--grow-steps", type=int, default=0)
     parser.add_argument("--pull", type=float, default=None)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the fine-tunes' seed (the images stay the same)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -324,6 +328,7 @@ def main() -> None:
             "blend": args.blend,
             "distill": args.distill,
             "pull": norm_sets.PULL,
+            "seed": args.seed,
         },
         "runs": [],
     }

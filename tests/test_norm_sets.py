@@ -9,7 +9,7 @@ from _builtin_helpers import install_builtin
 from _synthetic import nuclei_image
 
 from napari_unet.core.data import Normalisation
-from napari_unet.core.norm_sets import NOTE, base_statistics, choose, first_norm_pair
+from napari_unet.core.norm_sets import NOTE, PULL, base_statistics, choose, first_norm_pair
 from napari_unet.core.predict import PredictConfig, predict, prepare_image
 from napari_unet.core.train import TrainConfig, train
 
@@ -67,6 +67,22 @@ def _retrained(builtin, image):
     return retrained
 
 
+def _pulled_back(retrained, builtin) -> dict:
+    """What a retrain predicts an image like the built-in model's data with: the built-in
+    running statistics, and the weights pulled back by :data:`PULL` towards the built-in
+    ones (counters as they are)."""
+    ref = builtin.model.state_dict()
+    expected = {}
+    for key, value in retrained.model.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            expected[key] = ref[key]
+        elif value.is_floating_point():
+            expected[key] = ref[key] + PULL * (value - ref[key])
+        else:
+            expected[key] = value
+    return expected
+
+
 def test_each_image_gets_the_statistics_that_describe_it(builtin):
     own_kind, _ = nuclei_image((96, 96), n=10, seed=21)
     other_kind = (255 - own_kind.astype(np.int32)).astype(own_kind.dtype)  # inverted
@@ -79,19 +95,25 @@ def test_each_image_gets_the_statistics_that_describe_it(builtin):
     _, _, args = _first_moments(retrained, own_kind)
     assert choose(retrained, *args) == (retrained, None)
 
-    # moved far from every image: the built-in model's statistics win, weights stay
+    # moved far from every image: the built-in model's statistics win, and the weights are
+    # pulled back half-way to the built-in ones
+    assert 0 < PULL < 1
     far = copy.deepcopy(retrained)
     _, bn, name = first_norm_pair(far.model)
     with torch.no_grad():
         bn.running_mean.fill_(1e3)
     _, _, args = _first_moments(far, other_kind)
+    before = copy.deepcopy(far.model.state_dict())
     chosen, note = choose(far, *args)
     assert note == NOTE and chosen is not far and chosen.meta is far.meta
-    state, ref = chosen.model.state_dict(), builtin.model.state_dict()
+    state, expected = chosen.model.state_dict(), _pulled_back(far, builtin)
     for key, value in far.model.state_dict().items():
-        expected = ref[key] if key.endswith(("running_mean", "running_var")) else value
-        torch.testing.assert_close(state[key], expected)
+        torch.testing.assert_close(state[key], expected[key])
+        if value.is_floating_point():  # every weight and statistic differs from the user's
+            assert not torch.equal(state[key], value), key
     assert float(bn.running_mean[0]) == 1e3  # the user's model is not changed
+    for key, value in far.model.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_prediction_uses_the_chosen_statistics_and_says_so(builtin):
@@ -103,15 +125,10 @@ def test_prediction_uses_the_chosen_statistics_and_says_so(builtin):
     cfg = PredictConfig(device="cpu")
     result = predict(far, image, config=cfg)
     assert NOTE in result.notes
-    # the same weights with the built-in statistics, and no tie to it (nothing to choose)
+    # the weights pulled back, the built-in statistics, and no tie (nothing to choose)
     manual = copy.deepcopy(far)
     manual.meta = {k: v for k, v in far.meta.items() if k != "retrain_base"}
-    manual.model.load_state_dict(
-        {
-            **manual.model.state_dict(),
-            **{k: v for k, v in builtin.model.state_dict().items() if "running_" in k},
-        }
-    )
+    manual.model.load_state_dict(_pulled_back(far, builtin))
     expected = predict(manual, image, config=cfg)
     assert NOTE not in expected.notes
     np.testing.assert_array_equal(result.labels, expected.labels)

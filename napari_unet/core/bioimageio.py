@@ -29,10 +29,10 @@ model, as is the sigmoid, so the outputs are probability maps in [0, 1]. On an i
 predicted in one piece they equal napari-unet's to within floating-point rounding (the
 tests check 1e-4); tools that tile or pad differently, and napari-unet's subsampled
 percentiles on very large images, make them differ a little (up to 0.02 was seen at
-tile borders with bioimageio.core). A retrain of a built-in model is exported with its
-own normalisation statistics: napari-unet predicts the images that are more like the
-built-in model's data with the built-in model's (:mod:`napari_unet.core.norm_sets`), the
-package does not.
+tile borders with bioimageio.core). A retrain of a built-in model is exported as it is:
+napari-unet predicts the images that are more like the built-in model's data with the
+built-in model's normalisation statistics and the weights pulled half-way back
+(:mod:`napari_unet.core.norm_sets`), the package does not.
 
 ``bioimageio.spec`` (a dependency of napari-unet; see :func:`bioimageio_problem` for
 the pydantic versions that work with it) is imported only when exporting; torch too.

@@ -1,13 +1,17 @@
 """Normalisation statistics per kind of image, for the retrains of a built-in model.
 
 A retrain of a built-in model learns the user's kind of image, and its BatchNorm running
-statistics move towards that kind; on the images the built-in model knew, they are about
-half of what the retrain forgets (``docs/dev/correct_retrain.md``). Prediction therefore
-picks, for each image, the statistics that describe it better: the retrained model's own
-or the built-in model's (the weights stay the retrained ones). The choice looks at the
-first normalisation layer: the channel means and variances of its input over a crop of the
-image, scored as a Gaussian negative log-likelihood under each set of statistics; the
-lower one wins, and the retrained model's own on a tie.
+statistics and weights move towards that kind; on the images the built-in model knew,
+that is what the retrain forgets (``docs/dev/correct_retrain.md``). Prediction therefore
+tells, for each image, which statistics describe it better: the retrained model's own or
+the built-in model's. The choice looks at the first normalisation layer: the channel means
+and variances of its input over a crop of the image, scored as a Gaussian negative
+log-likelihood under each set of statistics; the lower one wins, and the retrained model's
+own on a tie. An image like the retrained model's is predicted by it as it is. An image more
+like the built-in model's data is predicted with the built-in model's statistics and the
+retrained weights pulled back towards the built-in ones (:data:`PULL` of the retrain's
+change kept): it still gets part of what the corrections taught, and loses less of what
+the built-in model knew.
 
 Only models that :func:`napari_unet.core.finetune.blend_base` ties to an installed
 built-in model (the same file) have a second set; every other model predicts as it is.
@@ -27,10 +31,14 @@ if TYPE_CHECKING:
 
 #: Largest side of the crop whose first-layer activations decide.
 SAMPLE_SIDE = 512
+#: For an image more like the built-in model's data: the share of the retrain's change to
+#: the weights kept (the rest pulled back to the built-in model's weights).
+PULL = 0.5
 #: What the user is told when the built-in model's statistics are used.
 NOTE = (
     "this image is more like the built-in model's images than like your corrections: "
-    "predicted with the built-in model's normalisation statistics"
+    "predicted with the built-in model's normalisation statistics and half of what the "
+    "retrain changed"
 )
 
 _lock = threading.Lock()
@@ -61,30 +69,41 @@ def base_statistics(bundle: ModelBundle) -> dict | None:
     None when there is none (see :func:`napari_unet.core.finetune.blend_base`) or when they
     equal `bundle`'s own (the built-in model itself).
     """
-    from napari_unet.core.finetune import blend_base, tied_to_builtin
+    from napari_unet.core.finetune import tied_to_builtin
 
     # checked each time: the built-in model may have been replaced since it was cached
     if first_norm_pair(bundle.model) is None or not tied_to_builtin(bundle):
         return None
     base = bundle.meta["retrain_base"]
     key = (str(base["name"]), str(base["sha256"]))
-    with _lock:
-        stats = _cache.get(key)
-        if stats is None:
-            origin = blend_base(bundle)
-            if origin is None:  # pragma: no cover - removed between the two checks
-                return None
-            stats = _cache[key] = {
-                k: v.detach().to("cpu").clone()
-                for k, v in origin.model.state_dict().items()
-                if k.endswith(("running_mean", "running_var"))
-            }
+    state = _base_state(bundle)
+    if state is None:  # pragma: no cover - removed between the two checks
+        return None
+    stats = {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
     own = bundle.model.state_dict()
     if stats.keys() - own.keys() or any(own[k].shape != v.shape for k, v in stats.items()):
         return None  # another architecture: nothing to swap
     if all(bool((own[k].detach().cpu() == v).all()) for k, v in stats.items()):
         return None
     return stats
+
+
+def _base_state(bundle: ModelBundle) -> dict | None:
+    """Return the state (on the CPU) of the built-in model `bundle` is tied to, cached."""
+    from napari_unet.core.finetune import blend_base
+
+    base = bundle.meta["retrain_base"]
+    key = (str(base["name"]), str(base["sha256"]))
+    with _lock:
+        state = _cache.get(key)
+        if state is None:
+            origin = blend_base(bundle)
+            if origin is None:
+                return None
+            state = _cache[key] = {
+                k: v.detach().to("cpu").clone() for k, v in origin.model.state_dict().items()
+            }
+    return state
 
 
 def _sample(
@@ -141,8 +160,8 @@ def choose(
     Returns
     -------
     ModelBundle
-        `bundle`, or a copy with the built-in model's running statistics (same weights,
-        same metadata, on the same device).
+        `bundle`, or a copy with the built-in model's running statistics and the weights
+        ``built-in + PULL * (bundle - built-in)`` (same metadata, on the same device).
     str or None
         :data:`NOTE` when the copy is returned.
     """
@@ -175,8 +194,13 @@ def choose(
         return bundle, None
     variant = copy.copy(bundle)
     variant.model = copy.deepcopy(bundle.model)
+    ref = _base_state(bundle) if PULL < 1 else None
     state = variant.model.state_dict()
     with torch.no_grad():
-        for key, value in stats.items():
-            state[key].copy_(value.to(device=state[key].device, dtype=state[key].dtype))
+        for key, value in state.items():
+            if key in stats:
+                value.copy_(stats[key].to(device=value.device, dtype=value.dtype))
+            elif ref is not None and value.is_floating_point():
+                start = ref[key].to(device=value.device, dtype=value.dtype)
+                value.copy_(start + PULL * (value - start))
     return variant, NOTE
