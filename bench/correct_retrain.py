@@ -89,7 +89,7 @@ def read_pairs(kind: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return pairs
 
 
-def predict_labels(bundle, image) -> np.ndarray:
+def predict_result(bundle, image):
     from napari_unet.core.data import find_channel_axis
     from napari_unet.core.predict import PredictConfig, predict
 
@@ -100,18 +100,30 @@ def predict_labels(bundle, image) -> np.ndarray:
     )
     return predict(
         bundle, image, channel_axis=axis, config=PredictConfig.for_model(bundle, device="cpu")
-    ).labels
+    )
+
+
+def predict_labels(bundle, image) -> np.ndarray:
+    return predict_result(bundle, image).labels
 
 
 def score(bundle, pairs) -> dict:
-    """Pooled object F1 at IoU 0.5 (and the per-image counts) of `bundle` on `pairs`."""
-    from napari_unet.core.metrics import match_objects
+    """Pooled object F1 at IoU 0.5 (and the per-image counts) of `bundle` on `pairs`.
 
-    tp = fp = fn = 0
+    ``closer_to_builtin``: how many images a retrain of the built-in model predicted with
+    the built-in model's statistics and weights pulled back (:mod:`napari_unet.core.norm_sets`).
+    """
+    from napari_unet.core.metrics import match_objects
+    from napari_unet.core.norm_sets import NOTE
+
+    tp = fp = fn = closer = 0
     for _, image, truth in pairs:
-        m = match_objects(truth, predict_labels(bundle, image), thresholds=(0.5,))
+        result = predict_result(bundle, image)
+        closer += any(n.startswith(NOTE) for n in result.notes)
+        m = match_objects(truth, result.labels, thresholds=(0.5,))
         tp, fp, fn = tp + int(m.tp[0]), fp + int(m.fp[0]), fn + int(m.fn[0])
-    return {"f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "tp": tp, "fp": fp, "fn": fn}
+    f1 = round(2 * tp / max(2 * tp + fp + fn, 1), 4)
+    return {"f1": f1, "tp": tp, "fp": fp, "fn": fn, "closer_to_builtin": closer}
 
 
 def simulate_partial(pred: np.ndarray, truth: np.ndarray, rng) -> np.ndarray:
@@ -258,7 +270,10 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         print(
             f"[{kind} {mode} {protocol}] round {k}: {result.steps} steps in {seconds:.0f} s, "
             f"kept {result.kept}; remaining F1 {row['remaining']['f1']:.3f}, corrected so far "
-            f"{row['corrected_so_far']['f1']:.3f}, DSB fluo {row['fluo']['f1']:.3f}",
+            f"{row['corrected_so_far']['f1']:.3f}, DSB fluo {row['fluo']['f1']:.3f} (closer to "
+            f"the built-in model: {row['remaining']['closer_to_builtin']} of "
+            f"{len(remaining)} remaining, {row['fluo']['closer_to_builtin']} of "
+            f"{len(fluo)} fluorescence)",
             flush=True,
         )
     last = entry["rounds"][-1]

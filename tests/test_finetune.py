@@ -468,7 +468,8 @@ def test_a_model_recording_settings_of_another_version_still_fine_tunes(base_mod
 def test_retrains_of_a_builtin_model_blend_towards_it_round_after_round(
     base_model, tmp_path, monkeypatch
 ):
-    """However many retrains, the kept weights stay one blended fine-tune from the built-in."""
+    """Every retrain blends towards the built-in model itself, not towards the model it
+    started from, round after round."""
     import napari_unet.core.finetune as finetune_module
     from napari_unet.core.builtin import get_model
     from napari_unet.core.checkpoint import install_model, save_checkpoint

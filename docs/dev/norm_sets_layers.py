@@ -5,7 +5,8 @@ Runs ``bench/correct_retrain.py``'s MICCAI "full, rounds" loop with the Retrain 
 other MICCAI tiles and the DSB fluorescence images with several ways of choosing its
 BatchNorm running statistics per image:
 
-* ``package``: the package's rule (:func:`napari_unet.core.norm_sets.choose`);
+* ``stats``: the package's rule (:func:`napari_unet.core.norm_sets.choose`) with the
+  statistics alone (``PULL = 1``, what it did before the weights were pulled back too);
 * ``own``: always the retrained model's own statistics;
 * ``builtin``: always the built-in model's;
 * ``layers``: layer by layer, in one forward pass over the package's crop: each BatchNorm
@@ -14,7 +15,9 @@ BatchNorm running statistics per image:
 * ``recal``: a third set, the retrained weights' own statistics on the built-in model's
   replayed samples (what the built-in model's kind of image looks like to the *retrained*
   layers), chosen against the own set by the package's first-layer rule;
-* ``recal-layers``: own or recalibrated, layer by layer.
+* ``recal-layers``: own or recalibrated, layer by layer;
+* ``pull0``, ``pull50``: the package's rule with the built-in statistics and the weights
+  pulled back all the way (the built-in model itself) or half-way (``PULL`` = 0, 0.5).
 
 Usage: python docs/dev/norm_sets_layers.py [--cache DIR] [--variants ...]
 (measured: docs/dev/correct_retrain.md; not used by the package).
@@ -172,15 +175,12 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["package", "own", "builtin", "layers", "recal", "recal-layers"],
+        default=["stats", "own", "builtin", "layers", "recal", "recal-layers", "pull0", "pull50"],
     )
     args = parser.parse_args()
     models = rounds(args.cache)
     new = models[-1]
     builtin = norm_sets.base_statistics(new)
-    from napari_unet.core.finetune import blend_base
-
-    origin = blend_base(new)
     from napari_unet.core.builtin import replay_data
 
     replay = replay_data(new)
@@ -197,7 +197,8 @@ def main() -> None:
 
     def rule(variant):
         def choose(bundle, image, lo, hi, norm, factor=1.0):
-            if variant == "package":
+            if variant == "stats":  # the package's rule, statistics only (PULL = 1)
+                norm_sets.PULL = 1.0
                 return package(bundle, image, lo, hi, norm, factor)
             if variant == "own":
                 return bundle, None
@@ -214,17 +215,10 @@ def main() -> None:
                 theirs = nll(mu, var, mean, rvar, bn.eps)
                 counts[variant] = counts.get(variant, 0) + (theirs < own)
                 return (with_stats(bundle, recal), "r") if theirs < own else (bundle, None)
-            if variant.startswith("pull"):  # built-in statistics and weights pulled back
+            if variant.startswith("pull"):  # statistics and weights: the package's rule
+                norm_sets.PULL = float(variant[4:]) / 100
                 chosen, note = package(bundle, image, lo, hi, norm, factor)
-                if note is None:
-                    return chosen, None
-                t = float(variant[4:]) / 100
-                counts[variant] = counts.get(variant, 0) + 1
-                ref = origin.model.state_dict()
-                with torch.no_grad():
-                    for key, value in chosen.model.state_dict().items():
-                        if value.is_floating_point() and not key.endswith(STATS):
-                            value.copy_(ref[key] + t * (value - ref[key]))
+                counts[variant] = counts.get(variant, 0) + (note is not None)
                 return chosen, note
             raise AssertionError(variant)
 

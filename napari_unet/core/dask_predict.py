@@ -535,8 +535,8 @@ def predict_to_zarr(
     block, margin = int(block_size), int(margin)
     lead_ch = tuple((1,) * n for n in lead)
     lo, hi = norm.ranges(img)  # the same subsample as predict() reads
-    # a retrain of a built-in model: the statistics of the model that knows this kind of
-    # image, chosen as predict() does
+    # a retrain of a built-in model: closer to the built-in model for images like its
+    # data, chosen as predict() does
     bundle, _ = choose_statistics(bundle, img, lo, hi, norm, scale.factor)
     ych = _axis_chunks(H, block, max(grid.th, margin))  # label blocks (image pixels)
     xch = _axis_chunks(W, block, max(grid.tw, margin))

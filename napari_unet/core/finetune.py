@@ -59,8 +59,9 @@ class FinetuneConfig:
         built-in)``, weights and normalisation statistics alike (weight-space
         ensembling, "WiSE-FT": Wortsman et al., CVPR 2022). Each round starts from the
         previous one, so what earlier rounds learned carries on, shrunk by `blend` each
-        round: the distance from the built-in model stays bounded (at most
-        ``blend / (1 - blend)`` rounds' worth of change). 1 keeps the fine-tuned weights as they are; lower forgets less of the
+        round: for `blend` < 1 the distance from the built-in model stays below
+        ``blend / (1 - blend)`` times one round's (unblended) change, approached after many
+        rounds. 1 keeps the fine-tuned weights as they are; lower forgets less of the
         kinds of image the built-in model knew and, on partial corrections, also
         predicts the other images of the corrected kind better
         (``docs/dev/correct_retrain.md``). Not applied to any other model (measured only
@@ -375,8 +376,8 @@ def blend_base(init: ModelBundle) -> ModelBundle | None:
 
     A built-in model, and every model that only retrains made from it, blend towards
     the built-in weights (``meta["retrain_base"]``: its name and file hash): however
-    many rounds, a retrain never strays more than one blended fine-tune from the model
-    that knew the other kinds of image. None (no blending) for any other model: the
+    many rounds, a retrain stays within a bounded distance of the model that knew the
+    other kinds of image (:attr:`FinetuneConfig.blend`). None (no blending) for any other model: the
     user's own, one a Train run made from a built-in model, a retrain whose built-in
     model is no longer installed, was replaced by another version, or has no file hash
     in its index (then another version cannot be told apart), and a retrain saved by a
@@ -480,7 +481,8 @@ def score_on_annotations(
             axis = find_channel_axis(image.shape, annotation.shape)
             if axis is not None:
                 image = np.moveaxis(image, axis, -1)
-            # the statistics prediction of the whole image uses (norm_sets), chosen once
+            # the model prediction of the whole image uses (norm_sets: a retrain of a
+            # built-in model, or the built-in one's statistics and weights half-way back)
             whole = prepare_image(image, bundle.in_channels, -1 if axis is not None else None)
             w_lo, w_hi = norm.ranges(whole)
             w_factor = object_scale(bundle, whole, cfg).factor

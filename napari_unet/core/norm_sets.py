@@ -34,15 +34,22 @@ SAMPLE_SIDE = 512
 #: For an image more like the built-in model's data: the share of the retrain's change to
 #: the weights kept (the rest pulled back to the built-in model's weights).
 PULL = 0.5
-#: What the user is told when the built-in model's statistics are used.
-NOTE = (
-    "this image is more like the built-in model's images than like your corrections: "
-    "predicted with the built-in model's normalisation statistics and half of what the "
-    "retrain changed"
-)
+#: How the user is told that an image is predicted closer to the built-in model (the
+#: note goes on to say with what: :func:`note`).
+NOTE = "this image is more like the built-in model's images than like your corrections"
+STATS = ("running_mean", "running_var")
 
 _lock = threading.Lock()
-_cache: dict[tuple[str, str], dict] = {}  # (name, file hash): its statistics
+_cache: dict[tuple[str, str], dict] = {}  # (name, file hash): its state, on the CPU
+
+
+def note(pulled: bool) -> str:
+    """Return what Predict says about an image predicted closer to the built-in model."""
+    text = f"{NOTE}: predicted with the built-in model's normalisation statistics"
+    if not pulled:
+        return text
+    share = "half" if PULL == 0.5 else f"{PULL:.0%}"
+    return f"{text} and {share} of what the retrain changed in the weights"
 
 
 def first_norm_pair(model):
@@ -69,23 +76,33 @@ def base_statistics(bundle: ModelBundle) -> dict | None:
     None when there is none (see :func:`napari_unet.core.finetune.blend_base`) or when they
     equal `bundle`'s own (the built-in model itself).
     """
+    state = _base_for(bundle)
+    return None if state is None else {k: v for k, v in state.items() if k.endswith(STATS)}
+
+
+def _base_for(bundle: ModelBundle) -> dict | None:
+    """Return the state of the built-in model `bundle` was retrained from, or None.
+
+    None when there is none, when its tensors do not have `bundle`'s names and shapes
+    (another architecture), or when its running statistics equal `bundle`'s own (the
+    built-in model itself).
+    """
     from napari_unet.core.finetune import tied_to_builtin
 
     # checked each time: the built-in model may have been replaced since it was cached
     if first_norm_pair(bundle.model) is None or not tied_to_builtin(bundle):
         return None
-    base = bundle.meta["retrain_base"]
-    key = (str(base["name"]), str(base["sha256"]))
     state = _base_state(bundle)
     if state is None:  # pragma: no cover - removed between the two checks
         return None
-    stats = {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
     own = bundle.model.state_dict()
-    if stats.keys() - own.keys() or any(own[k].shape != v.shape for k, v in stats.items()):
+    floats = [k for k, v in own.items() if v.is_floating_point()]
+    if any(k not in state or state[k].shape != own[k].shape for k in floats):
         return None  # another architecture: nothing to swap
-    if all(bool((own[k].detach().cpu() == v).all()) for k, v in stats.items()):
+    stats = [k for k in floats if k.endswith(STATS)]
+    if not stats or all(bool((own[k].detach().cpu() == state[k]).all()) for k in stats):
         return None
-    return stats
+    return state
 
 
 def _base_state(bundle: ModelBundle) -> dict | None:
@@ -163,12 +180,12 @@ def choose(
         `bundle`, or a copy with the built-in model's running statistics and the weights
         ``built-in + PULL * (bundle - built-in)`` (same metadata, on the same device).
     str or None
-        :data:`NOTE` when the copy is returned.
+        :func:`note` (which starts with :data:`NOTE`) when the copy is returned.
     """
     import torch
 
-    stats = base_statistics(bundle)
-    if stats is None:
+    ref = _base_for(bundle)
+    if ref is None:
         return bundle, None
     conv, bn, name = first_norm_pair(bundle.model)
     x = torch.as_tensor(_sample(image, lo, hi, norm, float(factor)))[None]
@@ -186,21 +203,22 @@ def choose(
     base = _nll(
         mu,
         var,
-        stats[f"{name}.running_mean"].double(),
-        stats[f"{name}.running_var"].double(),
+        ref[f"{name}.running_mean"].double(),
+        ref[f"{name}.running_var"].double(),
         bn.eps,
     )
     if own <= base:
         return bundle, None
     variant = copy.copy(bundle)
     variant.model = copy.deepcopy(bundle.model)
-    ref = _base_state(bundle) if PULL < 1 else None
-    state = variant.model.state_dict()
+    pulled = PULL < 1
     with torch.no_grad():
-        for key, value in state.items():
-            if key in stats:
-                value.copy_(stats[key].to(device=value.device, dtype=value.dtype))
-            elif ref is not None and value.is_floating_point():
-                start = ref[key].to(device=value.device, dtype=value.dtype)
-                value.copy_(start + PULL * (value - start))
-    return variant, NOTE
+        for key, value in variant.model.state_dict().items():
+            if not value.is_floating_point():
+                continue  # counters stay the retrain's
+            start = ref[key].to(device=value.device, dtype=torch.float32)
+            if key.endswith(STATS):
+                value.copy_(start.to(value.dtype))
+            elif pulled:  # computed in float32 whatever the model's precision
+                value.copy_((start + PULL * (value.float() - start)).to(value.dtype))
+    return variant, note(pulled)

@@ -811,7 +811,7 @@ def iter_predict(
     progress = [0]
     next_id = 0
     notes: list[str] = [scale.note] if scale.note and scale.diameter is not None else []
-    # a retrain of a built-in model: the statistics of the model that knows this kind of image
+    # a retrain of a built-in model: closer to the built-in model for images like its data
     bundle, stats_note = choose_statistics(bundle, img, lo, hi, norm, scale.factor)
     if stats_note:
         notes.append(stats_note)
