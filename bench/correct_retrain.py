@@ -31,7 +31,8 @@ Usage: python bench/correct_retrain.py --model M.pt [--sets miccai dsb_tissue]
 napari_unet.core.finetune.FinetuneConfig.blend) [--distill D] (weight of the
 distillation term on the replayed patches, FinetuneConfig.distill) [--pull P] (the share of
 a retrain's change kept for images like the built-in model's data,
-napari_unet.core.norm_sets.PULL) [--seed N] (the fine-tunes' seed)
+napari_unet.core.norm_sets.PULL) [--seed N] (the fine-tunes' seed) [--blend-choices S ...]
+(the other shares a retrain tries, FinetuneConfig.blend_choices; none: the blend alone)
 Writes bench/results/correct_retrain.json (with --tag: variants/correct_retrain_TAG.json).
 """
 
@@ -228,6 +229,7 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         blend=args.blend,
         distill=args.distill,
         seed=args.seed,
+        blend_choices=tuple(args.blend_choices),
     )
     done: list = []
     for k, batch in enumerate(batches, 1):
@@ -258,6 +260,7 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
             "retrain_seconds": round(seconds, 1),
             "steps": result.steps,
             "kept": result.kept,
+            "blend": result.bundle.meta.get("blend"),
             "before_on_corrections": result.before,
             "after_on_corrections": result.after,
             "annotations": {n: annotation_summary(training[n][1]) for n in names},
@@ -270,7 +273,8 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         print(
             f"[{kind} {mode} {protocol}] round {k}: {result.steps} steps in {seconds:.0f} s, "
             f"kept {result.kept}; remaining F1 {row['remaining']['f1']:.3f}, corrected so far "
-            f"{row['corrected_so_far']['f1']:.3f}, DSB fluo {row['fluo']['f1']:.3f} (closer to "
+            f"{row['corrected_so_far']['f1']:.3f}, DSB fluo {row['fluo']['f1']:.3f}, blend "
+            f"{(row['blend'] or {}).get('share')} (closer to "
             f"the built-in model: {row['remaining']['closer_to_builtin']} of "
             f"{len(remaining)} remaining, {row['fluo']['closer_to_builtin']} of "
             f"{len(fluo)} fluorescence)",
@@ -305,6 +309,13 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=None)
     parser.add_argument("--pull", type=float, default=None)
     parser.add_argument(
+        "--blend-choices",
+        type=float,
+        nargs="*",
+        default=None,
+        help="other shares a retrain tries (none: --blend alone)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=0, help="the fine-tunes' seed (the images stay the same)"
     )
     args = parser.parse_args()
@@ -322,6 +333,7 @@ def main() -> None:
         "replay_share",
         "blend",
         "distill",
+        "blend_choices",
     ):
         if getattr(args, key) is None:
             setattr(args, key, getattr(defaults, key))
@@ -343,6 +355,7 @@ def main() -> None:
             "blend": args.blend,
             "distill": args.distill,
             "pull": norm_sets.PULL,
+            "blend_choices": list(args.blend_choices),
             "seed": args.seed,
         },
         "runs": [],

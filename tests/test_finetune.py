@@ -160,6 +160,7 @@ def test_time_cap_ends_the_steps_early_and_warns(base_model, monkeypatch):
         (dict(blend=0.0), "blend"),
         (dict(blend=1.5), "blend"),
         (dict(blend=float("nan")), "blend"),
+        (dict(blend_choices=(0.5, 0.0)), "blend"),
     ],
 )
 def test_finetune_settings_are_checked(base_model, bad, match):
@@ -171,6 +172,50 @@ def test_finetune_settings_are_checked(base_model, bad, match):
 def _install_builtin(base_model, tmp_path, monkeypatch):
     """`base_model` installed as the built-in model 'tiny' of a models folder; loaded."""
     return install_builtin(base_model, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ((0.3, 0.5, 0.7, 0.6), 0.5),  # 0.5 predicts the corrections best
+        ((0.3, 0.5, 0.4, 0.6), 0.8),
+        ((0.3, 0.5, 0.5, 0.5), 0.65),  # a tie keeps the default share
+    ],
+)
+def test_a_retrain_keeps_the_share_that_predicts_the_corrections_best(
+    base_model, tmp_path, monkeypatch, scores, expected
+):
+    """With blend 0.65 and the choices 0.5 and 0.8, each blended model is scored on the
+    corrections (after the previous model) and the best share is kept, in the weights,
+    the result's score and the model's record."""
+    import napari_unet.core.finetune as finetune_module
+
+    _, builtin = _install_builtin(base_model, tmp_path, monkeypatch)
+    monkeypatch.setattr(finetune_module, "MIN_USEFUL_STEPS", 1)
+    image, annotation, _ = _corrected_pair()
+    unblended = finetune(
+        [image],
+        [annotation],
+        builtin,
+        FinetuneConfig(steps=4, device="cpu", keep_better=False, blend=1.0, seed=3),
+    ).bundle
+    calls = []
+
+    def scored(bundle, *args, **kwargs):  # previous model, then 0.65, 0.5, 0.8
+        calls.append(bundle)
+        return {"tp": 1, "fp": 0, "fn": 0, "f1": scores[len(calls) - 1], "images": 1}
+
+    monkeypatch.setattr(finetune_module, "score_on_annotations", scored)
+    cfg = FinetuneConfig(steps=4, device="cpu", blend=0.65, blend_choices=(0.5, 0.8), seed=3)
+    result = finetune([image], [annotation], builtin, cfg)
+    assert len(calls) == 4 and calls[0] is builtin
+    assert result.kept == "new" and result.after["f1"] == max(scores[1:])
+    assert result.bundle.meta["blend"] == {"share": expected, "towards": "tiny"}
+    assert result.train.bundle is result.bundle
+    start, full = builtin.model.state_dict(), unblended.model.state_dict()
+    for key, value in result.bundle.model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, start[key] + expected * (full[key] - start[key]))
 
 
 def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, tmp_path, monkeypatch):
