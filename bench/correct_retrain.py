@@ -127,6 +127,12 @@ def score(bundle, pairs) -> dict:
     return {"f1": f1, "tp": tp, "fp": fp, "fn": fn, "closer_to_builtin": closer}
 
 
+def _f1(counts: dict) -> float:
+    """The unrounded F1 of :func:`score`'s counts."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
 def simulate_partial(pred: np.ndarray, truth: np.ndarray, rng) -> np.ndarray:
     """Edit the prediction as a user fixing about 20 nuclei and erasing a few false objects."""
     corrected = pred.astype(np.int64, copy=True)
@@ -260,7 +266,7 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
             "retrain_seconds": round(seconds, 1),
             "steps": result.steps,
             "kept": result.kept,
-            "blend": result.bundle.meta.get("blend"),
+            "blend": result.bundle.meta.get("blend") if result.kept == "new" else None,
             "before_on_corrections": result.before,
             "after_on_corrections": result.after,
             "annotations": {n: annotation_summary(training[n][1]) for n in names},
@@ -281,8 +287,9 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
             flush=True,
         )
     last = entry["rounds"][-1]
-    entry["gain_remaining"] = round(last["remaining"]["f1"] - start["remaining"]["f1"], 4)
-    entry["fluo_change"] = round(last["fluo"]["f1"] - start["fluo"]["f1"], 4)
+    # from the counts: the differences of the rounded F1s can be 0.0001 off
+    entry["gain_remaining"] = round(_f1(last["remaining"]) - _f1(start["remaining"]), 4)
+    entry["fluo_change"] = round(_f1(last["fluo"]) - _f1(start["fluo"]), 4)
     # F1 on the images corrected so far never drops from one round to the next
     drops = [
         round(row["corrected_so_far"]["f1"] - score_before, 4)

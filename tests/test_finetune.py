@@ -218,6 +218,32 @@ def test_a_retrain_keeps_the_share_that_predicts_the_corrections_best(
             torch.testing.assert_close(value, start[key] + expected * (full[key] - start[key]))
 
 
+def test_stopping_while_the_shares_are_scored_keeps_the_previous_model(
+    base_model, tmp_path, monkeypatch
+):
+    import napari_unet.core.finetune as finetune_module
+
+    _, builtin = _install_builtin(base_model, tmp_path, monkeypatch)
+    monkeypatch.setattr(finetune_module, "MIN_USEFUL_STEPS", 1)
+    image, annotation, _ = _corrected_pair()
+    stop = threading.Event()
+    calls = []
+
+    def scored(bundle, *args, **kwargs):  # the user stops while the 0.5 share is scored
+        calls.append(bundle)
+        if len(calls) == 3:
+            stop.set()
+            return None
+        return {"tp": 1, "fp": 0, "fn": 0, "f1": 0.5, "images": 1}
+
+    monkeypatch.setattr(finetune_module, "score_on_annotations", scored)
+    cfg = FinetuneConfig(steps=4, device="cpu", blend_choices=(0.5, 0.8), seed=3)
+    result = finetune([image], [annotation], builtin, cfg, stop=stop)
+    assert len(calls) == 3  # the 0.8 share is not scored any more
+    assert result.kept == "old" and result.stopped and result.bundle is builtin
+    assert result.train.bundle is None and result.before is None and result.after is None
+
+
 def test_blend_keeps_that_share_of_the_fine_tunes_change(base_model, tmp_path, monkeypatch):
     """From the built-in model, blend=0.5 keeps half of what the same fine-tune changed;
     a model of the user's own keeps all of it."""

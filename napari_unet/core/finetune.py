@@ -70,11 +70,13 @@ class FinetuneConfig:
     blend_choices : tuple of float
         Other shares tried when `blend` applies and `keep_better` compares: each blended
         model is scored on the corrected images too, and the share that predicts them best
-        is kept (`blend` on a tie). None by default: with (0.5, 0.8) the corrections
+        is kept (`blend` on a tie). Empty by default: with (0.5, 0.8) the corrections
         nearly always picked 0.8, which gained more on whole corrected images (median
         +0.232 against +0.204 over three seeds) but not on partial ones (+0.141 against
-        +0.144), forgot more, and once scored the images corrected so far lower than the
-        round before (``docs/dev/correct_retrain.md``).
+        +0.144), forgot more with whole images, and once scored the images corrected so
+        far lower than the round before (``docs/dev/correct_retrain.md``). The best of
+        several scores on the same corrections slightly favours the new model in the
+        comparison with the old one.
     keep_better : bool
         Score the old and the new model on the corrected images and keep the better
         one (the new one on a tie).
@@ -127,10 +129,12 @@ class FinetuneConfig:
             raise NapariUnetError(f"lr must be a positive, finite number, got {self.lr}.")
         if not (np.isfinite(self.distill) and 0 <= self.distill <= 100):
             raise NapariUnetError(f"distill must be between 0 (off) and 100, got {self.distill}.")
-        for share in (self.blend, *self.blend_choices):
+        for name, share in [("blend", self.blend)] + [
+            ("blend_choices", s) for s in self.blend_choices
+        ]:
             if not (np.isfinite(share) and 0 < share <= 1):
                 raise NapariUnetError(
-                    f"blend must be in (0, 1] (the share of the fine-tune's change kept), "
+                    f"{name} must be in (0, 1] (the share of the fine-tune's change kept), "
                     f"got {share}."
                 )
 
