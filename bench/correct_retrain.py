@@ -133,7 +133,9 @@ def _f1(counts: dict) -> float:
     return 2 * tp / max(2 * tp + fp + fn, 1)
 
 
-def simulate_partial(pred: np.ndarray, truth: np.ndarray, rng) -> np.ndarray:
+def simulate_partial(
+    pred: np.ndarray, truth: np.ndarray, rng, erase: int = N_ERASED_FALSE
+) -> np.ndarray:
     """Edit the prediction as a user fixing about 20 nuclei and erasing a few false objects."""
     corrected = pred.astype(np.int64, copy=True)
     gt_ids = np.unique(truth)[1:]
@@ -177,7 +179,7 @@ def simulate_partial(pred: np.ndarray, truth: np.ndarray, rng) -> np.ndarray:
             fixed.add(h)
     false_ids = [int(k) for k in np.unique(pred)[1:] if not np.any(truth[pred == k])]
     rng.shuffle(false_ids)
-    for k in false_ids[:N_ERASED_FALSE]:
+    for k in false_ids[:erase]:
         corrected[pred == k] = 0
     return corrected
 
@@ -244,7 +246,9 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
                 annotation = whole_layer_annotation(truth)
             else:
                 pred = predict_labels(model, image)
-                annotation = annotation_from_edits(simulate_partial(pred, truth, rng), pred)
+                annotation = annotation_from_edits(
+                    simulate_partial(pred, truth, rng, args.erase), pred
+                )
             if name in training:
                 annotation = merge_annotations(training[name][1], annotation)
             training[name] = (image, annotation)
@@ -316,6 +320,12 @@ def main() -> None:
     parser.add_argument("--distill", type=float, default=None)
     parser.add_argument("--pull", type=float, default=None)
     parser.add_argument(
+        "--erase",
+        type=int,
+        default=N_ERASED_FALSE,
+        help="false objects the simulated user erases per image (partial corrections)",
+    )
+    parser.add_argument(
         "--blend-choices",
         type=float,
         nargs="*",
@@ -364,6 +374,7 @@ def main() -> None:
             "pull": norm_sets.PULL,
             "blend_choices": list(args.blend_choices),
             "seed": args.seed,
+            "erase": args.erase,
         },
         "runs": [],
     }
