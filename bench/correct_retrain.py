@@ -18,7 +18,9 @@ images):
   about 20 nuclei (the wrongly predicted ones first: each fix erases the predicted objects
   over the nucleus and paints the true nuclei there) and erases up to 5 false objects;
   the annotation is then derived from the edits exactly as the Predict widget does
-  (:func:`napari_unet.core.corrections.annotation_from_edits`, merged across rounds).
+  (:func:`napari_unet.core.corrections.annotation_from_edits`, merged across rounds);
+  or "region" (``--modes region``): one square checked completely, grown until about 20
+  nuclei touch it (every nucleus and background pixel in it annotated, nothing outside);
 
 Scores: object F1 at IoU 0.5 summed over images (tp, fp, fn pooled). The external
 images are only measured, never trained on, except the three corrected ones, which are
@@ -125,6 +127,37 @@ def score(bundle, pairs) -> dict:
         tp, fp, fn = tp + int(m.tp[0]), fp + int(m.fp[0]), fn + int(m.fn[0])
     f1 = round(2 * tp / max(2 * tp + fp + fn, 1), 4)
     return {"f1": f1, "tp": tp, "fp": fp, "fn": fn, "closer_to_builtin": closer}
+
+
+def simulate_region(truth: np.ndarray, rng, n: int = N_FIXED_NUCLEI) -> np.ndarray:
+    """Annotation of a user who checks one square region completely (sparse convention).
+
+    The square is centred on a random nucleus and grown (16-pixel steps) until about `n`
+    nuclei touch it; those nuclei (whole, also where they cross the border) and every
+    other pixel of the square are annotated, the rest of the image is not.
+    """
+    from scipy import ndimage as ndi
+
+    from napari_unet.core.corrections import whole_layer_annotation
+
+    ids = np.unique(truth)[1:]
+    centre = ndi.center_of_mass(truth > 0, truth, [int(rng.choice(ids))])[0]
+    cy, cx = (int(round(c)) for c in centre)
+    h, w = truth.shape
+    half = 8
+    while True:
+        box = (slice(max(0, cy - half), cy + half), slice(max(0, cx - half), cx + half))
+        inside = np.unique(truth[box])
+        inside = inside[inside > 0]
+        if inside.size >= n or (half * 2 >= h and half * 2 >= w):
+            break
+        half += 8
+    annotated = np.zeros(truth.shape, bool)
+    annotated[box] = True
+    annotated |= np.isin(truth, inside)
+    annotation = whole_layer_annotation(truth)
+    annotation[~annotated] = 0
+    return annotation
 
 
 def _f1(counts: dict) -> float:
@@ -244,6 +277,8 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
         for name, image, truth in batch:
             if mode == "full":
                 annotation = whole_layer_annotation(truth)
+            elif mode == "region":  # one region checked completely, about as many nuclei
+                annotation = simulate_region(truth, rng)
             else:
                 pred = predict_labels(model, image)
                 annotation = annotation_from_edits(
