@@ -26,6 +26,7 @@ Usage: python docs/dev/norm_sets_layers.py [--cache DIR] [--variants ...]
 import argparse
 import copy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -171,7 +172,9 @@ def layerwise(bundle, x, other: dict) -> tuple:
 def main() -> None:
     """Run (or load) the rounds, then score each way of choosing the statistics."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cache", type=Path, default=Path("/work/scratch/norm_sets_layers"))
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "napari_unet_norm_sets_layers"
+    )
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -192,7 +195,7 @@ def main() -> None:
     held = set(order[:N_CORRECTED].tolist())
     remaining = [p for i, p in enumerate(pairs) if i not in held]
     fluo = read_pairs("dsb_fluo")
-    package = norm_sets.choose
+    package, pull = norm_sets.choose, norm_sets.PULL
     counts: dict = {}
 
     def rule(variant):
@@ -258,6 +261,7 @@ def main() -> None:
             flush=True,
         )
     predict_module.choose_statistics = package
+    norm_sets.PULL = pull
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Normalisation statistics per kind of image, for the retrains of a built-in model.
+"""Normalisation statistics (and weights) per kind of image, for the retrains of a built-in model.
 
 A retrain of a built-in model learns the user's kind of image, and its BatchNorm running
 statistics and weights move towards that kind; on the images the built-in model knew,
