@@ -24,6 +24,7 @@ from napari_unet.core.corrections import (
     load_training_set,
     merge_annotations,
     partial_f1,
+    regions_mask,
     save_training_set,
     to_sparse,
     whole_layer_annotation,
@@ -291,6 +292,121 @@ def test_edits_input_errors():
 
 
 # --------------------------------------------------------------------------- merge
+
+
+# --------------------------------------------------------------------------- checked regions
+
+
+def _square(y0, x0, y1, x1, *lead):
+    """napari's four rectangle corners (pixel centres y0..y1, x0..x1 inside)."""
+    corners = [[y0, x0], [y0, x1], [y1, x1], [y1, x0]]
+    return np.array([list(lead) + c for c in corners], dtype=float)
+
+
+def test_regions_mask_rectangle_polygon_ellipse_and_clipping():
+    m = regions_mask((6, 8), [("rectangle", _square(1, 2, 3, 4))])
+    expected = np.zeros((6, 8), bool)
+    expected[1:4, 2:5] = True
+    np.testing.assert_array_equal(m, expected)
+    # a triangle: the pixel centres inside (or on its edges)
+    tri = regions_mask((5, 5), [("polygon", [[0, 0], [0, 4], [4, 0]])])
+    assert tri[0, 0] and tri[0, 4] and tri[2, 2] and not tri[4, 4] and not tri[3, 3]
+    # an ellipse inside its bounding box, corners left out
+    ell = regions_mask((11, 11), [("ellipse", _square(0, 0, 10, 10))])
+    assert ell[5, 5] and ell[0, 5] and ell[5, 0] and not ell[0, 0] and not ell[10, 10]
+    assert 0.70 < ell.sum() / 100 < 0.85  # pi/4 of the 10 x 10 box
+    # partly outside the image: the inside part only; wholly outside: nothing
+    clipped = regions_mask((4, 4), [("rectangle", _square(-5, -5, 1, 1))])
+    assert clipped.sum() == 4 and clipped[:2, :2].all()
+    assert not regions_mask((4, 4), [("rectangle", _square(10, 10, 20, 20))]).any()
+
+
+def test_regions_mask_planes_of_a_stack():
+    shape = (3, 6, 6)
+    one = regions_mask(shape, [("rectangle", _square(1, 1, 2, 2, 1.2))])  # plane 1 (rounded)
+    assert one[1].sum() == 4 and not one[0].any() and not one[2].any()
+    every = regions_mask(shape, [("rectangle", _square(1, 1, 2, 2))])  # 2D: every plane
+    assert all(every[z].sum() == 4 for z in range(3))
+    assert not regions_mask(shape, [("rectangle", _square(1, 1, 2, 2, 7))]).any()
+    tilted = _square(1, 1, 2, 2, 0)
+    tilted[2, 0] = 2
+    with pytest.raises(NapariUnetError, match="not flat in one plane"):
+        regions_mask(shape, [("rectangle", tilted)])
+
+
+@pytest.mark.parametrize(
+    ("regions", "match"),
+    [
+        ([("line", [[0, 0], [3, 3]])], "only rectangle, polygon, ellipse"),
+        ([("polygon", [[0, 0], [3, 3]])], "at least 3 vertices"),
+        ([("polygon", [[0, 0, 0, 0], [3, 3, 0, 0], [3, 0, 0, 0]])], "at least 3 vertices"),
+        ([("polygon", [[0, 0], [3, np.nan], [3, 0]])], "not finite"),
+        ([("ellipse", [[0, 0], [0, 3], [3, 3]])], "4 bounding-box corners"),
+    ],
+)
+def test_regions_mask_errors(regions, match):
+    with pytest.raises(NapariUnetError, match=match):
+        regions_mask((5, 5), regions)
+    with pytest.raises(NapariUnetError, match="at least 2 axes"):
+        regions_mask((5,), [("rectangle", _square(0, 0, 1, 1))])
+
+
+def test_checked_region_counts_whole_edited_or_not():
+    """Inside a checked rectangle every object (whole, also across its edge) and every empty
+    pixel is annotated; outside it nothing, and no band is drawn around it."""
+    pred = np.zeros((40, 40), np.int32)
+    pred[5:10, 5:10] = 1  # inside the region, right: never edited
+    pred[12:20, 16:24] = 2  # crosses the region's edge
+    pred[30:35, 30:35] = 3  # far outside, unchecked
+    checked = regions_mask(pred.shape, [("rectangle", _square(2, 2, 15, 18))])
+    ann = annotation_from_edits(pred, pred, checked=checked)
+    assert set(np.unique(ann[5:10, 5:10])) == {2}
+    assert set(np.unique(ann[12:20, 16:24])) == {3}  # whole, beyond the rectangle
+    empty_inside = checked & (pred == 0)
+    assert (ann[empty_inside] == 1).all()
+    outside = ~checked & ~np.isin(pred, [1, 2])
+    assert not ann[outside].any()  # no band, object 3 unannotated
+    # no baseline (a layer painted from scratch): every object is the user's, object 3 too
+    scratch = annotation_from_edits(pred, None, checked=checked)
+    assert (scratch[30:35, 30:35] >= 2).all() and (scratch[ann > 0] > 0).all()
+
+
+def test_checked_region_with_edits_inside_and_outside():
+    pred = np.zeros((60, 60), np.int32)
+    pred[5:15, 5:25] = 1  # two nuclei merged, inside the region
+    pred[40:46, 40:46] = 2  # a false object outside the region, erased below
+    corrected = pred.copy()
+    corrected[5:15, 15:25] = 4  # split
+    corrected[40:46, 40:46] = 0
+    checked = regions_mask(pred.shape, [("rectangle", _square(0, 0, 20, 30))])
+    ann, band = annotation_from_edits(corrected, pred, checked=checked, return_ring=True)
+    assert ann[10, 10] != ann[10, 20] and ann[10, 10] >= 2 and ann[10, 20] >= 2
+    assert (ann[checked & (corrected == 0)] == 1).all()
+    # the erased object outside: background with its band (2 px at least), not beyond
+    assert (ann[40:46, 40:46] == 1).all() and ann[38, 43] == 1 and ann[43, 48] == 1
+    assert not ann[55, 5] and not ann[30, 5]
+    # no band around the checked region: just below it nothing is annotated
+    assert not ann[22, 10] and not band[:21, :31].any()
+
+
+def test_checked_region_in_one_plane_of_a_stack():
+    labels = np.zeros((3, 20, 20), np.int32)
+    labels[:, 4:8, 4:8] = 1  # one 3D object through all planes
+    checked = regions_mask(labels.shape, [("rectangle", _square(0, 0, 10, 10, 1))])
+    ann = annotation_from_edits(labels, labels, checked=checked)
+    assert (ann[1, :11, :11] >= 1).all() and ann[1, 5, 5] == 2
+    assert not ann[0].any() and not ann[2].any()
+
+
+def test_checked_region_errors_and_nothing_checked():
+    labels = np.zeros((5, 5), np.int32)
+    with pytest.raises(NapariUnetError, match="checked regions"):
+        annotation_from_edits(labels, labels, checked=np.zeros((4, 5), bool))
+    with pytest.raises(NapariUnetError, match="boolean mask"):
+        annotation_from_edits(labels, labels, checked=np.zeros((5, 5), np.uint8))
+    assert is_empty_annotation(
+        annotation_from_edits(labels, labels, checked=np.zeros((5, 5), bool))
+    )
 
 
 def test_merge_later_strokes_win_and_old_keeps_remainder():

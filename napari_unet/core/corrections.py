@@ -17,6 +17,9 @@ Functions
 :func:`annotation_from_edits`
     The annotation implied by the difference between the layer before and after
     the user's edits.
+:func:`regions_mask`
+    Rasterise the regions a user checked completely (``checked`` of
+    :func:`annotation_from_edits`).
 :func:`merge_annotations`
     Combine the annotations of two rounds on the same image (later strokes win).
 :func:`annotation_summary`, :func:`partial_f1`
@@ -52,6 +55,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "INDEX_FILE",
+    "REGION_KINDS",
     "SavedPair",
     "annotation_from_edits",
     "annotation_summary",
@@ -59,6 +63,7 @@ __all__ = [
     "load_training_set",
     "merge_annotations",
     "partial_f1",
+    "regions_mask",
     "save_training_set",
     "to_sparse",
     "whole_layer_annotation",
@@ -211,6 +216,7 @@ def annotation_from_edits(
     *,
     ring: float | None = None,
     return_ring: bool = False,
+    checked: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Build a (partial) annotation from what the user painted or erased.
 
@@ -231,6 +237,12 @@ def annotation_from_edits(
     are never annotated (they may be wrong predictions nobody checked), nor is
     the rest of the image.
 
+    A *checked* region (`checked`, e.g. rectangles the user drew around what they
+    looked at completely) counts whole, edited or not: every object of `corrected`
+    that has a pixel in it is annotated whole (in that plane), every empty pixel of it
+    is background. No band is drawn around it, nor around edits inside it: the
+    region's surroundings were not checked.
+
     Parameters
     ----------
     corrected : (..., Y, X) ndarray of int or bool
@@ -249,6 +261,9 @@ def annotation_from_edits(
     return_ring : bool
         Also return the band as a mask (for :func:`merge_annotations`: it was
         not drawn by the user, so it does not erase earlier objects).
+    checked : (..., Y, X) ndarray of bool, optional
+        Pixels the user checked completely (see :func:`regions_mask`); same shape as
+        `corrected`. None: none.
 
     Returns
     -------
@@ -294,6 +309,15 @@ def annotation_from_edits(
     def done(result: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         return (result, band_mask) if return_ring else result
 
+    if checked is None:
+        checked = np.zeros(corrected.shape, dtype=bool)
+    else:
+        checked = np.asarray(checked)
+        _same_shape(corrected, checked, "corrected labels", "checked regions")
+        if checked.dtype != bool:
+            raise NapariUnetError(
+                f"checked regions must be a boolean mask, got dtype {checked.dtype}."
+            )
     if baseline is None:
         changed = corrected != 0
         involved_base = np.zeros(corrected.shape, dtype=bool)
@@ -302,7 +326,7 @@ def annotation_from_edits(
         _same_shape(corrected, baseline, "corrected labels", "baseline labels")
         changed = corrected != baseline
         involved_base = _involved(baseline, changed)
-    if not changed.any():
+    if not changed.any() and not checked.any():
         return done(out)
     # Every corrected id in the changed pixels or the touched baseline footprints, whole
     # (in the planes where it was touched: a 3D object's other planes were not looked at).
@@ -310,6 +334,10 @@ def annotation_from_edits(
     # id in the baseline, so its footprint brings no new id.
     region = changed | involved_base
     region |= _involved(corrected, region)
+    # the checked regions, with every object that has a pixel in them (whole)
+    inspected = checked | _involved(corrected, checked)
+    edited = region & ~inspected  # edits outside the checked regions: banded
+    region |= inspected
     ids = np.unique(corrected[region])
     ids = ids[ids != 0]
     if ids.size > _INT32_MAX - 2:  # pragma: no cover - needs > 2**31 objects
@@ -317,6 +345,8 @@ def annotation_from_edits(
     objects = region & (corrected != 0)
     out[region & (corrected == 0)] = 1
     out[objects] = _relabel_from(corrected[objects], ids, 2)
+    if not edited.any():
+        ring = 0.0  # nothing edited outside the checked regions: no band
     if ring is None:
         # cross-sections: the area of each object in each plane where it appears; with
         # nothing painted, of what was erased (then a baseline was given: something changed)
@@ -339,7 +369,7 @@ def annotation_from_edits(
     if ring > 0:
         # around the objects and around what the user erased (a false object's
         # surroundings were seen too)
-        seen = out != 0
+        seen = edited
         box = _bbox(seen, math.ceil(ring))
         lead = (slice(None),) * (corrected.ndim - 2)
         box = lead + tuple(box[-2:])  # whole planes along the leading axes
@@ -350,6 +380,95 @@ def annotation_from_edits(
         out[box][band] = 1
         band_mask[box] = band
     return done(out)
+
+
+#: Shape kinds :func:`regions_mask` fills (napari's Shapes layer names); lines and
+#: paths enclose nothing.
+REGION_KINDS = ("rectangle", "polygon", "ellipse")
+
+
+def regions_mask(shape: Sequence[int], regions: Sequence[tuple[str, Any]]) -> np.ndarray:
+    """Rasterise drawn regions (rectangles, polygons, ellipses) into a boolean mask.
+
+    A pixel is inside when its centre is inside or on the edge (pixel ``(r, c)`` is
+    centred on ``(r, c)``, as in napari). Parts outside the image are dropped.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The mask's shape, ``(..., Y, X)``.
+    regions : sequence of (kind, vertices)
+        `kind` is one of :data:`REGION_KINDS`; `vertices` is an ``(N, D)`` array in the
+        mask's pixel coordinates, the last two columns ``(y, x)``. With ``D == 2`` the
+        region covers every plane of a stack; with ``D == len(shape)`` its leading
+        coordinates (the same for all vertices, rounded) pick the plane. A rectangle or
+        an ellipse has napari's four corner vertices (an ellipse's bounding box, possibly
+        rotated).
+
+    Returns
+    -------
+    ndarray of bool
+        True inside any region.
+
+    Raises
+    ------
+    NapariUnetError
+        An unknown kind, too few vertices, vertices that are not finite or do not fit
+        `shape`, or a region that is not flat in one plane of a stack.
+
+    Examples
+    --------
+    >>> square = [[0.5, 0.5], [0.5, 2.5], [2.5, 2.5], [2.5, 0.5]]
+    >>> regions_mask((4, 5), [("rectangle", square)]).astype(int).tolist()
+    [[0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]]
+    """
+    from skimage.draw import polygon as fill_polygon
+
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 2:
+        raise NapariUnetError(f"regions need an image of at least 2 axes, got shape {shape}.")
+    mask = np.zeros(shape, dtype=bool)
+    for k, (kind, vertices) in enumerate(regions, 1):
+        if kind not in REGION_KINDS:
+            raise NapariUnetError(
+                f"region {k} is a {kind!r}: only {', '.join(REGION_KINDS)} enclose pixels."
+            )
+        v = np.asarray(vertices, dtype=float)
+        if v.ndim != 2 or v.shape[1] not in (2, len(shape)) or v.shape[0] < 3:
+            raise NapariUnetError(
+                f"region {k} has vertices of shape {v.shape}: expected at least 3 vertices of "
+                f"2 or {len(shape)} coordinates."
+            )
+        if not np.all(np.isfinite(v)):
+            raise NapariUnetError(f"region {k} has vertices that are not finite numbers.")
+        lead: tuple[Any, ...] = (slice(None),) * (len(shape) - 2)
+        if v.shape[1] == len(shape) and len(shape) > 2:
+            planes = np.round(v[:, :-2]).astype(np.int64)
+            if np.any(planes != planes[0]):
+                raise NapariUnetError(
+                    f"region {k} is not flat in one plane (its leading coordinates vary): "
+                    "draw regions in the 2D view, one plane at a time."
+                )
+            plane = tuple(int(p) for p in planes[0])
+            if any(p < 0 or p >= n for p, n in zip(plane, shape[:-2], strict=True)):
+                continue  # a plane outside the image: nothing of it is inside
+            lead = plane
+        yx = v[:, -2:]
+        if kind == "ellipse":
+            if yx.shape[0] != 4:
+                raise NapariUnetError(
+                    f"region {k} is an ellipse with {yx.shape[0]} vertices: expected its "
+                    "4 bounding-box corners."
+                )
+            centre = yx.mean(axis=0)
+            a = (yx[1] - yx[0]) / 2
+            b = (yx[3] - yx[0]) / 2
+            t = np.linspace(0, 2 * np.pi, 181)[:-1, None]
+            yx = centre + np.cos(t) * a + np.sin(t) * b
+        # skimage counts a pixel in when its centre is inside the polygon
+        rr, cc = fill_polygon(yx[:, 0], yx[:, 1], shape=shape[-2:])
+        mask[(*lead, rr, cc)] = True
+    return mask
 
 
 def _involved(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
