@@ -152,13 +152,19 @@ def test_correct_and_retrain_on_a_z_stack(viewer, qtbot, tmp_path):
     layer.brush_size = 9
     layer.paint((6, 48, 48), 777)
     predict.counts.setCurrentText(COUNT_EDITS)
+    # and a region checked in slice 3: a rectangle drawn there lies in that slice only
+    click(qtbot, predict.new_regions_button)
+    shapes = viewer.layers["stack_checked"]
+    assert shapes.ndim == 3 and tuple(shapes.scale) == (1.5, 0.5, 0.5)
+    shapes.add_rectangles(np.array([[3, 10, 10], [3, 10, 40], [3, 40, 40], [3, 40, 10]]))
     click(qtbot, predict.retrain_button)
     wait_idle(qtbot, predict)
     assert not error_messages()
     pair = predict.session.training_set["stack"]
     annotated = np.flatnonzero((np.asarray(pair.labels) > 0).any(axis=(1, 2)))
-    assert annotated.tolist() == [6]  # the slice painted, not the others
+    assert annotated.tolist() == [3, 6]  # the slices painted or checked, not the others
     assert (np.asarray(pair.labels)[6, 48, 48]) >= 2
+    assert (np.asarray(pair.labels)[3, 10:41, 10:41] > 0).all()
     again = viewer.layers["stack_labels_round_2"]
     assert again.data.shape == image.shape
     assert "Labelled in 3D across 12 z-slices (ZYX); voxel size 1.5 x 0.5 x 0.5" in (

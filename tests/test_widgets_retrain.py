@@ -164,6 +164,128 @@ def test_retrain_without_edits_says_what_to_do(viewer, qtbot, tmp_path):
     assert not predict.session.training_set and predict.session.busy is None
 
 
+def test_checked_regions_count_whole_and_are_learned_once(viewer, qtbot, tmp_path):
+    """A rectangle drawn around a checked part counts whole (every object, every empty
+    pixel); an eraser stroke outside it counts too; a later round skips the learned
+    rectangle, so it never takes a new prediction for checked."""
+    from napari_unet._widgets._predict import LEARNED_COLOR, NO_REGIONS
+
+    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
+    predict = open_widget(viewer, "Predict")
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))
+    predict.tile_size.setValue(128)
+    predict.retrain_steps.setValue(10)
+    session = predict.session
+    predict.image.setCurrentText("fluo_dense")
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    first = viewer.layers["fluo_dense_labels"]
+    # a prediction that found the true nuclei (the tiny model finds few): as if predicted
+    first.data = np.asarray(viewer.layers["fluo_dense_ground_truth"].data, first.data.dtype)
+    session.record_baseline(first, np.array(first.data, copy=True))
+    assert predict.regions.currentText() == NO_REGIONS
+    predict.counts.setCurrentText(COUNT_EDITS)
+    click(qtbot, predict.new_regions_button)
+    shapes = viewer.layers["fluo_dense_checked"]
+    assert predict.regions.currentText() == shapes.name
+    assert shapes.mode == "add_rectangle" and viewer.layers.selection.active is shapes
+    assert shapes.ndim == first.ndim
+    shapes.add_rectangles(np.array([[20, 30], [20, 110], [90, 110], [90, 30]]))
+    ids_inside = np.setdiff1d(np.unique(first.data[20:91, 30:111]), [0])
+    assert ids_inside.size > 0  # the region holds predicted nuclei, none of them edited
+    # and one eraser stroke elsewhere, on a nucleus far below the region
+    far = [k for k in np.unique(first.data[150:, :])[1:] if not np.any(first.data[:130] == k)]
+    ys, xs = np.nonzero(first.data == far[0])
+    spot = (int(np.median(ys)), int(np.median(xs)))
+    assert first.data[spot] == far[0]
+    brush(first, [spot], 0)
+    corrected1 = np.array(first.data, copy=True)
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    labels = np.asarray(session.training_set["fluo_dense"].labels)
+    box = (slice(20, 91), slice(30, 111))
+    assert (labels[box][corrected1[box] == 0] == 1).all()  # empty pixels: background
+    whole = np.isin(corrected1, ids_inside)
+    assert (labels[whole] >= 2).all()  # its nuclei, whole (also past the edge)
+    assert np.unique(labels[whole]).size == ids_inside.size
+    assert labels[spot] == 1  # the eraser stroke
+    assert not labels[150, 40]  # neither checked nor edited: not annotated
+    np.testing.assert_allclose(shapes.edge_color[0], LEARNED_COLOR)  # learned: grey
+
+    # round 2 on the new prediction: the learned rectangle is skipped, so nothing is new
+    second = viewer.layers["fluo_dense_labels_round_2"]
+    assert predict.corrected.currentText() == second.name
+    with pytest.raises(NapariUnetError, match="no new checked region"):
+        predict.retrain()
+    # a second rectangle elsewhere counts; the first one's annotation stays round 1's
+    shapes.add_rectangles(np.array([[150, 150], [150, 230], [230, 230], [230, 150]]))
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    merged = np.asarray(session.training_set["fluo_dense"].labels)
+    np.testing.assert_array_equal(merged[box] > 0, labels[box] > 0)
+    np.testing.assert_array_equal(merged[box] == 1, labels[box] == 1)
+    assert np.all(merged[150:231, 150:231] > 0)
+    np.testing.assert_allclose(shapes.edge_color[1], LEARNED_COLOR)
+
+    # "Every object in the layer" ignores the regions: the choice is disabled
+    predict.counts.setCurrentText(COUNT_ALL)
+    assert not predict.regions.isEnabled() and not predict.new_regions_button.isEnabled()
+
+
+def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):
+    from napari_unet._widgets._predict import NO_REGIONS
+
+    viewer.open_sample(PLUGIN_NAME, "fluo_small")
+    predict = open_widget(viewer, "Predict")
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))
+    predict.counts.setCurrentText(COUNT_EDITS)
+    viewer.layers.remove("fluo_small_ground_truth")
+    with pytest.raises(NapariUnetError, match="predict the image first"):
+        predict.new_regions_layer()  # no labels to draw on yet
+    click(qtbot, predict.predict_button)
+    wait_idle(qtbot, predict)
+    labels = viewer.layers["fluo_small_labels"]
+    labels.scale = (0.5, 0.5)
+    labels.translate = (10.0, 5.0)
+    # a layer of the user's own, at another scale and offset: placed through world coordinates
+    viewer.add_shapes(
+        [np.array([[10, 10], [10, 20], [20, 20], [20, 10]])],
+        shape_type="rectangle",
+        scale=(2.0, 2.0),
+        translate=(4.0, 1.0),
+        name="own",
+    )
+    predict.regions.setCurrentText("own")
+    notes: list[str] = []
+    mask = predict._checked_regions("fluo_small", labels, notes)
+    # world (24..44, 21..41) -> labels pixels ((24 - 10) / 0.5.., (21 - 5) / 0.5..) = 28..68, 32..72
+    expected = np.zeros(labels.data.shape, bool)
+    expected[28:69, 32:73] = True
+    np.testing.assert_array_equal(mask, expected)
+    assert any("1 checked region(s)" in n for n in notes)
+
+    rotated = viewer.add_shapes(
+        [np.array([[2, 2], [2, 40], [40, 40], [40, 2]])], shape_type="rectangle", rotate=30
+    )
+    predict.regions.setCurrentText(rotated.name)
+    with pytest.raises(NapariUnetError, match="rotated"):
+        predict.retrain()
+    viewer.add_shapes([np.array([[2, 2], [40, 40]])], shape_type="line", name="lines")
+    predict.regions.setCurrentText("lines")
+    with pytest.raises(NapariUnetError, match="enclose nothing"):
+        predict.retrain()  # nothing painted, and the reason is in the message
+    # a regions layer removed after it was picked: Retrain falls back, and says so
+    predict.regions.setCurrentText("own")
+    viewer.layers.remove("own")
+    assert predict.regions.currentText() == NO_REGIONS
+    assert "'own' is gone" in predict.status.text()
+    assert not predict.session.training_set and predict.session.busy is None
+
+
 def _close(viewer, name):
     viewer.window.remove_dock_widget(viewer.window.dock_widgets[name])
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels, Layer
+from napari.layers import Image, Labels, Layer, Shapes
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -103,6 +103,11 @@ RETRAIN_HELP = (
 #: What of the corrected layer counts as annotation.
 COUNT_EDITS = "Only what I painted or erased"
 COUNT_ALL = "Every object in the layer (all checked)"
+#: The "Checked regions" choice for no Shapes layer.
+NO_REGIONS = "(none)"
+#: Edge colours of the checked regions: new ones, and those a retrain has learned.
+REGION_COLOR = "yellow"
+LEARNED_COLOR = (0.55, 0.55, 0.55, 1.0)
 
 
 def _settings_text(settings: dict[str, Any]) -> str:
@@ -136,6 +141,8 @@ class PredictWidget(TabbedPanel):
         self._job: dict[str, Any] | None = None
         self._guard: JobGuard | None = None
         self._export_worker: Any = None
+        #: the checked regions of the retrain being started: (Shapes layer, indices, signatures)
+        self._regions_used: tuple[Shapes, list[int], list[bytes]] | None = None
         self._build()
         self._connect()
         self.reset_choices()
@@ -322,6 +329,22 @@ class PredictWidget(TabbedPanel):
             "you checked the whole image, or painted it all yourself."
         )
         retrain_form.addRow("What counts", self.counts)
+        self.regions = QComboBox()
+        self.regions.setToolTip(
+            "A Shapes layer of rectangles (or polygons, ellipses) drawn around parts of the "
+            "image you checked completely: everything in them counts, every nucleus (whole) "
+            "and every empty pixel, fixed or not. Checking one region with about 20 nuclei "
+            "teaches more than fixing 20 nuclei here and there (measured: docs/user_guide.md). "
+            "Regions already learned turn grey and are skipped next time."
+        )
+        self.new_regions_button = QPushButton("New")
+        self.new_regions_button.setToolTip(
+            "Add a Shapes layer '<image>_checked', ready to draw rectangles on the image."
+        )
+        regions_row = QHBoxLayout()
+        regions_row.addWidget(self.regions, 1)
+        regions_row.addWidget(self.new_regions_button)
+        retrain_form.addRow("Checked regions", regions_row)
         self.retrain_steps = _spin(
             10,
             100_000,
@@ -410,6 +433,8 @@ class PredictWidget(TabbedPanel):
         self.stop_button.clicked.connect(self._on_stop_clicked)
         self.retrain_button.clicked.connect(self._on_retrain_clicked)
         self.clear_button.clicked.connect(self._on_clear_clicked)
+        self.new_regions_button.clicked.connect(self._on_new_regions_clicked)
+        self.counts.currentTextChanged.connect(self._update_buttons)
         self.save_set_button.clicked.connect(self._on_save_set_clicked)
         self.load_set_button.clicked.connect(self._on_load_set_clicked)
         self.export_button.clicked.connect(self._on_export_clicked)
@@ -432,6 +457,14 @@ class PredictWidget(TabbedPanel):
         labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
         _refill(self.image, images)
         self._refill_export_layers()
+        shapes = [layer.name for layer in self.viewer.layers if isinstance(layer, Shapes)]
+        had_regions = self.regions.currentText()
+        _refill(self.regions, [NO_REGIONS, *shapes])
+        if had_regions not in ("", NO_REGIONS) and had_regions not in shapes:
+            self.status.setText(
+                f"The checked-regions layer '{had_regions}' is gone: Retrain counts only what "
+                "you painted or erased, unless you pick or make another ('Checked regions')."
+            )
         had_corrected = self.corrected.currentText()
         _refill(self.corrected, labels)
         if not had_corrected or had_corrected not in labels:
@@ -610,8 +643,10 @@ class PredictWidget(TabbedPanel):
         layer = self._image_layer()
         image = training_image(layer_array(layer), bool(layer.rgb), bundle.in_channels, layer.name)
         corrected = self._corrected_layer(layer)
+        self._regions_used = None
         annotation, notes = self.correction(layer, image, corrected)
         self.session.add_training_pair(layer.name, image, annotation, sparse=True)
+        self._mark_learned(layer.name)
         # what is painted from now on is a new correction
         self.session.record_baseline(corrected, layer_array(corrected))
         names, images, annotations, _sparse = self.session.training_data()
@@ -712,6 +747,10 @@ class PredictWidget(TabbedPanel):
                     "first."
                 )
             annotation = whole_layer_annotation(labels)
+            try:  # the regions drawn on this layer are in it: learned, never taken again
+                self._checked_regions(layer.name, corrected, [])
+            except NapariUnetError:
+                self._regions_used = None
         else:
             baseline = self.session.baseline(corrected)
             if baseline is None or baseline.shape != labels.shape:
@@ -720,12 +759,18 @@ class PredictWidget(TabbedPanel):
                     f"'{name}' was not predicted in this session, so every object in it counts "
                     "as painted by you"
                 )
-            annotation, ring = annotation_from_edits(labels, baseline, return_ring=True)
+            checked = self._checked_regions(layer.name, corrected, notes)
+            annotation, ring = annotation_from_edits(
+                labels, baseline, return_ring=True, checked=checked
+            )
             if not np.any(annotation):
+                why = f" ({'; '.join(notes)})" if notes else ""
                 raise NapariUnetError(
                     f"Nothing was painted or erased in '{name}' since it was predicted (or "
-                    "last retrained on): fix some nuclei first (brush, eraser, fill), or set "
-                    f"'What counts' to '{COUNT_ALL}' if the whole layer is right."
+                    f"last retrained on), and no new checked region was drawn{why}: fix some "
+                    "nuclei first (brush, eraser, fill), draw a rectangle around a part you "
+                    f"checked ('Checked regions'), or set 'What counts' to '{COUNT_ALL}' if "
+                    "the whole layer is right."
                 )
         earlier = self.session.training_set.get(layer.name)
         if earlier is not None:
@@ -739,6 +784,159 @@ class PredictWidget(TabbedPanel):
                     "annotation is replaced by this one"
                 )
         return annotation, notes
+
+    def _checked_regions(
+        self, image_name: str, corrected: Labels, notes: list[str]
+    ) -> np.ndarray | None:
+        """Rasterise the new regions of the "Checked regions" layer on `corrected`'s pixels.
+
+        Regions learned in an earlier round (on this image) are skipped: the layer they
+        were checked on may since have been replaced by a new prediction. Lines and
+        paths enclose nothing and are skipped. What is used is kept in
+        ``self._regions_used`` until the corrections join the training set.
+
+        Raises
+        ------
+        NapariUnetError
+            The Shapes layer is gone, is rotated or sheared, has more axes than the
+            labels, or holds a region not flat in one plane.
+        """
+        from napari_unet.core.corrections import REGION_KINDS, regions_mask
+
+        name = self.regions.currentText()
+        if not name or name == NO_REGIONS:
+            return None
+        if name not in self.viewer.layers or not isinstance(self.viewer.layers[name], Shapes):
+            raise NapariUnetError(
+                f"The checked-regions layer '{name}' is gone: pick another or '{NO_REGIONS}'."
+            )
+        shapes = self.viewer.layers[name]
+        if not _plain_transform(corrected):
+            raise NapariUnetError(
+                f"Labels layer '{corrected.name}' is rotated, sheared or has an affine "
+                "transform: checked regions cannot be placed on its pixels. Reset its "
+                f"transform, or set 'Checked regions' to '{NO_REGIONS}'."
+            )
+        if not _plain_transform(shapes):
+            raise NapariUnetError(
+                f"Layer '{name}' is rotated, sheared or has an affine transform: the checked "
+                "regions cannot be placed on the labels' pixels. Draw them in a layer made "
+                "with 'New'."
+            )
+        labels_ndim = corrected.ndim
+        d = shapes.ndim
+        if d not in (2, labels_ndim):
+            raise NapariUnetError(
+                f"The checked-regions layer '{name}' has {d} axes but '{corrected.name}' has "
+                f"{labels_ndim}: draw the regions in a layer made with 'New' (its regions lie "
+                "in the plane they are drawn in)."
+            )
+        # shapes' data -> world -> the labels' pixels (the trailing axes line up, as napari
+        # shows them)
+        scale_in = np.asarray(shapes.scale, float)
+        shift_in = np.asarray(shapes.translate, float)
+        scale_out = np.asarray(corrected.scale, float)[-d:]
+        shift_out = np.asarray(corrected.translate, float)[-d:]
+        learned = self.session.learned_regions.get(image_name, set())
+        regions, used, signatures = [], [], []
+        skipped_learned = skipped_lines = 0
+        for i, (kind, data) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
+            if kind not in REGION_KINDS:
+                skipped_lines += 1
+                continue
+            vertices = ((np.asarray(data, float) * scale_in + shift_in) - shift_out) / scale_out
+            signature = kind.encode() + np.round(vertices, 3).astype(np.float64).tobytes()
+            if signature in learned:
+                skipped_learned += 1
+                continue
+            regions.append((kind, vertices))
+            used.append(i)
+            signatures.append(signature)
+        if skipped_learned:
+            notes.append(
+                f"{skipped_learned} checked region(s) of '{name}' were learned in an earlier "
+                "round (grey) and are skipped: draw a new one around what you checked this time"
+            )
+        if skipped_lines:
+            notes.append(f"{skipped_lines} line(s) or path(s) in '{name}' enclose nothing: skipped")
+        if not regions:
+            return None
+        checked = regions_mask(layer_array(corrected).shape, regions)
+        share = float(checked.mean()) if checked.size else 0.0
+        if not checked.any():
+            notes.append(f"the checked regions of '{name}' lie outside '{corrected.name}'")
+            return None
+        notes.append(
+            f"{len(regions)} checked region(s) ({share:.0%} of '{corrected.name}') count "
+            "whole: every nucleus and every empty pixel in them"
+        )
+        if d == 2 < labels_ndim:
+            planes = int(np.prod(corrected.data.shape[:-2]))
+            notes.append(
+                f"'{name}' is 2D, so its regions cover all {planes} planes of "
+                f"'{corrected.name}': make one with 'New' to check a single plane"
+            )
+        self._regions_used = (shapes, used, signatures)
+        return checked
+
+    def _mark_learned(self, image_name: str) -> None:
+        """Record the regions just added to the training set as learned; grey them."""
+        if self._regions_used is None:
+            return
+        shapes, used, signatures = self._regions_used
+        self._regions_used = None
+        self.session.learned_regions.setdefault(image_name, set()).update(signatures)
+        colors = np.array(shapes.edge_color, dtype=float, copy=True)
+        if colors.shape[0] == len(shapes.data) and used:
+            colors[used] = LEARNED_COLOR
+            shapes.edge_color = colors
+
+    def _on_new_regions_clicked(self) -> None:
+        try:
+            self.new_regions_layer()
+        except NapariUnetError as error:
+            notify_error(error)
+
+    def new_regions_layer(self) -> Shapes:
+        """Add an empty Shapes layer for checked regions over the corrected labels.
+
+        It has the labels' axes, scale and offset, so a rectangle drawn on a plane of a
+        stack covers that plane; it is selected in rectangle mode, ready to draw.
+        """
+        layer = self._image_layer()
+        try:
+            target = self._corrected_layer(layer)
+        except NapariUnetError as error:
+            raise NapariUnetError(
+                f"{error} Checked regions are drawn on the labels you correct: predict the "
+                "image first."
+            ) from None
+        # the labels' axes: on a stack, a region lies in the plane it is drawn in
+        reference = target
+        ndim = target.ndim
+        base = f"{layer.name}_checked"
+        name, n = base, 2
+        while name in self.viewer.layers:
+            name, n = f"{base}_{n}", n + 1
+        shapes = self.viewer.add_shapes(
+            ndim=ndim,
+            name=name,
+            edge_color=REGION_COLOR,
+            face_color="transparent",
+            edge_width=3,
+            scale=tuple(reference.scale)[-ndim:],
+            translate=tuple(reference.translate)[-ndim:],
+        )
+        shapes.mode = "add_rectangle"
+        self.viewer.layers.selection.active = shapes
+        self.reset_choices()
+        self.regions.setCurrentText(name)
+        self.status.setText(
+            f"Draw rectangles in '{name}' around parts of the image you have checked "
+            "completely (fix what is wrong in them first), then select the labels layer to "
+            "paint, or press Retrain."
+        )
+        return shapes
 
     def _scored(self, names: list[str]) -> list[int]:
         """Return the indices of the pairs that hold the user's corrections (made in Retrain)."""
@@ -1224,6 +1422,9 @@ class PredictWidget(TabbedPanel):
             and bool(self.corrected.currentText())
         )
         self.clear_button.setEnabled(not running and bool(self.session.training_set))
+        edits = self.counts.currentText() == COUNT_EDITS
+        self.regions.setEnabled(edits)
+        self.new_regions_button.setEnabled(edits and has_image)
         self.save_set_button.setEnabled(bool(self.session.training_set))
         self.load_set_button.setEnabled(self.session.busy is None)
         self.export_button.setEnabled(
@@ -1271,6 +1472,16 @@ def _warn_notes(notes: list[str]) -> None:
     """Show what the job changed on the way (e.g. smaller tiles after out of memory)."""
     if notes:
         show_warning("; ".join(notes))
+
+
+def _plain_transform(layer: Layer) -> bool:
+    """Return True when `layer` maps data to world by scale and translate only."""
+    n = layer.ndim
+    return bool(
+        np.allclose(np.asarray(layer.rotate, float), np.eye(n))
+        and np.allclose(np.asarray(layer.shear, float), 0.0)
+        and np.allclose(np.asarray(layer.affine.affine_matrix, float), np.eye(n + 1))
+    )
 
 
 def _refill(box: QComboBox, names: list[str]) -> None:

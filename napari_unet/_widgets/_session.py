@@ -71,6 +71,9 @@ class Session:
         self._stop: Any = None
         self._untouched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._baselines: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
+        #: per image name, the checked regions already learned (signatures: their kind and
+        #: vertices in the labels' pixel coordinates); a later round skips them
+        self.learned_regions: dict[str, set[bytes]] = {}
 
     # ---- model -----------------------------------------------------------------
     def set_model(
@@ -118,7 +121,11 @@ class Session:
         self.training_set_changed.emit()
 
     def clear_training_set(self) -> None:
-        """Forget every collected pair."""
+        """Forget every collected pair.
+
+        Which checked regions were learned is kept: the layers they were checked on may
+        since have been replaced by new predictions, so they are never taken again.
+        """
         self.training_set.clear()
         self.training_set_changed.emit()
 
