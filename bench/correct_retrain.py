@@ -20,7 +20,10 @@ images):
   the annotation is then derived from the edits exactly as the Predict widget does
   (:func:`napari_unet.core.corrections.annotation_from_edits`, merged across rounds);
   or "region" (``--modes region``): one square checked completely, grown until about 20
-  nuclei touch it (every nucleus and background pixel in it annotated, nothing outside);
+  nuclei touch it, drawn as a checked region, everything wrong in it fixed in the
+  prediction; the annotation is built as the Predict widget does with "Checked regions"
+  (every object touching the square, whole, and every other pixel of it; plus what the
+  user erased or painted past its edge, with its band);
 
 Scores: object F1 at IoU 0.5 summed over images (tp, fp, fn pooled). The external
 images are only measured, never trained on, except the three corrected ones, which are
@@ -129,16 +132,42 @@ def score(bundle, pairs) -> dict:
     return {"f1": f1, "tp": tp, "fp": fp, "fn": fn, "closer_to_builtin": closer}
 
 
-def simulate_region(truth: np.ndarray, rng, n: int = N_FIXED_NUCLEI) -> np.ndarray:
-    """Annotation of a user who checks one square region completely (sparse convention).
+def _found(pred: np.ndarray, truth: np.ndarray) -> dict[int, int]:
+    """Map each true nucleus to the predicted object matching it at IoU > 0.5."""
+    both = (truth > 0) & (pred > 0)
+    pairs, inter = np.unique(
+        np.stack([truth[both], pred[both]]).astype(np.int64), axis=1, return_counts=True
+    )
+    t_area = dict(zip(*np.unique(truth[truth > 0], return_counts=True), strict=True))
+    p_area = dict(zip(*np.unique(pred[pred > 0], return_counts=True), strict=True))
+    found = {}
+    for (g, k), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
+        if n / (t_area[g] + p_area[k] - n) > 0.5:
+            found[int(g)] = int(k)
+    return found
+
+
+def simulate_region(
+    pred: np.ndarray, truth: np.ndarray, rng, n: int = N_FIXED_NUCLEI
+) -> tuple[np.ndarray, np.ndarray]:
+    """A user who checks one square region completely, as in the Predict widget.
 
     The square is centred on a random nucleus and grown (16-pixel steps) until about `n`
-    nuclei touch it; those nuclei (whole, also where they cross the border) and every
-    other pixel of the square are annotated, the rest of the image is not.
+    nuclei touch it. The user draws it in a Shapes layer (the "checked regions") and fixes
+    everything wrong in it: a true nucleus touching it that the prediction found (IoU >
+    0.5) is left as predicted; a predicted object touching it that matches no true nucleus
+    (a false or merged object) is erased, with every true nucleus it covered (more than a
+    fifth of it) painted back; a true nucleus touching it still missing is painted, over
+    whatever was predicted there.
+
+    Returns
+    -------
+    corrected, checked
+        The corrected labels and the square as a mask: the annotation is then built
+        exactly as the widget does (:func:`napari_unet.core.corrections.annotation_from_edits`
+        with ``checked``).
     """
     from scipy import ndimage as ndi
-
-    from napari_unet.core.corrections import whole_layer_annotation
 
     ids = np.unique(truth)[1:]
     centre = ndi.center_of_mass(truth > 0, truth, [int(rng.choice(ids))])[0]
@@ -152,12 +181,25 @@ def simulate_region(truth: np.ndarray, rng, n: int = N_FIXED_NUCLEI) -> np.ndarr
         if inside.size >= n or (half * 2 >= h and half * 2 >= w):
             break
         half += 8
-    annotated = np.zeros(truth.shape, bool)
-    annotated[box] = True
-    annotated |= np.isin(truth, inside)
-    annotation = whole_layer_annotation(truth)
-    annotation[~annotated] = 0
-    return annotation
+    checked = np.zeros(truth.shape, bool)
+    checked[box] = True
+    found = _found(pred, truth)
+    right = set(found.values())
+    corrected = pred.astype(np.int64, copy=True)
+    next_id = int(corrected.max()) + 1
+    repaint = {int(g) for g in inside if int(g) not in found}
+    for k in np.setdiff1d(np.unique(pred[box]), [0]).tolist():
+        if k in right:
+            continue
+        area = pred == k
+        corrected[area] = 0  # the eraser
+        for g in np.setdiff1d(np.unique(truth[area]), [0]).tolist():
+            if np.count_nonzero(area & (truth == g)) > 0.2 * np.count_nonzero(truth == g):
+                repaint.add(int(g))
+    for g in sorted(repaint):  # the brush
+        corrected[truth == g] = next_id
+        next_id += 1
+    return corrected, checked
 
 
 def _f1(counts: dict) -> float:
@@ -174,16 +216,7 @@ def simulate_partial(
     gt_ids = np.unique(truth)[1:]
     # which true nuclei are found (best-overlapping prediction at IoU > 0.5)? the user
     # fixes the others first
-    found = set()
-    both = (truth > 0) & (pred > 0)
-    pairs, inter = np.unique(
-        np.stack([truth[both], pred[both]]).astype(np.int64), axis=1, return_counts=True
-    )
-    t_area = dict(zip(*np.unique(truth[truth > 0], return_counts=True), strict=True))
-    p_area = dict(zip(*np.unique(pred[pred > 0], return_counts=True), strict=True))
-    for (g, k), n in zip(pairs.T.tolist(), inter.tolist(), strict=True):
-        if n / (t_area[g] + p_area[k] - n) > 0.5:
-            found.add(int(g))
+    found = set(_found(pred, truth))
     wrong = [int(g) for g in gt_ids if int(g) not in found]
     right = [int(g) for g in gt_ids if int(g) in found]
     rng.shuffle(wrong)
@@ -278,7 +311,9 @@ def run(model_path: Path, kind: str, mode: str, protocol: str, args) -> dict:
             if mode == "full":
                 annotation = whole_layer_annotation(truth)
             elif mode == "region":  # one region checked completely, about as many nuclei
-                annotation = simulate_region(truth, rng)
+                pred = predict_labels(model, image)
+                edited, checked = simulate_region(pred, truth, rng)
+                annotation = annotation_from_edits(edited, pred, checked=checked)
             else:
                 pred = predict_labels(model, image)
                 annotation = annotation_from_edits(

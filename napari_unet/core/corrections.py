@@ -435,9 +435,10 @@ def regions_mask(shape: Sequence[int], regions: Sequence[tuple[str, Any]]) -> np
             )
         v = np.asarray(vertices, dtype=float)
         if v.ndim != 2 or v.shape[1] not in (2, len(shape)) or v.shape[0] < 3:
+            dims = "2" if len(shape) == 2 else f"2 or {len(shape)}"
             raise NapariUnetError(
                 f"region {k} has vertices of shape {v.shape}: expected at least 3 vertices of "
-                f"2 or {len(shape)} coordinates."
+                f"{dims} coordinates."
             )
         if not np.all(np.isfinite(v)):
             raise NapariUnetError(f"region {k} has vertices that are not finite numbers.")
