@@ -213,7 +213,6 @@ def main() -> None:
             break
     labels.mode = "paint"
     predict.corrected.setCurrentText("fluo_dense_labels")
-    _save(None, IMAGES / "retrain_widget.png", widget=predict.retrain_button.parentWidget())
     predict.retrain_button.click()
     _wait(lambda: predict._worker is None, widget=predict)
     for layer in viewer.layers:
@@ -245,6 +244,26 @@ def main() -> None:
     predict.export_button.click()
     _wait(lambda: predict._export_worker is None, widget=predict)
     _save(None, IMAGES / "export.png", widget=predict.export_button.parentWidget())
+
+    # ---- A checked region: a rectangle around a part checked completely (fixed first)
+    round2 = viewer.layers["fluo_dense_labels_round_2"]
+    h, w = round2.data.shape
+    box = (slice(h // 4, h // 2), slice(w // 4, w // 2))
+    inside = np.setdiff1d(np.unique(truth[box]), [0])
+    wrong = np.setdiff1d(np.unique(round2.data[box]), [0])
+    round2.data_setitem(np.nonzero(np.isin(round2.data, wrong)), 0)  # the eraser
+    for g in inside:  # and the brush: every nucleus in it, right
+        round2.data_setitem(np.nonzero(truth == g), int(round2.data.max()) + 1)
+    predict.new_regions_button.click()
+    checked = viewer.layers["fluo_dense_checked"]
+    y0, y1, x0, x1 = h // 4, h // 2 - 1, w // 4, w // 2 - 1
+    checked.add_rectangles(np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]]))
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("fluo_dense", round2.name, checked.name)
+    _wait(lambda: True)
+    _save(None, IMAGES / "retrain_widget.png", widget=predict.retrain_button.parentWidget())
+    _shot(viewer, "checked_region.png")
+    viewer.layers.remove(checked)
 
     # ---- Split nuclei, with the live preview
     viewer.window.remove_dock_widget(predict_dock)
