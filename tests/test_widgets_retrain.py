@@ -230,9 +230,26 @@ def test_checked_regions_count_whole_and_are_learned_once(viewer, qtbot, tmp_pat
     assert np.all(merged[150:231, 150:231] > 0)
     np.testing.assert_allclose(shapes.edge_color[1], LEARNED_COLOR)
 
-    # "Every object in the layer" ignores the regions: the choice is disabled
+    # Forget keeps them learned: the layers they were checked on are gone or re-predicted
+    click(qtbot, predict.clear_button)
+    third = viewer.layers["fluo_dense_labels_round_3"]
+    with pytest.raises(NapariUnetError, match=r"2 checked region\(s\) .* learned"):
+        predict.retrain()
+    # "Every object in the layer": the whole layer counts, the choice is disabled, and a
+    # region drawn meanwhile is in that layer, so it is learned too (grey, skipped later)
+    shapes.add_rectangles(np.array([[100, 20], [100, 60], [140, 60], [140, 20]]))
+    third.data = np.asarray(viewer.layers["fluo_dense_ground_truth"].data, third.data.dtype)
     predict.counts.setCurrentText(COUNT_ALL)
     assert not predict.regions.isEnabled() and not predict.new_regions_button.isEnabled()
+    click(qtbot, predict.retrain_button)
+    wait_idle(qtbot, predict)
+    assert not error_messages()
+    assert not np.any(session.training_set["fluo_dense"].labels == 0)
+    np.testing.assert_allclose(shapes.edge_color[2], LEARNED_COLOR)
+    predict.counts.setCurrentText(COUNT_EDITS)
+    assert predict.corrected.currentText() != third.name  # the round-4 prediction
+    with pytest.raises(NapariUnetError, match=r"3 checked region\(s\) .* learned"):
+        predict.retrain()
 
 
 def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):
@@ -272,13 +289,17 @@ def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):
         [np.array([[2, 2], [2, 40], [40, 40], [40, 2]])], shape_type="rectangle", rotate=30
     )
     predict.regions.setCurrentText(rotated.name)
-    with pytest.raises(NapariUnetError, match="rotated"):
+    with pytest.raises(NapariUnetError, match="rotated.* made with 'New'"):
         predict.retrain()
+    labels.rotate = 10
+    with pytest.raises(NapariUnetError, match="Labels layer 'fluo_small_labels' is rotated"):
+        predict.retrain()
+    labels.rotate = 0
     viewer.add_shapes([np.array([[2, 2], [40, 40]])], shape_type="line", name="lines")
     predict.regions.setCurrentText("lines")
     with pytest.raises(NapariUnetError, match="enclose nothing"):
         predict.retrain()  # nothing painted, and the reason is in the message
-    # a regions layer removed after it was picked: Retrain falls back, and says so
+    # a regions layer removed after it was picked: the choice falls back, and says so
     predict.regions.setCurrentText("own")
     viewer.layers.remove("own")
     assert predict.regions.currentText() == NO_REGIONS

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer, Shapes
+from napari.utils.colormaps.standardize_color import transform_color
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -95,7 +96,8 @@ MODEL_SESSION, MODEL_FILE = "The session's model", "A model file"
 
 RETRAIN_HELP = (
     "1. Predict an image.  2. Fix a few objects in its labels layer with napari's brush, "
-    "eraser and fill.  3. Press Retrain: what you painted or erased joins the training set "
+    "eraser and fill, or fix everything inside a rectangle drawn with Checked regions > "
+    "New.  3. Press Retrain: what you painted or erased joins the training set "
     "(with your earlier corrections, of this and other images), the model is fine-tuned "
     "and the image is predicted again into a new layer; your corrected layer is kept. "
     "Correct the new prediction and retrain again."
@@ -141,8 +143,9 @@ class PredictWidget(TabbedPanel):
         self._job: dict[str, Any] | None = None
         self._guard: JobGuard | None = None
         self._export_worker: Any = None
-        #: the checked regions of the retrain being started: (Shapes layer, indices, signatures)
-        self._regions_used: tuple[Shapes, list[int], list[bytes]] | None = None
+        #: the checked regions of the retrain being started: (Shapes layer, indices used,
+        #: their signatures, indices of those learned before)
+        self._regions_used: tuple[Shapes, list[int], list[bytes], list[int]] | None = None
         self._build()
         self._connect()
         self.reset_choices()
@@ -333,9 +336,10 @@ class PredictWidget(TabbedPanel):
         self.regions.setToolTip(
             "A Shapes layer of rectangles (or polygons, ellipses) drawn around parts of the "
             "image you checked completely: everything in them counts, every nucleus (whole) "
-            "and every empty pixel, fixed or not. Checking one region with about 20 nuclei "
-            "teaches more than fixing 20 nuclei here and there (measured: docs/user_guide.md). "
-            "Regions already learned turn grey and are skipped next time."
+            "and every empty pixel, fixed or not. One checked region of about 20 nuclei per "
+            "image taught about as much as 20 nuclei fixed here and there, without touching "
+            "the ones predicted right (measured: docs/user_guide.md). Regions already learned "
+            "turn grey and are skipped next time."
         )
         self.new_regions_button = QPushButton("New")
         self.new_regions_button.setToolTip(
@@ -838,7 +842,7 @@ class PredictWidget(TabbedPanel):
         scale_out = np.asarray(corrected.scale, float)[-d:]
         shift_out = np.asarray(corrected.translate, float)[-d:]
         learned = self.session.learned_regions.get(image_name, set())
-        regions, used, signatures = [], [], []
+        regions, used, signatures, was_learned = [], [], [], []
         skipped_learned = skipped_lines = 0
         for i, (kind, data) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
             if kind not in REGION_KINDS:
@@ -848,6 +852,7 @@ class PredictWidget(TabbedPanel):
             signature = kind.encode() + np.round(vertices, 3).astype(np.float64).tobytes()
             if signature in learned:
                 skipped_learned += 1
+                was_learned.append(i)
                 continue
             regions.append((kind, vertices))
             used.append(i)
@@ -871,25 +876,31 @@ class PredictWidget(TabbedPanel):
             "whole: every nucleus and every empty pixel in them"
         )
         if d == 2 < labels_ndim:
-            planes = int(np.prod(corrected.data.shape[:-2]))
+            planes = int(np.prod(checked.shape[:-2]))
             notes.append(
                 f"'{name}' is 2D, so its regions cover all {planes} planes of "
                 f"'{corrected.name}': make one with 'New' to check a single plane"
             )
-        self._regions_used = (shapes, used, signatures)
+        self._regions_used = (shapes, used, signatures, was_learned)
         return checked
 
     def _mark_learned(self, image_name: str) -> None:
-        """Record the regions just added to the training set as learned; grey them."""
+        """Record the regions just added to the training set as learned.
+
+        Learned regions are drawn grey, the others yellow (a region moved since it was
+        learned is a new one), and the next one drawn is yellow.
+        """
         if self._regions_used is None:
             return
-        shapes, used, signatures = self._regions_used
+        shapes, used, signatures, was_learned = self._regions_used
         self._regions_used = None
         self.session.learned_regions.setdefault(image_name, set()).update(signatures)
         colors = np.array(shapes.edge_color, dtype=float, copy=True)
-        if colors.shape[0] == len(shapes.data) and used:
-            colors[used] = LEARNED_COLOR
+        if colors.shape[0] == len(shapes.data):
+            colors[:] = transform_color(REGION_COLOR)[0]
+            colors[used + was_learned] = LEARNED_COLOR
             shapes.edge_color = colors
+        shapes.current_edge_color = REGION_COLOR
 
     def _on_new_regions_clicked(self) -> None:
         try:
