@@ -157,8 +157,8 @@ def simulate_region(
     everything wrong in it: a true nucleus touching it that the prediction found (IoU >
     0.5) is left as predicted; a predicted object touching it that matches no true nucleus
     (a false or merged object) is erased, with every true nucleus it covered (more than a
-    fifth of it) painted back; a true nucleus touching it still missing is painted, over
-    whatever was predicted there.
+    fifth of it) and no other object found painted back; a true nucleus touching it still
+    missing is painted, over whatever was predicted there.
 
     Returns
     -------
@@ -194,6 +194,8 @@ def simulate_region(
         area = pred == k
         corrected[area] = 0  # the eraser
         for g in np.setdiff1d(np.unique(truth[area]), [0]).tolist():
+            if g in found:  # found by another object, which the user leaves as it is
+                continue
             if np.count_nonzero(area & (truth == g)) > 0.2 * np.count_nonzero(truth == g):
                 repaint.add(int(g))
     for g in sorted(repaint):  # the brush
