@@ -24,6 +24,7 @@ from napari_unet.core.corrections import (
     load_training_set,
     merge_annotations,
     partial_f1,
+    region_signature,
     regions_mask,
     save_training_set,
     to_sparse,
@@ -638,6 +639,55 @@ def test_save_load_round_trip(tmp_path):
     assert entries[0]["summary"]["objects"] == 2 and entries[0]["summary"]["fully_annotated"]
     assert entries[4]["summary"] == annotation_summary(pairs[4].labels)
     assert entries[4]["sparse"] is True
+
+
+def test_checked_regions_learned_survive_save_and_load(tmp_path):
+    pairs = _pairs()[:2]
+    square = _square(1, 1, 3, 3)
+    slab = _square(0, 0, 2, 2, 1)  # a region in one plane of a stack (3 coordinates)
+    regions = {
+        pairs[0].name: [("rectangle", square), ("polygon", slab[:3])],
+        "gone": [("ellipse", square)],
+    }
+    save_training_set(tmp_path / "set", pairs, checked_regions=regions)
+    loaded = load_training_set(tmp_path / "set")
+    assert [k for k, _ in loaded[0].checked_regions] == ["rectangle", "polygon"]
+    np.testing.assert_array_equal(loaded[0].checked_regions[0][1], square)
+    assert region_signature(*loaded[0].checked_regions[1]) == region_signature("polygon", slab[:3])
+    assert loaded[1].checked_regions == []
+    entries = json.loads((tmp_path / "set" / INDEX_FILE).read_text(encoding="utf-8"))["pairs"]
+    assert "checked_regions" not in entries[1]  # none: no key (older readers see nothing new)
+    # a region moved by a visible amount is another one
+    assert region_signature("rectangle", square + 0.01) != region_signature("rectangle", square)
+    # bad regions: refused before anything is written
+    with pytest.raises(NapariUnetError, match="region 1 is not a rectangle, polygon, ellipse"):
+        save_training_set(
+            tmp_path / "bad", pairs, checked_regions={pairs[0].name: [("line", square)]}
+        )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_load_damaged_checked_regions(tmp_path):
+    pairs = _pairs()[:1]
+    save_training_set(
+        tmp_path / "set",
+        pairs,
+        checked_regions={pairs[0].name: [("rectangle", _square(0, 0, 1, 1))]},
+    )
+
+    def breaks(entry):
+        entry["pairs"][0]["checked_regions"][0]["vertices"] = [[0, "x"], [1, 1], [2, 2]]
+
+    _edit_index(tmp_path / "set", breaks)
+    with pytest.raises(NapariUnetError, match="damaged.*checked regions"):
+        load_training_set(tmp_path / "set")
+
+    def not_a_list(entry):
+        entry["pairs"][0]["checked_regions"] = "everywhere"
+
+    _edit_index(tmp_path / "set", not_a_list)
+    with pytest.raises(NapariUnetError, match="damaged.*not a list of records"):
+        load_training_set(tmp_path / "set")
 
 
 def test_save_refuses_to_overwrite_then_allows(tmp_path):

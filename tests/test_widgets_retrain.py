@@ -250,6 +250,13 @@ def test_checked_regions_count_whole_and_are_learned_once(viewer, qtbot, tmp_pat
     assert predict.corrected.currentText() != third.name  # the round-4 prediction
     with pytest.raises(NapariUnetError, match=r"3 checked region\(s\) .* learned"):
         predict.retrain()
+    # another day: the saved training set brings back which regions were learned
+    predict.save_training_set(tmp_path / "set")
+    session.learned_regions.clear()
+    session.clear_training_set()
+    predict.load_training_set(tmp_path / "set")
+    with pytest.raises(NapariUnetError, match=r"3 checked region\(s\) .* learned"):
+        predict.retrain()
 
 
 def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):

@@ -144,8 +144,10 @@ class PredictWidget(TabbedPanel):
         self._guard: JobGuard | None = None
         self._export_worker: Any = None
         #: the checked regions of the retrain being started: (Shapes layer, indices used,
-        #: their signatures, indices of those learned before)
-        self._regions_used: tuple[Shapes, list[int], list[bytes], list[int]] | None = None
+        #: those regions as (kind, vertices), indices of those learned before)
+        self._regions_used: (
+            tuple[Shapes, list[int], list[tuple[str, np.ndarray]], list[int]] | None
+        ) = None
         self._build()
         self._connect()
         self.reset_choices()
@@ -805,7 +807,7 @@ class PredictWidget(TabbedPanel):
             The Shapes layer is gone, is rotated or sheared, has more axes than the
             labels, or holds a region not flat in one plane.
         """
-        from napari_unet.core.corrections import REGION_KINDS, regions_mask
+        from napari_unet.core.corrections import REGION_KINDS, region_signature, regions_mask
 
         name = self.regions.currentText()
         if not name or name == NO_REGIONS:
@@ -841,22 +843,21 @@ class PredictWidget(TabbedPanel):
         shift_in = np.asarray(shapes.translate, float)
         scale_out = np.asarray(corrected.scale, float)[-d:]
         shift_out = np.asarray(corrected.translate, float)[-d:]
-        learned = self.session.learned_regions.get(image_name, set())
-        regions, used, signatures, was_learned = [], [], [], []
+        before = self.session.learned_regions.get(image_name, [])
+        learned = {region_signature(kind, v) for kind, v in before}
+        regions, used, was_learned = [], [], []
         skipped_learned = skipped_lines = 0
         for i, (kind, data) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
             if kind not in REGION_KINDS:
                 skipped_lines += 1
                 continue
             vertices = ((np.asarray(data, float) * scale_in + shift_in) - shift_out) / scale_out
-            signature = kind.encode() + np.round(vertices, 3).astype(np.float64).tobytes()
-            if signature in learned:
+            if region_signature(kind, vertices) in learned:
                 skipped_learned += 1
                 was_learned.append(i)
                 continue
             regions.append((kind, vertices))
             used.append(i)
-            signatures.append(signature)
         if skipped_learned:
             notes.append(
                 f"{skipped_learned} checked region(s) of '{name}' were learned in an earlier "
@@ -881,7 +882,7 @@ class PredictWidget(TabbedPanel):
                 f"'{name}' is 2D, so its regions cover all {planes} planes of "
                 f"'{corrected.name}': make one with 'New' to check a single plane"
             )
-        self._regions_used = (shapes, used, signatures, was_learned)
+        self._regions_used = (shapes, used, regions, was_learned)
         return checked
 
     def _mark_learned(self, image_name: str) -> None:
@@ -892,9 +893,9 @@ class PredictWidget(TabbedPanel):
         """
         if self._regions_used is None:
             return
-        shapes, used, signatures, was_learned = self._regions_used
+        shapes, used, regions, was_learned = self._regions_used
         self._regions_used = None
-        self.session.learned_regions.setdefault(image_name, set()).update(signatures)
+        self.session.learned_regions.setdefault(image_name, []).extend(regions)
         colors = np.array(shapes.edge_color, dtype=float, copy=True)
         if colors.shape[0] == len(shapes.data):
             colors[:] = transform_color(REGION_COLOR)[0]
@@ -1009,7 +1010,10 @@ class PredictWidget(TabbedPanel):
         if not self.session.training_set:
             raise NapariUnetError("The training set is empty: retrain on a correction first.")
         files = save_training_set(
-            folder, list(self.session.training_set.values()), overwrite=overwrite
+            folder,
+            list(self.session.training_set.values()),
+            overwrite=overwrite,
+            checked_regions=self.session.learned_regions,
         )
         self.status.setText(
             f"Saved {len(self.session.training_set)} image(s) of the training set to {folder}."
@@ -1033,6 +1037,8 @@ class PredictWidget(TabbedPanel):
         pairs = load_training_set(folder)
         for pair in pairs:
             self.session.add_training_pair(pair.name, pair.image, pair.labels, sparse=pair.sparse)
+            # regions learned in the session that saved it stay learned (skipped)
+            self.session.learned_regions.setdefault(pair.name, []).extend(pair.checked_regions)
         self.status.setText(f"Loaded {len(pairs)} image(s) into the training set from {folder}.")
         return [pair.name for pair in pairs]
 

@@ -71,9 +71,9 @@ class Session:
         self._stop: Any = None
         self._untouched: weakref.WeakSet[Any] = weakref.WeakSet()
         self._baselines: weakref.WeakKeyDictionary[Any, np.ndarray] = weakref.WeakKeyDictionary()
-        #: per image name, the checked regions already learned (signatures: their kind and
-        #: vertices in the labels' pixel coordinates); a later round skips them
-        self.learned_regions: dict[str, set[bytes]] = {}
+        #: per image name, the checked regions already learned: (kind, vertices in the
+        #: labels' pixel coordinates); a later round skips them, a saved training set keeps them
+        self.learned_regions: dict[str, list[tuple[str, np.ndarray]]] = {}
 
     # ---- model -----------------------------------------------------------------
     def set_model(

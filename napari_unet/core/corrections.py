@@ -37,8 +37,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +63,7 @@ __all__ = [
     "load_training_set",
     "merge_annotations",
     "partial_f1",
+    "region_signature",
     "regions_mask",
     "save_training_set",
     "to_sparse",
@@ -472,6 +473,41 @@ def regions_mask(shape: Sequence[int], regions: Sequence[tuple[str, Any]]) -> np
     return mask
 
 
+def region_signature(kind: str, vertices: Any) -> bytes:
+    """Identify a drawn region by its kind and vertices (rounded to 1/1000 pixel).
+
+    Two regions with the same signature cover the same pixels; a region moved by
+    any visible amount gets another one.
+
+    Examples
+    --------
+    >>> region_signature("rectangle", [[0, 0], [0, 2], [2, 2], [2, 0]]) == region_signature(
+    ...     "rectangle", np.array([[0, 0], [0, 2], [2, 2], [2, 0.0001]]))
+    True
+    """
+    v = np.round(np.asarray(vertices, dtype=np.float64), 3) + 0.0  # -0.0 -> 0.0
+    return str(kind).encode() + b":" + str(v.shape).encode() + b":" + v.tobytes()
+
+
+def _check_regions(regions: Any, what: str) -> list[tuple[str, np.ndarray]]:
+    """Validate (kind, vertices) pairs as :func:`regions_mask` takes them."""
+    out = []
+    for k, item in enumerate(regions, 1):
+        try:
+            kind, vertices = item
+            v = np.asarray(vertices, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise NapariUnetError(f"{what}: region {k} is not a (kind, vertices) pair.") from exc
+        if kind not in REGION_KINDS or v.ndim != 2 or v.shape[0] < 3 or v.shape[1] < 2:
+            raise NapariUnetError(
+                f"{what}: region {k} is not a {', '.join(REGION_KINDS)} with at least 3 vertices."
+            )
+        if not np.all(np.isfinite(v)):
+            raise NapariUnetError(f"{what}: region {k} has vertices that are not finite numbers.")
+        out.append((str(kind), v))
+    return out
+
+
 def _involved(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Pixels of the ids of ``labels`` found in ``where``, plane by plane (last two axes).
 
@@ -705,12 +741,16 @@ class SavedPair:
     sparse : bool
         True when `labels` follows the sparse convention (0 = not annotated,
         1 = background, >= 2 = objects).
+    checked_regions : list of (kind, vertices)
+        The checked regions already learned on this image (see :func:`regions_mask`),
+        in the labels' pixel coordinates; empty when none were saved.
     """
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     sparse: bool = False
+    checked_regions: list[tuple[str, np.ndarray]] = field(default_factory=list)
 
 
 def _has_channels(image: np.ndarray, labels: np.ndarray, name: str) -> bool:
@@ -741,6 +781,7 @@ def save_training_set(
     pairs: Sequence[_PairLike],
     *,
     overwrite: bool = False,
+    checked_regions: Mapping[str, Sequence[tuple[str, Any]]] | None = None,
 ) -> list[Path]:
     """Save a training set to a folder, so that it survives a restart.
 
@@ -751,7 +792,8 @@ def save_training_set(
                               (sparse convention for sparse pairs)
         training_set.json     the index: format, version and, per pair, name,
                               stem, files, shapes, dtype, channel axis, sparse
-                              flag and annotation summary
+                              flag, annotation summary and the checked regions
+                              already learned (kind and vertices, if any)
 
     Stems come from the names (:func:`napari_unet.core.io.safe_stems`).
     Each file is written atomically, the index last, so an interrupted save of
@@ -768,6 +810,9 @@ def save_training_set(
     overwrite : bool, optional
         Replace an existing index and existing files of the same names. Other
         files in the folder are left alone. Default False.
+    checked_regions : mapping of name to list of (kind, vertices), optional
+        Per pair name, the checked regions already learned on it (so that a later
+        session skips them too); names without a pair are ignored.
 
     Returns
     -------
@@ -814,7 +859,11 @@ def save_training_set(
         sparse = bool(pair.sparse)
         # a full annotation in the sparse convention (int64: no overflow at uint32 max)
         summary = annotation_summary(labels if sparse else labels.astype(np.int64) + 1)
-        checked.append((name, image, labels, sparse, has_channels, summary))
+        learned = _check_regions(
+            (checked_regions or {}).get(name, ()), f"the checked regions of {name!r}"
+        )
+        regions = [{"kind": kind, "vertices": v.tolist()} for kind, v in learned]
+        checked.append((name, image, labels, sparse, has_channels, summary, regions))
 
     folder = Path(folder).expanduser()
     stems = safe_stems([c[0] for c in checked])
@@ -836,9 +885,10 @@ def save_training_set(
 
     written: list[Path] = []
     entries = []
-    for (name, image, labels, sparse, has_channels, summary), stem, image_file, label_file in zip(
+    for item, stem, image_file, label_file in zip(
         checked, stems, image_files, label_files, strict=True
     ):
+        name, image, labels, sparse, has_channels, summary, regions = item
         _write_image(image_file, image, has_channels)
         written.append(image_file)
         written.append(write_labels_tiff(label_file, labels, overwrite=True))
@@ -856,6 +906,8 @@ def save_training_set(
                 "summary": summary,
             }
         )
+        if regions:
+            entries[-1]["checked_regions"] = regions
     document = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -987,5 +1039,19 @@ def load_training_set(folder: str | os.PathLike[str]) -> list[SavedPair]:
                 f"the training set in {folder} is damaged: the image of {name!r} has shape "
                 f"{image.shape} but its labels have shape {labels.shape}."
             )
-        out.append(SavedPair(name=name, image=image, labels=labels, sparse=sparse))
+        saved_regions = entry.get("checked_regions", [])
+        if not isinstance(saved_regions, list) or not all(
+            isinstance(r, dict) for r in saved_regions
+        ):
+            raise _damaged(folder, f"the checked regions of {name!r} are not a list of records")
+        try:
+            learned = _check_regions(
+                [(r.get("kind"), r.get("vertices")) for r in saved_regions],
+                f"the checked regions of {name!r}",
+            )
+        except NapariUnetError as exc:
+            raise _damaged(folder, str(exc)) from exc
+        out.append(
+            SavedPair(name=name, image=image, labels=labels, sparse=sparse, checked_regions=learned)
+        )
     return out
