@@ -682,6 +682,15 @@ def test_load_damaged_checked_regions(tmp_path):
     with pytest.raises(NapariUnetError, match="damaged.*checked regions"):
         load_training_set(tmp_path / "set")
 
+    def huge(entry):
+        entry["pairs"][0]["checked_regions"] = [
+            {"kind": "polygon", "vertices": [[10**400, 0], [1, 1], [2, 0]]}
+        ]
+
+    _edit_index(tmp_path / "set", huge)
+    with pytest.raises(NapariUnetError, match="damaged.*not a \\(kind, vertices\\) pair"):
+        load_training_set(tmp_path / "set")
+
     def not_a_list(entry):
         entry["pairs"][0]["checked_regions"] = "everywhere"
 

@@ -257,6 +257,8 @@ def test_checked_regions_count_whole_and_are_learned_once(viewer, qtbot, tmp_pat
     predict.load_training_set(tmp_path / "set")
     with pytest.raises(NapariUnetError, match=r"3 checked region\(s\) .* learned"):
         predict.retrain()
+    predict.load_training_set(tmp_path / "set")  # again: each region is kept once
+    assert len(session.learned_regions["fluo_dense"]) == 3
 
 
 def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):

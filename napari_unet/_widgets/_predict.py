@@ -895,7 +895,7 @@ class PredictWidget(TabbedPanel):
             return
         shapes, used, regions, was_learned = self._regions_used
         self._regions_used = None
-        self.session.learned_regions.setdefault(image_name, []).extend(regions)
+        self.session.add_learned_regions(image_name, regions)
         colors = np.array(shapes.edge_color, dtype=float, copy=True)
         if colors.shape[0] == len(shapes.data):
             colors[:] = transform_color(REGION_COLOR)[0]
@@ -1038,7 +1038,7 @@ class PredictWidget(TabbedPanel):
         for pair in pairs:
             self.session.add_training_pair(pair.name, pair.image, pair.labels, sparse=pair.sparse)
             # regions learned in the session that saved it stay learned (skipped)
-            self.session.learned_regions.setdefault(pair.name, []).extend(pair.checked_regions)
+            self.session.add_learned_regions(pair.name, pair.checked_regions)
         self.status.setText(f"Loaded {len(pairs)} image(s) into the training set from {folder}.")
         return [pair.name for pair in pairs]
 

@@ -120,6 +120,18 @@ class Session:
         self.training_set[name] = TrainingPair(name, image, np.array(labels, copy=True), sparse)
         self.training_set_changed.emit()
 
+    def add_learned_regions(self, name: str, regions: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Record checked regions as learned on image `name` (each region once)."""
+        from napari_unet.core.corrections import region_signature
+
+        known = self.learned_regions.setdefault(name, [])
+        seen = {region_signature(kind, v) for kind, v in known}
+        for kind, v in regions:
+            signature = region_signature(kind, v)
+            if signature not in seen:
+                seen.add(signature)
+                known.append((kind, np.asarray(v, dtype=float)))
+
     def clear_training_set(self) -> None:
         """Forget every collected pair.
 

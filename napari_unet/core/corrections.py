@@ -476,8 +476,8 @@ def regions_mask(shape: Sequence[int], regions: Sequence[tuple[str, Any]]) -> np
 def region_signature(kind: str, vertices: Any) -> bytes:
     """Identify a drawn region by its kind and vertices (rounded to 1/1000 pixel).
 
-    Two regions with the same signature cover the same pixels; a region moved by
-    any visible amount gets another one.
+    Two regions with the same signature are the same region, to 1/1000 pixel; a region
+    moved by any visible amount gets another one.
 
     Examples
     --------
@@ -496,7 +496,7 @@ def _check_regions(regions: Any, what: str) -> list[tuple[str, np.ndarray]]:
         try:
             kind, vertices = item
             v = np.asarray(vertices, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise NapariUnetError(f"{what}: region {k} is not a (kind, vertices) pair.") from exc
         if kind not in REGION_KINDS or v.ndim != 2 or v.shape[0] < 3 or v.shape[1] < 2:
             raise NapariUnetError(
@@ -823,7 +823,8 @@ def save_training_set(
     ------
     NapariUnetError
         Nothing to save, a pair whose image and labels do not fit or whose
-        labels are not whole numbers >= 0, a file that exists while `overwrite`
+        labels are not whole numbers >= 0, a checked region that is not a rectangle,
+        polygon or ellipse of finite vertices, a file that exists while `overwrite`
         is False, or a folder that cannot be written. Everything is checked
         before anything is written.
     """
