@@ -27,6 +27,7 @@ from napari_unet.core.corrections import (
     region_signature,
     regions_mask,
     save_training_set,
+    sort_regions,
     to_sparse,
     whole_layer_annotation,
 )
@@ -340,7 +341,7 @@ def test_regions_mask_planes_of_a_stack():
     [
         ([("line", [[0, 0], [3, 3]])], "only rectangle, polygon, ellipse"),
         ([("polygon", [[0, 0], [3, 3]])], "at least 3 vertices"),
-        ([("polygon", [[0, 0, 0, 0], [3, 3, 0, 0], [3, 0, 0, 0]])], "at least 3 vertices"),
+        ([("polygon", [[0, 0, 0, 0], [3, 3, 0, 0], [3, 0, 0, 0]])], "4 coordinates; this image"),
         ([("polygon", [[0, 0], [3, np.nan], [3, 0]])], "not finite"),
         ([("ellipse", [[0, 0], [0, 3], [3, 3]])], "4 bounding-box corners"),
     ],
@@ -350,6 +351,19 @@ def test_regions_mask_errors(regions, match):
         regions_mask((5, 5), regions)
     with pytest.raises(NapariUnetError, match="at least 2 axes"):
         regions_mask((5,), [("rectangle", _square(0, 0, 1, 1))])
+
+
+def test_sort_regions_new_learned_and_lines():
+    box = _square(0, 0, 4, 4)
+    regions = [
+        ("rectangle", box),  # learned before
+        ("rectangle", box + 0.2),  # the same one, moved: new
+        ("path", box),  # encloses nothing
+        ("ellipse", box),  # same vertices, another kind: new
+        ("rectangle", box + 1e-5),  # learned (moved by less than 1/1000 pixel)
+    ]
+    assert sort_regions(regions, [("rectangle", box)]) == ([1, 3], [0, 4], [2])
+    assert sort_regions(regions, []) == ([0, 1, 3, 4], [], [2])
 
 
 def test_checked_region_counts_whole_edited_or_not():
@@ -660,7 +674,7 @@ def test_checked_regions_learned_survive_save_and_load(tmp_path):
     # a region moved by a visible amount is another one
     assert region_signature("rectangle", square + 0.01) != region_signature("rectangle", square)
     # bad regions: refused before anything is written
-    with pytest.raises(NapariUnetError, match="region 1 is not a rectangle, polygon, ellipse"):
+    with pytest.raises(NapariUnetError, match="region 1 is a 'line': only rectangle"):
         save_training_set(
             tmp_path / "bad", pairs, checked_regions={pairs[0].name: [("line", square)]}
         )

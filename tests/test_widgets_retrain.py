@@ -53,6 +53,16 @@ def fitted_model(tmp_path):
     return save_checkpoint(bundle, path)
 
 
+def predict_panel(viewer, tmp_path, *samples):
+    """Open the sample images and the Predict panel, set to a tiny fitted model file."""
+    for sample in samples:
+        viewer.open_sample(PLUGIN_NAME, sample)
+    predict = open_widget(viewer, "Predict")
+    predict.model_choice.setCurrentText("A model file")
+    predict.model_path.value = str(fitted_model(tmp_path))
+    return predict
+
+
 def brush(layer, centres, label, size=7):
     """Paint round brush strokes into a Labels layer, as the brush tool does."""
     layer.brush_size = size
@@ -66,11 +76,7 @@ def painted_since(layer, session):
 
 
 def test_two_rounds_on_one_image_and_one_on_another(viewer, qtbot, tmp_path):
-    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
-    viewer.open_sample(PLUGIN_NAME, "fluo_small")
-    predict = open_widget(viewer, "Predict")
-    predict.model_choice.setCurrentText("A model file")
-    predict.model_path.value = str(fitted_model(tmp_path))
+    predict = predict_panel(viewer, tmp_path, "fluo_dense", "fluo_small")
     predict.tile_size.setValue(128)
     predict.retrain_steps.setValue(10)
     session = predict.session
@@ -152,10 +158,7 @@ def test_two_rounds_on_one_image_and_one_on_another(viewer, qtbot, tmp_path):
 
 
 def test_retrain_without_edits_says_what_to_do(viewer, qtbot, tmp_path):
-    viewer.open_sample(PLUGIN_NAME, "fluo_small")
-    predict = open_widget(viewer, "Predict")
-    predict.model_choice.setCurrentText("A model file")
-    predict.model_path.value = str(fitted_model(tmp_path))
+    predict = predict_panel(viewer, tmp_path, "fluo_small")
     click(qtbot, predict.predict_button)
     wait_idle(qtbot, predict)
     predict.counts.setCurrentText(COUNT_EDITS)
@@ -170,10 +173,7 @@ def test_checked_regions_count_whole_and_are_learned_once(viewer, qtbot, tmp_pat
     rectangle, so it never takes a new prediction for checked."""
     from napari_unet._widgets._predict import LEARNED_COLOR, NO_REGIONS
 
-    viewer.open_sample(PLUGIN_NAME, "fluo_dense")
-    predict = open_widget(viewer, "Predict")
-    predict.model_choice.setCurrentText("A model file")
-    predict.model_path.value = str(fitted_model(tmp_path))
+    predict = predict_panel(viewer, tmp_path, "fluo_dense")
     predict.tile_size.setValue(128)
     predict.retrain_steps.setValue(10)
     session = predict.session
@@ -262,12 +262,9 @@ def test_checked_regions_count_whole_and_are_learned_once(viewer, qtbot, tmp_pat
 
 
 def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):
-    from napari_unet._widgets._predict import NO_REGIONS
+    from napari_unet._widgets._predict import LEARNED_COLOR, NO_REGIONS
 
-    viewer.open_sample(PLUGIN_NAME, "fluo_small")
-    predict = open_widget(viewer, "Predict")
-    predict.model_choice.setCurrentText("A model file")
-    predict.model_path.value = str(fitted_model(tmp_path))
+    predict = predict_panel(viewer, tmp_path, "fluo_small")
     predict.counts.setCurrentText(COUNT_EDITS)
     viewer.layers.remove("fluo_small_ground_truth")
     with pytest.raises(NapariUnetError, match="predict the image first"):
@@ -278,9 +275,10 @@ def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):
     labels.scale = (0.5, 0.5)
     labels.translate = (10.0, 5.0)
     # a layer of the user's own, at another scale and offset: placed through world coordinates
-    viewer.add_shapes(
-        [np.array([[10, 10], [10, 20], [20, 20], [20, 10]])],
-        shape_type="rectangle",
+    own = viewer.add_shapes(
+        [np.array([[10, 10], [10, 20], [20, 20], [20, 10]]), np.array([[0, 0], [5, 5]])],
+        shape_type=["rectangle", "line"],
+        edge_color="red",
         scale=(2.0, 2.0),
         translate=(4.0, 1.0),
         name="own",
@@ -293,6 +291,12 @@ def test_checked_regions_layer_placement_and_errors(viewer, qtbot, tmp_path):
     expected[28:69, 32:73] = True
     np.testing.assert_array_equal(mask, expected)
     assert any("1 checked region(s)" in n for n in notes)
+    assert any("1 line(s) or path(s)" in n for n in notes)
+    # learned: grey; the user's own layer keeps its other colours
+    predict._mark_learned("fluo_small")
+    np.testing.assert_allclose(own.edge_color[0], LEARNED_COLOR)
+    np.testing.assert_allclose(own.edge_color[1], [1, 0, 0, 1])
+    assert predict._checked_regions("fluo_small", labels, []) is None  # learned: skipped
 
     rotated = viewer.add_shapes(
         [np.array([[2, 2], [2, 40], [40, 40], [40, 2]])], shape_type="rectangle", rotate=30

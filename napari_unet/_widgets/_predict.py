@@ -807,7 +807,7 @@ class PredictWidget(TabbedPanel):
             The Shapes layer is gone, is rotated or sheared, has more axes than the
             labels, or holds a region not flat in one plane.
         """
-        from napari_unet.core.corrections import REGION_KINDS, region_signature, regions_mask
+        from napari_unet.core.corrections import regions_mask, sort_regions
 
         name = self.regions.currentText()
         if not name or name == NO_REGIONS:
@@ -843,28 +843,21 @@ class PredictWidget(TabbedPanel):
         shift_in = np.asarray(shapes.translate, float)
         scale_out = np.asarray(corrected.scale, float)[-d:]
         shift_out = np.asarray(corrected.translate, float)[-d:]
-        before = self.session.learned_regions.get(image_name, [])
-        learned = {region_signature(kind, v) for kind, v in before}
-        regions, used, was_learned = [], [], []
-        skipped_learned = skipped_lines = 0
-        for i, (kind, data) in enumerate(zip(shapes.shape_type, shapes.data, strict=True)):
-            if kind not in REGION_KINDS:
-                skipped_lines += 1
-                continue
-            vertices = ((np.asarray(data, float) * scale_in + shift_in) - shift_out) / scale_out
-            if region_signature(kind, vertices) in learned:
-                skipped_learned += 1
-                was_learned.append(i)
-                continue
-            regions.append((kind, vertices))
-            used.append(i)
-        if skipped_learned:
+        drawn = [
+            (kind, ((np.asarray(data, float) * scale_in + shift_in) - shift_out) / scale_out)
+            for kind, data in zip(shapes.shape_type, shapes.data, strict=True)
+        ]
+        used, was_learned, lines = sort_regions(
+            drawn, self.session.learned_regions.get(image_name, [])
+        )
+        regions = [drawn[i] for i in used]
+        if was_learned:
             notes.append(
-                f"{skipped_learned} checked region(s) of '{name}' were learned in an earlier "
+                f"{len(was_learned)} checked region(s) of '{name}' were learned in an earlier "
                 "round (grey) and are skipped: draw a new one around what you checked this time"
             )
-        if skipped_lines:
-            notes.append(f"{skipped_lines} line(s) or path(s) in '{name}' enclose nothing: skipped")
+        if lines:
+            notes.append(f"{len(lines)} line(s) or path(s) in '{name}' enclose nothing: skipped")
         if not regions:
             return None
         checked = regions_mask(layer_array(corrected).shape, regions)
@@ -886,22 +879,26 @@ class PredictWidget(TabbedPanel):
         return checked
 
     def _mark_learned(self, image_name: str) -> None:
-        """Record the regions just added to the training set as learned.
+        """Record the regions just added to the training set as learned; draw them grey.
 
-        Learned regions are drawn grey, the others yellow (a region moved since it was
-        learned is a new one), and the next one drawn is yellow.
+        In a layer made with 'New' the other regions are drawn yellow again (a region
+        moved since it was learned is a new one), and so is the next one drawn; a Shapes
+        layer of the user's own keeps its other colours.
         """
         if self._regions_used is None:
             return
         shapes, used, regions, was_learned = self._regions_used
         self._regions_used = None
         self.session.add_learned_regions(image_name, regions)
+        ours = _result_kind(shapes) == "checked_regions"
         colors = np.array(shapes.edge_color, dtype=float, copy=True)
         if colors.shape[0] == len(shapes.data):
-            colors[:] = transform_color(REGION_COLOR)[0]
+            if ours:
+                colors[:] = transform_color(REGION_COLOR)[0]
             colors[used + was_learned] = LEARNED_COLOR
             shapes.edge_color = colors
-        shapes.current_edge_color = REGION_COLOR
+        if ours:
+            shapes.current_edge_color = REGION_COLOR
 
     def _on_new_regions_clicked(self) -> None:
         try:
@@ -924,7 +921,6 @@ class PredictWidget(TabbedPanel):
                 "image first."
             ) from None
         # the labels' axes: on a stack, a region lies in the plane it is drawn in
-        reference = target
         ndim = target.ndim
         base = f"{layer.name}_checked"
         name, n = base, 2
@@ -936,8 +932,9 @@ class PredictWidget(TabbedPanel):
             edge_color=REGION_COLOR,
             face_color="transparent",
             edge_width=3,
-            scale=tuple(reference.scale)[-ndim:],
-            translate=tuple(reference.translate)[-ndim:],
+            scale=tuple(target.scale),
+            translate=tuple(target.translate),
+            metadata=result_metadata(layer.name, "checked_regions"),
         )
         shapes.mode = "add_rectangle"
         self.viewer.layers.selection.active = shapes

@@ -65,6 +65,7 @@ __all__ = [
     "partial_f1",
     "region_signature",
     "regions_mask",
+    "sort_regions",
     "save_training_set",
     "to_sparse",
     "whole_layer_annotation",
@@ -388,6 +389,73 @@ def annotation_from_edits(
 REGION_KINDS = ("rectangle", "polygon", "ellipse")
 
 
+def _check_regions(regions: Any, what: str = "") -> list[tuple[str, np.ndarray]]:
+    """Validate (kind, vertices) pairs as drawn regions; `what` prefixes the messages.
+
+    A kind of :data:`REGION_KINDS`, at least 3 finite vertices of 2 or more coordinates.
+    """
+    out = []
+    for k, item in enumerate(regions, 1):
+        try:
+            kind, vertices = item
+            v = np.asarray(vertices, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise NapariUnetError(f"{what}region {k} is not a (kind, vertices) pair.") from exc
+        if kind not in REGION_KINDS:
+            raise NapariUnetError(
+                f"{what}region {k} is a {kind!r}: only {', '.join(REGION_KINDS)} enclose pixels."
+            )
+        if v.ndim != 2 or v.shape[0] < 3 or v.shape[1] < 2:
+            raise NapariUnetError(
+                f"{what}region {k} has vertices of shape {v.shape}: expected at least 3 "
+                "vertices of 2 or more coordinates."
+            )
+        if not np.all(np.isfinite(v)):
+            raise NapariUnetError(f"{what}region {k} has vertices that are not finite numbers.")
+        out.append((str(kind), v))
+    return out
+
+
+def sort_regions(
+    regions: Sequence[tuple[str, Any]], learned: Sequence[tuple[str, Any]]
+) -> tuple[list[int], list[int], list[int]]:
+    """Sort drawn shapes into new regions, regions learned before, and the rest.
+
+    The rest enclose nothing: lines, paths, any kind outside :data:`REGION_KINDS`.
+
+    Parameters
+    ----------
+    regions : sequence of (kind, vertices)
+        The shapes, in the labels' pixel coordinates.
+    learned : sequence of (kind, vertices)
+        The regions learned before (see :func:`region_signature`).
+
+    Returns
+    -------
+    new, already_learned, enclose_nothing : list of int
+        Indices into `regions`.
+
+    Examples
+    --------
+    >>> box = [[0, 0], [0, 2], [2, 2], [2, 0]]
+    >>> drawn = [("rectangle", box), ("line", box[:2]), ("polygon", box)]
+    >>> sort_regions(drawn, learned=[("rectangle", box)])
+    ([2], [0], [1])
+    """
+    known = {region_signature(kind, v) for kind, v in learned}
+    new: list[int] = []
+    old: list[int] = []
+    lines: list[int] = []
+    for i, (kind, vertices) in enumerate(regions):
+        if kind not in REGION_KINDS:
+            lines.append(i)
+        elif region_signature(kind, vertices) in known:
+            old.append(i)
+        else:
+            new.append(i)
+    return new, old, lines
+
+
 def regions_mask(shape: Sequence[int], regions: Sequence[tuple[str, Any]]) -> np.ndarray:
     """Rasterise drawn regions (rectangles, polygons, ellipses) into a boolean mask.
 
@@ -429,20 +497,12 @@ def regions_mask(shape: Sequence[int], regions: Sequence[tuple[str, Any]]) -> np
     if len(shape) < 2:
         raise NapariUnetError(f"regions need an image of at least 2 axes, got shape {shape}.")
     mask = np.zeros(shape, dtype=bool)
-    for k, (kind, vertices) in enumerate(regions, 1):
-        if kind not in REGION_KINDS:
-            raise NapariUnetError(
-                f"region {k} is a {kind!r}: only {', '.join(REGION_KINDS)} enclose pixels."
-            )
-        v = np.asarray(vertices, dtype=float)
-        if v.ndim != 2 or v.shape[1] not in (2, len(shape)) or v.shape[0] < 3:
+    for k, (kind, v) in enumerate(_check_regions(regions), 1):
+        if v.shape[1] not in (2, len(shape)):
             dims = "2" if len(shape) == 2 else f"2 or {len(shape)}"
             raise NapariUnetError(
-                f"region {k} has vertices of shape {v.shape}: expected at least 3 vertices of "
-                f"{dims} coordinates."
+                f"region {k} has vertices of {v.shape[1]} coordinates; this image needs {dims}."
             )
-        if not np.all(np.isfinite(v)):
-            raise NapariUnetError(f"region {k} has vertices that are not finite numbers.")
         lead: tuple[Any, ...] = (slice(None),) * (len(shape) - 2)
         if v.shape[1] == len(shape) and len(shape) > 2:
             planes = np.round(v[:, :-2]).astype(np.int64)
@@ -487,25 +547,6 @@ def region_signature(kind: str, vertices: Any) -> bytes:
     """
     v = np.round(np.asarray(vertices, dtype=np.float64), 3) + 0.0  # -0.0 -> 0.0
     return str(kind).encode() + b":" + str(v.shape).encode() + b":" + v.tobytes()
-
-
-def _check_regions(regions: Any, what: str) -> list[tuple[str, np.ndarray]]:
-    """Validate (kind, vertices) pairs as :func:`regions_mask` takes them."""
-    out = []
-    for k, item in enumerate(regions, 1):
-        try:
-            kind, vertices = item
-            v = np.asarray(vertices, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise NapariUnetError(f"{what}: region {k} is not a (kind, vertices) pair.") from exc
-        if kind not in REGION_KINDS or v.ndim != 2 or v.shape[0] < 3 or v.shape[1] < 2:
-            raise NapariUnetError(
-                f"{what}: region {k} is not a {', '.join(REGION_KINDS)} with at least 3 vertices."
-            )
-        if not np.all(np.isfinite(v)):
-            raise NapariUnetError(f"{what}: region {k} has vertices that are not finite numbers.")
-        out.append((str(kind), v))
-    return out
 
 
 def _involved(labels: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -861,7 +902,7 @@ def save_training_set(
         # a full annotation in the sparse convention (int64: no overflow at uint32 max)
         summary = annotation_summary(labels if sparse else labels.astype(np.int64) + 1)
         learned = _check_regions(
-            (checked_regions or {}).get(name, ()), f"the checked regions of {name!r}"
+            (checked_regions or {}).get(name, ()), f"the checked regions of {name!r}: "
         )
         regions = [{"kind": kind, "vertices": v.tolist()} for kind, v in learned]
         checked.append((name, image, labels, sparse, has_channels, summary, regions))
@@ -1048,7 +1089,7 @@ def load_training_set(folder: str | os.PathLike[str]) -> list[SavedPair]:
         try:
             learned = _check_regions(
                 [(r.get("kind"), r.get("vertices")) for r in saved_regions],
-                f"the checked regions of {name!r}",
+                f"the checked regions of {name!r}: ",
             )
         except NapariUnetError as exc:
             raise _damaged(folder, str(exc)) from exc
